@@ -1,0 +1,90 @@
+/**
+ * CryptoPrimitives on @noble/curves, @noble/hashes and @noble/ciphers: pure
+ * JavaScript, so it runs wherever JavaScript does (browsers, Deno, Bun, old
+ * Node); slower than node:crypto.
+ *
+ * Agreement with the node layer (crypto-node.ts):
+ * - Length rules are the same: our own secrets of the wrong size throw a
+ *   RangeError; peer data (public keys, signatures, sealed frames) never
+ *   throws and gives false / undefined.
+ * - Ed25519 verification uses noble's strict mode (zip215: false): canonical
+ *   encodings only and small-order public keys rejected, as OpenSSL and ring
+ *   (Offset's library) do, rather than noble's permissive ZIP-215 default.
+ * - X25519 rejects exactly the low-order peer keys, i.e. those whose shared
+ *   secret would be all zeros; OpenSSL rejects the same set by its output.
+ */
+import { ed25519, x25519 } from "@noble/curves/ed25519.js"
+import { chacha20poly1305 } from "@noble/ciphers/chacha.js"
+import { hkdf } from "@noble/hashes/hkdf.js"
+import { sha512_256 } from "@noble/hashes/sha2.js"
+import type { CryptoPrimitives } from "../core/crypto.ts"
+
+const tagLength = 16
+const strictVerify = { zip215: false } as const
+
+const requireLength = (what: string, bytes: Uint8Array, length: number): void => {
+  if (bytes.length !== length) {
+    throw new RangeError(`${what} must be ${length} bytes, got ${bytes.length}`)
+  }
+}
+
+/** CryptoPrimitives backed by the pure-JavaScript @noble libraries; see the module header. */
+export const nobleCrypto: CryptoPrimitives = {
+  name: "noble",
+
+  ed25519PublicKey: (seed) => {
+    requireLength("Ed25519 seed", seed, 32)
+    return ed25519.getPublicKey(seed)
+  },
+
+  ed25519Sign: (seed, message) => {
+    requireLength("Ed25519 seed", seed, 32)
+    return ed25519.sign(message, seed)
+  },
+
+  ed25519Verify: (publicKey, message, signature) => {
+    if (publicKey.length !== 32 || signature.length !== 64) return false
+    try {
+      return ed25519.verify(signature, message, publicKey, strictVerify)
+    } catch {
+      // noble throws on some malformed inputs; to us they are simply not valid.
+      return false
+    }
+  },
+
+  x25519PublicKey: (secret) => {
+    requireLength("X25519 secret", secret, 32)
+    return x25519.getPublicKey(secret)
+  },
+
+  x25519: (secret, peerPublicKey) => {
+    requireLength("X25519 secret", secret, 32)
+    if (peerPublicKey.length !== 32) return undefined
+    try {
+      return x25519.getSharedSecret(secret, peerPublicKey)
+    } catch {
+      // noble throws exactly for the low-order points (checked before the ladder).
+      return undefined
+    }
+  },
+
+  hkdfSha512_256: (salt, ikm, info, length) => hkdf(sha512_256, ikm, salt, info, length),
+
+  aeadSeal: (key, nonce, plaintext) => {
+    requireLength("ChaCha20-Poly1305 key", key, 32)
+    requireLength("ChaCha20-Poly1305 nonce", nonce, 12)
+    return chacha20poly1305(key, nonce).encrypt(plaintext)
+  },
+
+  aeadOpen: (key, nonce, sealed) => {
+    requireLength("ChaCha20-Poly1305 key", key, 32)
+    requireLength("ChaCha20-Poly1305 nonce", nonce, 12)
+    if (sealed.length < tagLength) return undefined
+    try {
+      return chacha20poly1305(key, nonce).decrypt(sealed)
+    } catch {
+      // noble checks the tag before decrypting, so nothing unauthenticated leaks.
+      return undefined
+    }
+  }
+}
