@@ -1,0 +1,125 @@
+/**
+ * A frame link: whole frames in and out of a transport, the layer the secure
+ * channel runs on (PROTOCOL.md). Two kinds exist:
+ *
+ * - over a TCP socket (`makeSocketFrameLink`): u64 length framing, with the
+ *   version prefix exchanged first (`exchangeVersion`);
+ * - inside a relayed tunnel, where each tunnel message is one inner frame
+ *   (built from a `MessageChannel` in message-channel.ts).
+ *
+ * Reads pull from the socket only when asked, so a caller that stops reading
+ * stops TCP: backpressure reaches the sender without buffering here beyond
+ * one partial frame.
+ */
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import type * as Socket from "effect/socket/Socket"
+import { encodeFrameHeader, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
+import { checkVersion, encodeVersion } from "../core/version.ts"
+
+/** Why a frame link stopped. */
+export class LinkError extends Data.TaggedError("LinkError")<{
+  readonly reason:
+    | "Closed" // the peer ended the stream cleanly
+    | "Reset" // the transport failed (reset, write after close, ...)
+    | "FrameTooLong"
+    | "VersionMismatch"
+  readonly message: string
+}> {}
+
+/** Whole frames in and out; writes must be serialized by the caller. */
+export interface FrameLink {
+  /** The next frame; fails with LinkError once the link has ended. */
+  readonly read: Effect.Effect<Uint8Array, LinkError>
+  /** Writes frames in order; completes once the transport has taken them (waits on backpressure). */
+  readonly write: (frames: ReadonlyArray<Uint8Array>) => Effect.Effect<void, LinkError>
+  /** Bytes received but not yet handed out as frames (for memory accounting). */
+  readonly bufferedBytes: () => number
+}
+
+const fromSocketError = (error: Socket.SocketError): LinkError =>
+  error.reason._tag === "SocketCloseError" && error.reason.code === 1000
+    ? new LinkError({ reason: "Closed", message: "the peer closed the connection" })
+    : new LinkError({ reason: "Reset", message: `connection failed: ${error.message}` })
+
+/**
+ * Frames over an Effect socket. The socket's reader and writer live in the
+ * current scope: closing it ends the writer (flushing what was written) and
+ * closes the connection.
+ */
+export const makeSocketFrameLink = (
+  socket: Socket.Socket,
+  options: { readonly maxFrameLength?: number } = {}
+): Effect.Effect<FrameLink, LinkError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const reader = yield* Effect.mapError(socket.reader, fromSocketError)
+    const writer = yield* socket.writer
+    const decoder = new FrameDecoder(options.maxFrameLength ?? MAX_FRAME_LENGTH)
+    let ready: Array<Uint8Array> = []
+    let readIndex = 0
+    let ended: LinkError | undefined
+
+    const takeReady = (): Uint8Array | undefined => {
+      if (readIndex < ready.length) {
+        const frame = ready[readIndex]!
+        ready[readIndex++] = EMPTY // drop the reference: frames can be 1 MiB
+        return frame
+      }
+      return undefined
+    }
+
+    const pullFrames: Effect.Effect<Uint8Array, LinkError> = Effect.suspend(() => {
+      const frame = takeReady()
+      if (frame !== undefined) return Effect.succeed(frame)
+      if (ended !== undefined) return Effect.fail(ended)
+      return reader.pull.pipe(
+        Effect.mapError((error) => (ended = fromSocketError(error))),
+        Effect.flatMap((chunks) => {
+          ready = []
+          readIndex = 0
+          for (const chunk of chunks) {
+            if (typeof chunk === "string") continue // net sockets without an encoding never give strings
+            const result = decoder.push(chunk)
+            if (result._tag === "Error") {
+              ended = new LinkError({ reason: "FrameTooLong", message: result.error.message })
+              break
+            }
+            for (const f of result.frames) ready.push(f)
+          }
+          return pullFrames
+        })
+      )
+    })
+
+    const write = (frames: ReadonlyArray<Uint8Array>): Effect.Effect<void, LinkError> => {
+      const pieces: Array<Uint8Array> = []
+      for (const frame of frames) {
+        pieces.push(encodeFrameHeader(frame.length), frame)
+      }
+      if (pieces.length === 0) return Effect.void
+      return Effect.mapError(writer.writeAll(pieces as [Uint8Array, ...Array<Uint8Array>]), fromSocketError)
+    }
+
+    return {
+      read: pullFrames,
+      write,
+      bufferedBytes: () => decoder.bufferedBytes
+    }
+  })
+
+const EMPTY = new Uint8Array(0)
+
+/**
+ * Sends our version frame and checks the peer's (PROTOCOL.md "Version
+ * prefix"); a TCP hop does this once, before the secure channel.
+ */
+export const exchangeVersion = (link: FrameLink): Effect.Effect<void, LinkError> =>
+  Effect.gen(function*() {
+    yield* link.write([encodeVersion()])
+    const frame = yield* link.read
+    const error = checkVersion(frame)
+    if (error !== undefined) {
+      return yield* Effect.fail(new LinkError({ reason: "VersionMismatch", message: error.message }))
+    }
+  })
