@@ -36,6 +36,12 @@ export interface FrameLink {
   readonly write: (frames: ReadonlyArray<Uint8Array>) => Effect.Effect<void, LinkError>
   /** Bytes received but not yet handed out as frames (for memory accounting). */
   readonly bufferedBytes: () => number
+  /**
+   * Installs a read throttle: after each read of n bytes the link runs
+   * `throttle(n)` before reading again, so a delay there slows the peer
+   * through TCP backpressure (rate limiting) without dropping anything.
+   */
+  readonly setReadThrottle: (throttle: ((bytes: number) => Effect.Effect<void>) | undefined) => void
 }
 
 const fromSocketError = (error: Socket.SocketError): LinkError =>
@@ -59,6 +65,7 @@ export const makeSocketFrameLink = (
     let ready: Array<Uint8Array> = []
     let readIndex = 0
     let ended: LinkError | undefined
+    let throttle: ((bytes: number) => Effect.Effect<void>) | undefined
 
     const takeReady = (): Uint8Array | undefined => {
       if (readIndex < ready.length) {
@@ -78,8 +85,10 @@ export const makeSocketFrameLink = (
         Effect.flatMap((chunks) => {
           ready = []
           readIndex = 0
+          let bytes = 0
           for (const chunk of chunks) {
             if (typeof chunk === "string") continue // net sockets without an encoding never give strings
+            bytes += chunk.length
             const result = decoder.push(chunk)
             if (result._tag === "Error") {
               ended = new LinkError({ reason: "FrameTooLong", message: result.error.message })
@@ -87,7 +96,7 @@ export const makeSocketFrameLink = (
             }
             for (const f of result.frames) ready.push(f)
           }
-          return pullFrames
+          return throttle === undefined ? pullFrames : Effect.andThen(throttle(bytes), pullFrames)
         })
       )
     })
@@ -104,7 +113,10 @@ export const makeSocketFrameLink = (
     return {
       read: pullFrames,
       write,
-      bufferedBytes: () => decoder.bufferedBytes
+      bufferedBytes: () => decoder.bufferedBytes,
+      setReadThrottle: (t) => {
+        throttle = t
+      }
     }
   })
 
