@@ -112,8 +112,9 @@ export const nodeCrypto: CryptoPrimitives = {
   },
 
   hkdfSha512_256: (salt, ikm, info, length) =>
-    // hkdfSync returns an ArrayBuffer; wrapping it is free.
-    new Uint8Array(NodeCrypto.hkdfSync("sha512-256", ikm, salt, info, length)),
+    // OpenSSL refuses to derive 0 bytes, which RFC 5869 allows; hkdfSync
+    // returns an ArrayBuffer, and wrapping it is free.
+    length === 0 ? new Uint8Array(0) : new Uint8Array(NodeCrypto.hkdfSync("sha512-256", ikm, salt, info, length)),
 
   aeadSeal: (key, nonce, plaintext) => {
     requireLength("ChaCha20-Poly1305 key", key, 32)
