@@ -630,8 +630,9 @@ export class RelayCore {
     }
   }
 
-  // Emits Close for `id`, then forgets it and closes what depended on it.
+  // Emits Close for tracked `id`, then forgets it and closes what depended on it.
   private close(id: ConnectionId, reason: CloseReason, out: Array<RelayCommand>): void {
+    if (!this.connections.has(id)) return
     out.push({ _tag: "Close", id, reason })
     this.release(id, out)
   }
@@ -656,7 +657,11 @@ export class RelayCore {
         return
       }
       case "Tunnel":
-        this.close(connection.peer, "peer-closed", out)
+        // Dropped directly: releasing the peer would name `id` again.
+        if (this.connections.has(connection.peer)) {
+          out.push({ _tag: "Close", id: connection.peer, reason: "peer-closed" })
+          this.drop(connection.peer)
+        }
         return
       default:
         absurd(connection)
