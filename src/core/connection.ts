@@ -1,0 +1,196 @@
+/**
+ * One authenticated, encrypted, kept-alive connection: the secure channel
+ * (secure-channel.ts) with keepalive (keepalive.ts) on top, as one pure state
+ * machine. The same machine serves a TCP hop to a relay (the adapter handles
+ * frame lengths and the version prefix and feeds whole frames) and the end-to-
+ * end channel inside a tunnel (one tunnel message = one frame).
+ *
+ * How to drive it:
+ * 1. `state = makeConnection(config)`; then `[state, commands] =
+ *    step(state, event)` for every event, running the commands IN ORDER
+ *    before feeding the next event.
+ * 2. Feed `Start` first: it emits our first handshake frame.
+ * 3. Feed every frame from the peer as `FrameReceived`, in arrival order.
+ * 4. Feed `Tick` once per tick (1 s in Offset). Before `Authenticated` ticks
+ *    count toward `handshakeTimeoutTicks`; after, toward rekeying and
+ *    keepalive. Set `receivePaused: true` on ticks during which the adapter
+ *    deliberately did not read the socket (the application was not taking
+ *    messages); those ticks do not count toward closing an idle peer.
+ * 5. Feed application messages as `Send` only after the `Authenticated`
+ *    command; before, `Send` throws `ChannelMisuseError` (queue them in the
+ *    adapter instead).
+ * Commands: `SendFrame { frame }` (write one frame), `Deliver { data }` (one
+ * application message; keepalives are consumed here), `Authenticated {
+ * remotePublicKey }` (once), `Close { error }` (once; drop the transport).
+ * After `Close` every event does nothing. Peer misbehaviour and timeouts
+ * arrive only as `Close`; only the caller's own misuse throws.
+ *
+ * Data path: Send(data) → packed KaMessage → packed ChannelMessage →
+ * ChaCha20-Poly1305 → nonce ‖ sealed; the frame is the only buffer the
+ * adapter writes. Received frames are opened in place (subarray views).
+ */
+import {
+  type KeepaliveCommand,
+  type KeepaliveError,
+  type KeepaliveState,
+  makeKeepalive,
+  step as keepaliveStep
+} from "./keepalive.ts"
+import {
+  ChannelMisuseError,
+  makeSecureChannel,
+  type SecureChannelCommand,
+  type SecureChannelConfig,
+  type SecureChannelError,
+  type SecureChannelState,
+  step as channelStep
+} from "./secure-channel.ts"
+
+/** A secure channel's config plus keepalive timing; optional fields default to Offset's values. */
+export interface ConnectionConfig extends SecureChannelConfig {
+  /** Ticks of silence from the peer before closing (keepalive sent after half); default 32. */
+  readonly keepaliveTicks?: number | undefined
+}
+
+/** Why a connection closed: the secure channel's or the keepalive layer's reason. */
+export type ConnectionError = SecureChannelError | KeepaliveError
+
+/** What happened to a connection. */
+export type ConnectionEvent =
+  | { readonly _tag: "Start" }
+  | { readonly _tag: "FrameReceived"; readonly frame: Uint8Array }
+  | { readonly _tag: "Send"; readonly data: Uint8Array }
+  | { readonly _tag: "Tick"; readonly receivePaused?: boolean | undefined }
+
+/** What the driver of a connection must do, in order. */
+export type ConnectionCommand =
+  | { readonly _tag: "SendFrame"; readonly frame: Uint8Array }
+  | { readonly _tag: "Deliver"; readonly data: Uint8Array }
+  | { readonly _tag: "Authenticated"; readonly remotePublicKey: Uint8Array }
+  | { readonly _tag: "Close"; readonly error: ConnectionError }
+
+/** The whole state of one connection. */
+export interface ConnectionState {
+  readonly channel: SecureChannelState
+  /** Undefined until authenticated: keepalive starts with the channel (as in Offset). */
+  readonly keepalive: KeepaliveState | undefined
+  readonly keepaliveTicks: number
+  readonly closed: ConnectionError | undefined
+}
+
+/** The result of one step: the next state and the commands to run in order. */
+export type ConnectionStep = readonly [ConnectionState, ReadonlyArray<ConnectionCommand>]
+
+export { ChannelMisuseError }
+
+const noCommands: ReadonlyArray<ConnectionCommand> = []
+
+const absurd = (value: never): never => {
+  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
+}
+
+/** A connection that has not started; bad settings throw a RangeError here, not later. */
+export const makeConnection = (config: ConnectionConfig): ConnectionState => {
+  const keepaliveTicks = makeKeepalive({ keepaliveTicks: config.keepaliveTicks }).keepaliveTicks
+  return { channel: makeSecureChannel(config), keepalive: undefined, keepaliveTicks, closed: undefined }
+}
+
+/** True once `Send` is allowed: authenticated and not closed. */
+export const isAuthenticated = (state: ConnectionState): boolean =>
+  state.closed === undefined && state.keepalive !== undefined
+
+/** Advances the state by one event; see the module header for the rules. */
+export const step = (state: ConnectionState, event: ConnectionEvent): ConnectionStep => {
+  if (state.closed !== undefined) return [state, noCommands]
+  switch (event._tag) {
+    case "Start":
+    case "FrameReceived": {
+      const [channel, channelCommands] = channelStep(state.channel, event)
+      return absorbChannel({ ...state, channel }, channelCommands, [])
+    }
+    case "Send": {
+      const keepalive = state.keepalive
+      if (keepalive === undefined) {
+        throw new ChannelMisuseError("NotAuthenticated", "Send before the connection is authenticated")
+      }
+      const [nextKeepalive, kaCommands] = keepaliveStep(keepalive, event)
+      return absorbKeepalive({ ...state, keepalive: nextKeepalive }, kaCommands, [])
+    }
+    case "Tick": {
+      const [channel, channelCommands] = channelStep(state.channel, { _tag: "Tick" })
+      const out: Array<ConnectionCommand> = []
+      const [afterChannel] = absorbChannel({ ...state, channel }, channelCommands, out)
+      if (afterChannel.closed !== undefined || afterChannel.keepalive === undefined) return [afterChannel, out]
+      const [keepalive, kaCommands] = keepaliveStep(afterChannel.keepalive, event)
+      return absorbKeepalive({ ...afterChannel, keepalive }, kaCommands, out)
+    }
+    default:
+      return absurd(event)
+  }
+}
+
+/** Runs the channel's commands through the keepalive layer, appending connection commands to `out`. */
+const absorbChannel = (
+  initial: ConnectionState,
+  commands: ReadonlyArray<SecureChannelCommand>,
+  out: Array<ConnectionCommand>
+): ConnectionStep => {
+  let state = initial
+  for (const command of commands) {
+    switch (command._tag) {
+      case "SendFrame":
+        out.push(command)
+        break
+      case "Authenticated":
+        state = { ...state, keepalive: makeKeepalive({ keepaliveTicks: state.keepaliveTicks }) }
+        out.push(command)
+        break
+      case "Close":
+        state = { ...state, closed: command.error }
+        out.push(command)
+        return [state, out]
+      case "Deliver": {
+        // A channel Deliver follows Authenticated, so the keepalive layer exists.
+        const [keepalive, kaCommands] = keepaliveStep(state.keepalive!, { _tag: "Received", data: command.data })
+        const [next] = absorbKeepalive({ ...state, keepalive }, kaCommands, out)
+        state = next
+        if (state.closed !== undefined) return [state, out]
+        break
+      }
+      default:
+        return absurd(command)
+    }
+  }
+  return [state, out]
+}
+
+/** Runs the keepalive layer's commands through the channel, appending connection commands to `out`. */
+const absorbKeepalive = (
+  initial: ConnectionState,
+  commands: ReadonlyArray<KeepaliveCommand>,
+  out: Array<ConnectionCommand>
+): ConnectionStep => {
+  let state = initial
+  for (const command of commands) {
+    switch (command._tag) {
+      case "Deliver":
+        out.push(command)
+        break
+      case "Close":
+        state = { ...state, closed: command.error }
+        out.push(command)
+        return [state, out]
+      case "Transmit": {
+        const [channel, channelCommands] = channelStep(state.channel, { _tag: "Send", data: command.data })
+        // The channel answers a Send with exactly one SendFrame, or a Close.
+        const [next] = absorbChannel({ ...state, channel }, channelCommands, out)
+        state = next
+        if (state.closed !== undefined) return [state, out]
+        break
+      }
+      default:
+        return absurd(command)
+    }
+  }
+  return [state, out]
+}
