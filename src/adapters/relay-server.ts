@@ -1,0 +1,531 @@
+/**
+ * The relay server: the pure relay core (src/core/relay-core.ts) run behind
+ * the connection pipeline on real TCP sockets.
+ *
+ * Each accepted socket gets its own fiber (`serveConnection`): limits, then
+ * version prefix and secure channel, then the core decides what the
+ * connection is. Every core command is run right after the event that caused
+ * it (`dispatch`), synchronously, so the core and the connection table never
+ * disagree. Sends that may wait on a slow socket run in forked fibers; the
+ * tunnel data path (`relay`) is a plain loop per direction whose only
+ * buffering is the receiving channel's bounded inbox, so a slow reader stops
+ * the relay reading from its peer and TCP pushes back.
+ *
+ * One timer drives the whole server: each tick goes to the core and to every
+ * channel (keepalive, rekey), so idle connections cost no timers.
+ */
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Scope from "effect/Scope"
+import * as Socket from "effect/socket/Socket"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
+import * as Clock from "effect/Clock"
+import { publicKeyHex as keyHex } from "../core/keys.ts"
+import * as Option from "effect/Option"
+import { makeTokenBucket, takeTokens, type TokenBucket } from "../core/token-bucket.ts"
+import {
+  CLOSE_REASONS,
+  ConnectionId,
+  defaultRelayConfig,
+  RelayCore,
+  type CloseReason,
+  type RelayCommand,
+  type RelayConfig,
+  type RelayEvent
+} from "../core/relay-core.ts"
+import { Crypto } from "./crypto.ts"
+import { exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
+import { ChannelError, establishChannel, type MessageChannel } from "./message-channel.ts"
+import { Metrics } from "./metrics.ts"
+
+/** An Ed25519 identity: the 32-byte secret seed and its public key. */
+export interface RelayIdentity {
+  readonly seed: Uint8Array
+  readonly publicKey: Uint8Array
+}
+
+/** Everything an operator can set; `defaultRelayServerOptions` documents each default. */
+export interface RelayServerOptions {
+  readonly host: string
+  /** 0 picks a free port (tests). */
+  readonly port: number
+  readonly identity: RelayIdentity
+  /** Milliseconds per tick (Offset: 1000). */
+  readonly tickMs: number
+  /** The relay core's timeouts and caps (ticks, counts) and the allow-list. */
+  readonly core: RelayConfig
+  /** Open TCP connections in total; more are closed at once. */
+  readonly maxConnections: number
+  /** Open TCP connections from one remote IP address; more are closed at once. */
+  readonly maxConnectionsPerIp: number
+  /** Handshakes in progress at once (Offset's max_concurrent_encrypt); more are closed at once. */
+  readonly maxConcurrentHandshakes: number
+  /** Wall-clock bound on version prefix + secure channel handshake. */
+  readonly handshakeTimeoutMs: number
+  /** Keepalive interval in ticks (PROTOCOL.md: 32). */
+  readonly keepaliveTicks: number
+  /** Rekey interval in ticks (PROTOCOL.md: 3600). */
+  readonly rekeyIntervalTicks: number
+  /** Largest random padding we add to a message. */
+  readonly maxPaddingBytes: number
+  /** Per-connection receive buffer before the relay stops reading that socket. */
+  readonly inboxBytes: number
+  /** Per client key: bytes per second and burst; undefined = no rate limit. */
+  readonly rateLimit: { readonly bytesPerSecond: number; readonly burstBytes: number } | undefined
+}
+
+/** Defaults: Offset's protocol values, and limits sized for a small public relay. */
+export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerOptions => ({
+  host: "127.0.0.1",
+  port: 4747,
+  identity,
+  tickMs: 1000,
+  core: defaultRelayConfig,
+  maxConnections: 20_000,
+  maxConnectionsPerIp: 256,
+  maxConcurrentHandshakes: 256,
+  handshakeTimeoutMs: 8000,
+  keepaliveTicks: 32,
+  rekeyIntervalTicks: 3600,
+  maxPaddingBytes: 255,
+  inboxBytes: 256 * 1024,
+  rateLimit: undefined
+})
+
+/** Counts beyond the core's, for tests and metrics. */
+export interface RelayServerStats {
+  readonly core: ReturnType<RelayCore["stats"]>
+  /** TCP connections open (from accept to close). */
+  readonly sockets: number
+  readonly handshaking: number
+  /** Bytes the relay holds in channel buffers (inboxes and partial frames). */
+  readonly bufferedBytes: number
+  readonly bytesRelayed: number
+}
+
+/** A running relay. */
+export interface RelayServer {
+  readonly publicKey: Uint8Array
+  readonly host: string
+  readonly port: number
+  /** `<public key hex>@<host>:<port>`: what clients are given. */
+  readonly address: string
+  readonly metrics: Metrics
+  readonly stats: () => RelayServerStats
+  /** Replaces the allow-list (undefined = open); applies to first messages from now on. */
+  readonly setAllowList: (keys: ReadonlySet<string> | undefined) => Effect.Effect<void>
+  /**
+   * Graceful shutdown: stop accepting, close everything but tunnels, let
+   * tunnels drain for up to `drainMs`, then close the rest.
+   */
+  readonly shutdown: (drainMs: number) => Effect.Effect<void>
+}
+
+// What the adapter keeps per connection, beside the core's view.
+interface Connection {
+  readonly id: ConnectionId
+  readonly ip: string
+  channel: MessageChannel | undefined
+  clientKey: string | undefined
+  /** "core": messages go to the core; "held": a pending connect channel; "tunnel": relayed. */
+  mode: "core" | "held" | "tunnel"
+  /** The other side, once spliced. */
+  peer: Connection | undefined
+  /** Completed by the core's Close command, with its reason. */
+  readonly closeOrder: Deferred.Deferred<CloseReason>
+  /** Completed by Splice for a held connect channel. */
+  readonly spliced: Deferred.Deferred<void>
+  /** Set once the socket is gone, so late commands are ignored. */
+  done: boolean
+}
+
+/**
+ * Starts a relay on `options.host:options.port`; it runs until the scope
+ * closes (which closes every connection) or `shutdown` is called.
+ */
+export const makeRelayServer = (
+  options: RelayServerOptions
+): Effect.Effect<RelayServer, ServerStartError, Scope.Scope | Crypto> =>
+  Effect.gen(function*() {
+    const crypto = yield* Crypto
+    const scope = yield* Effect.scope
+    const server = yield* NodeSocketServer.make({ host: options.host, port: options.port }).pipe(
+      Effect.mapError(
+        (error) =>
+          new ServerStartError({
+            message: `cannot listen on ${options.host}:${options.port}: ${error.message}`
+          })
+      )
+    )
+    const boundPort = server.address._tag === "UnixPathAddress" ? options.port : server.address.port
+    const core = new RelayCore(options.core)
+    const connections = new Map<ConnectionId, Connection>()
+    const perIp = new Map<string, number>()
+    const buckets = new Map<string, { bucket: TokenBucket; users: number }>()
+    let nextId = 1
+    let sockets = 0
+    let handshaking = 0
+    let bytesRelayed = 0
+    let draining = false
+    const publicKeyHexText = keyHex(options.identity.publicKey)
+
+    const metrics = new Metrics()
+    const closes = metrics.counter("offset_relay_closes_total", "Connections closed, by reason.", "reason")
+    for (const reason of [...CLOSE_REASONS, ...ADAPTER_CLOSE_REASONS]) closes.inc(0, reason)
+    const accepted = metrics.counter("offset_relay_connections_accepted_total", "TCP connections accepted.")
+    const overLimit = metrics.counter(
+      "offset_relay_over_limit_total",
+      "Connections refused at once by a limit, by limit.",
+      "limit"
+    )
+    const handshakeFailures = metrics.counter(
+      "offset_relay_handshake_failures_total",
+      "Version or secure-channel handshakes that failed, by reason.",
+      "reason"
+    )
+    const relayedBytes = metrics.counter("offset_relay_relayed_bytes_total", "Tunnel payload bytes relayed.")
+    metrics.gauge("offset_relay_listeners", "Listen channels.", () => core.stats().listeners)
+    metrics.gauge("offset_relay_pending_half_tunnels", "Connect channels waiting for accept.", () => core.stats().pendingHalfTunnels)
+    metrics.gauge("offset_relay_tunnels", "Relayed tunnels.", () => core.stats().tunnels)
+    metrics.gauge(
+      "offset_relay_connections",
+      "Open TCP connections, by state.",
+      () => {
+        const s = core.stats()
+        return new Map([
+          ["handshaking", handshaking],
+          ["unidentified", s.unidentified],
+          ["listen", s.listeners],
+          ["pending-connect", s.pendingHalfTunnels],
+          ["tunnel", s.tunnels * 2],
+          ["open", sockets]
+        ])
+      },
+      "state"
+    )
+    metrics.gauge("offset_relay_buffered_bytes", "Bytes held in channel buffers.", () => bufferedBytes())
+
+    const bufferedBytes = (): number => {
+      let total = 0
+      for (const c of connections.values()) total += c.channel?.bufferedBytes() ?? 0
+      return total
+    }
+
+    // Runs one core event and every command it gives, in order.
+    const dispatch = (event: RelayEvent): void => {
+      for (const command of core.handle(event)) runCommand(command)
+    }
+
+    const runCommand = (command: RelayCommand): void => {
+      switch (command._tag) {
+        case "SendIncomingConnection": {
+          const channel = connections.get(command.id)?.channel
+          // The core bounds these per listener (maxPendingHalfTunnelsPerListener),
+          // so the forked sends are bounded too; a failed send ends the channel,
+          // which the listener's own fiber reports.
+          if (channel !== undefined) Effect.runFork(Effect.ignore(channel.send(command.message)))
+          return
+        }
+        case "HoldConnect": {
+          const c = connections.get(command.id)
+          if (c !== undefined) c.mode = "held"
+          return
+        }
+        case "Splice": {
+          const connect = connections.get(command.connectId)
+          const accept = connections.get(command.acceptId)
+          if (connect === undefined || accept === undefined) return
+          connect.peer = accept
+          accept.peer = connect
+          connect.mode = "tunnel"
+          accept.mode = "tunnel"
+          Deferred.doneUnsafe(connect.spliced, Exit.void)
+          return
+        }
+        case "Close": {
+          const c = connections.get(command.id)
+          if (c !== undefined) Deferred.doneUnsafe(c.closeOrder, Exit.succeed(command.reason))
+          return
+        }
+        default:
+          absurd(command)
+      }
+    }
+
+    const throttleFor = (clientKey: string) => {
+      const rate = options.rateLimit
+      if (rate === undefined) return undefined
+      let entry = buckets.get(clientKey)
+      if (entry === undefined) {
+        // Starts full; the first take refills from time 0, which caps at the burst anyway.
+        entry = { bucket: makeTokenBucket(rate.bytesPerSecond, rate.burstBytes, 0), users: 0 }
+        buckets.set(clientKey, entry)
+      }
+      entry.users++
+      const bucket = entry.bucket
+      return (bytes: number) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          const waitMs = takeTokens(bucket, bytes, now)
+          return waitMs > 0 ? Effect.sleep(waitMs) : Effect.void
+        })
+    }
+
+    const releaseThrottle = (clientKey: string) => {
+      const entry = buckets.get(clientKey)
+      if (entry !== undefined && --entry.users === 0) buckets.delete(clientKey)
+    }
+
+    // Relays every message `from` receives to its peer until `from` ends.
+    // Messages already received are written before the end is reported, which
+    // is what "the other side is closed after what was already read" needs.
+    const relay = (from: Connection): Effect.Effect<void, ChannelError> =>
+      Effect.gen(function*() {
+        const channel = from.channel!
+        const to = from.peer!.channel! // set by Splice, before mode became "tunnel"
+        while (true) {
+          const message = yield* channel.receive
+          yield* to.send(message)
+          bytesRelayed += message.length
+          relayedBytes.inc(message.length)
+        }
+      })
+
+    // The life of one accepted socket, from limits to close.
+    const serveConnection = (socket: Socket.Socket) =>
+      Effect.gen(function*() {
+        // The socket server provides the Node socket to every handler.
+        const netSocket = Option.getOrThrow(yield* Effect.serviceOption(NodeSocket.NetSocket))
+        const ip = netSocket.remoteAddress ?? "unknown"
+        const id = ConnectionId(nextId++)
+        accepted.inc()
+        // Limits cost nothing beyond the accept: no handshake, no core state.
+        const refusal = draining
+          ? "shutting-down"
+          : sockets >= options.maxConnections
+          ? "max-connections"
+          : (perIp.get(ip) ?? 0) >= options.maxConnectionsPerIp
+          ? "max-connections-per-ip"
+          : handshaking >= options.maxConcurrentHandshakes
+          ? "max-concurrent-handshakes"
+          : undefined
+        if (refusal !== undefined) {
+          if (refusal !== "shutting-down") overLimit.inc(1, refusal)
+          closes.inc(1, refusal === "shutting-down" ? "shutting-down" : "over-limit")
+          yield* Effect.logDebug("connection refused").pipe(Effect.annotateLogs({ connection: id, ip, limit: refusal }))
+          netSocket.destroy()
+          return
+        }
+        sockets++
+        perIp.set(ip, (perIp.get(ip) ?? 0) + 1)
+        const connection: Connection = {
+          id,
+          ip,
+          channel: undefined,
+          clientKey: undefined,
+          mode: "core",
+          peer: undefined,
+          closeOrder: Deferred.makeUnsafe<CloseReason>(),
+          spliced: Deferred.makeUnsafe<void>(),
+          done: false
+        }
+        connections.set(id, connection)
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            connection.done = true
+            connections.delete(id)
+            sockets--
+            const n = (perIp.get(ip) ?? 1) - 1
+            if (n === 0) perIp.delete(ip)
+            else perIp.set(ip, n)
+            if (connection.clientKey !== undefined && options.rateLimit !== undefined) releaseThrottle(connection.clientKey)
+          })
+        )
+        dispatch({ _tag: "Opened", id })
+
+        const life = Effect.gen(function*() {
+          const link = yield* makeSocketFrameLink(socket)
+          handshaking++
+          const channel = yield* Effect.gen(function*() {
+            yield* exchangeVersion(link)
+            return yield* establishChannel(link, {
+              crypto,
+              identity: options.identity,
+              inboxBytes: options.inboxBytes,
+              machine: {
+                keepaliveTicks: options.keepaliveTicks,
+                rekeyIntervalTicks: options.rekeyIntervalTicks,
+                maxPaddingBytes: options.maxPaddingBytes
+              }
+            })
+          }).pipe(
+            Effect.timeoutOrElse({
+              duration: options.handshakeTimeoutMs,
+              orElse: () =>
+                Effect.fail(
+                  new ChannelError({
+                    reason: "HandshakeTimeout",
+                    message: `handshake did not finish within ${options.handshakeTimeoutMs} ms`
+                  })
+                )
+            }),
+            Effect.tapError((error) =>
+              Effect.sync(() => handshakeFailures.inc(1, error instanceof LinkError ? error.reason : error.detail ?? error.reason))
+            ),
+            Effect.ensuring(Effect.sync(() => handshaking--))
+          )
+          connection.channel = channel
+          connection.clientKey = keyHex(channel.remotePublicKey)
+          const throttle = throttleFor(connection.clientKey)
+          if (throttle !== undefined) link.setReadThrottle(throttle)
+          dispatch({ _tag: "Authenticated", id, publicKey: channel.remotePublicKey })
+
+          // Until the core makes it a connect or accept channel, every message goes to the core.
+          while (connection.mode === "core") {
+            const message = yield* channel.receive
+            dispatch({ _tag: "Received", id, message })
+          }
+          if (connection.mode === "held") {
+            // (fix) A connect channel that closes while held is dropped at once,
+            // so watch its end while waiting for the accept.
+            const ended = yield* Effect.raceFirst(
+              Effect.as(Deferred.await(connection.spliced), undefined),
+              channel.ended
+            )
+            if (ended !== undefined) return yield* Effect.fail(ended)
+          }
+          yield* relay(connection)
+        })
+
+        // The connection ends when its life ends (peer closed, error) or the core orders it.
+        const outcome = yield* Effect.raceFirst(
+          Effect.map(Effect.exit(life), (exit) => ({ _tag: "Ended" as const, exit })),
+          Effect.map(Deferred.await(connection.closeOrder), (reason) => ({ _tag: "Ordered" as const, reason }))
+        )
+        if (outcome._tag === "Ended") {
+          dispatch({ _tag: "Closed", id })
+          const error = Exit.isFailure(outcome.exit) ? failureOf(outcome.exit) : undefined
+          const reason = error === undefined ? "peer-closed" : adapterCloseReason(error, connection.channel !== undefined)
+          closes.inc(1, reason)
+          yield* Effect.logInfo("connection closed").pipe(
+            Effect.annotateLogs({
+              connection: id,
+              ip,
+              client: connection.clientKey ?? "-",
+              reason,
+              detail: error?.message ?? ""
+            })
+          )
+        } else {
+          closes.inc(1, outcome.reason)
+          yield* Effect.logInfo("connection closed").pipe(
+            Effect.annotateLogs({ connection: id, ip, client: connection.clientKey ?? "-", reason: outcome.reason })
+          )
+        }
+      }).pipe(Effect.scoped)
+
+    const serverFiber = yield* Effect.forkIn(server.run(serveConnection), scope)
+
+    const tickFiber = yield* Effect.forkIn(
+      Effect.forever(
+        Effect.andThen(
+          Effect.sleep(options.tickMs),
+          Effect.sync(() => {
+            dispatch({ _tag: "Tick" })
+            for (const c of connections.values()) c.channel?.tick()
+          })
+        )
+      ),
+      scope
+    )
+
+    const shutdown = (drainMs: number): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        draining = true
+        dispatch({ _tag: "Shutdown" })
+        const deadline = (yield* Clock.currentTimeMillis) + drainMs
+        while (core.stats().tunnels > 0 && (yield* Clock.currentTimeMillis) < deadline) {
+          yield* Effect.sleep(Math.min(50, options.tickMs))
+        }
+        for (const c of connections.values()) Deferred.doneUnsafe(c.closeOrder, Exit.succeed("shutting-down"))
+        yield* Fiber.interrupt(serverFiber)
+        yield* Fiber.interrupt(tickFiber)
+      })
+
+    yield* Effect.logInfo("relay listening").pipe(
+      Effect.annotateLogs({ address: `${publicKeyHexText}@${options.host}:${boundPort}` })
+    )
+
+    return {
+      publicKey: options.identity.publicKey,
+      host: options.host,
+      port: boundPort,
+      address: `${publicKeyHexText}@${options.host}:${boundPort}`,
+      metrics,
+      stats: () => ({
+        core: core.stats(),
+        sockets,
+        handshaking,
+        bufferedBytes: bufferedBytes(),
+        bytesRelayed
+      }),
+      setAllowList: (keys) => Effect.sync(() => dispatch({ _tag: "AllowListChanged", keys })),
+      shutdown
+    } satisfies RelayServer
+  })
+
+/** The relay could not start (port in use, bad address). */
+export class ServerStartError extends Error {
+  readonly _tag = "ServerStartError"
+  constructor(options: { readonly message: string }) {
+    super(options.message)
+  }
+}
+
+/** Close reasons seen only by the adapter (the core's are CLOSE_REASONS). */
+export const ADAPTER_CLOSE_REASONS = [
+  "handshake-failed",
+  "timeout-handshake",
+  "frame-too-long",
+  "version-mismatch",
+  "keepalive-timeout",
+  "connection-lost"
+] as const
+
+const failureOf = (exit: Exit.Exit<unknown, unknown>): ChannelError | LinkError | undefined => {
+  if (!Exit.isFailure(exit)) return undefined
+  for (const reason of exit.cause.reasons) {
+    if (reason._tag === "Fail" && (reason.error instanceof ChannelError || reason.error instanceof LinkError)) {
+      return reason.error
+    }
+  }
+  return undefined
+}
+
+// Names a connection's end for logs and metrics when the core did not order it.
+const adapterCloseReason = (error: ChannelError | LinkError, established: boolean): string => {
+  switch (error.reason) {
+    case "Closed":
+    case "LocalClose":
+      return "peer-closed"
+    case "Reset":
+      return "connection-lost"
+    case "FrameTooLong":
+      return "frame-too-long"
+    case "VersionMismatch":
+      return "version-mismatch"
+    case "HandshakeTimeout":
+      return "timeout-handshake"
+    case "Protocol":
+      if (error instanceof ChannelError && error.detail === "KeepaliveTimeout") return "keepalive-timeout"
+      return established ? "protocol-violation" : "handshake-failed"
+    default:
+      return absurd(error)
+  }
+}
+
+const absurd = (value: never): never => {
+  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
+}
