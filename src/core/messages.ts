@@ -6,7 +6,30 @@
  * Decoders never throw: bad bytes give a DecodeError value. Data fields of a
  * decoded message may be views into a buffer the decoder allocated (never
  * into the caller's input), so they stay valid after the input is reused.
+ *
+ * Encoders throw a RangeError only for a caller's bug (a fixed-size field of
+ * the wrong length); decoders never throw.
  */
+import {
+  createMessage,
+  finishPacked,
+  initStruct,
+  type MessageBuilder,
+  type MessageReader,
+  openMessage,
+  readDataField,
+  readRoot,
+  readStructField,
+  readU16,
+  readWordsBigEndian,
+  recordError,
+  rootPointer,
+  setData,
+  type StructReader,
+  unpack,
+  writeWordsBigEndian
+} from "./capnp.ts"
+
 export type Bytes = Uint8Array
 
 export type InitConnection =
@@ -79,3 +102,355 @@ export interface DecodeError {
 export type DecodeResult<A> =
   | { readonly _tag: "Ok"; readonly value: A }
   | { readonly _tag: "Err"; readonly error: DecodeError }
+
+// ---------------------------------------------------------------------------
+// Codecs
+
+/** Options of every decoder. */
+export interface DecodeOptions {
+  /** Refuse ("TooLarge") input that unpacks to more bytes than this, before allocating. Default 8 MiB. */
+  readonly maxUnpackedBytes?: number
+}
+
+/** Default bound of a decoder's unpacked buffer: 8 × the 1 MiB frame limit, the worst honest packing ratio. */
+export const defaultMaxUnpackedBytes = 8 * 1024 * 1024
+
+/**
+ * Struct layouts of schema/*.capnp as [data words, pointer count].
+ * test/capnp-golden.test.ts checks them against the generated classes.
+ */
+export const structLayouts = {
+  Buffer128: [2, 0],
+  Buffer256: [4, 0],
+  Buffer512: [8, 0],
+  PublicKey: [0, 1],
+  DhPublicKey: [0, 1],
+  Salt: [0, 1],
+  RandValue: [0, 1],
+  Signature: [0, 1],
+  InitConnection: [1, 1],
+  RejectConnection: [0, 1],
+  IncomingConnection: [0, 1],
+  KaMessage: [1, 1],
+  ExchangeRandNonce: [1, 3],
+  ExchangeDh: [0, 4],
+  Rekey: [0, 2],
+  ChannelContent: [1, 1],
+  ChannelMessage: [0, 2]
+} as const satisfies Record<string, readonly [number, number]>
+
+/** Byte lengths of the fixed-size fields (PublicKey, DhPublicKey, Salt: 32; RandValue: 16; Signature: 64). */
+export const fixedLengths = { publicKey: 32, dhPublicKey: 32, salt: 32, randValue: 16, signature: 64 } as const
+
+// Words of a fixed-size field: its wrapper struct (one pointer) and the BufferN.
+const fixedWords = (length: number): number => 1 + length / 8
+const dataWords = (data: Bytes): number => Math.ceil(data.length / 8)
+
+// Every encoder below sizes its message first, then places objects in
+// pre-order depth-first field order: the order in which the C++ library lays
+// out a copied message, so our bytes equal `capnp encode --packed`.
+
+// The fixed field at `pointer`: wrapper struct, then its BufferN. Wrong
+// lengths are a caller's bug (types cannot say "32 bytes"), hence the throw.
+const writeFixed = (builder: MessageBuilder, pointer: number, bytes: Bytes, length: number, what: string): void => {
+  if (bytes.length !== length) throw new RangeError(`${what} must be ${length} bytes, got ${bytes.length}`)
+  const wrapper = initStruct(builder, pointer, 0, 1)
+  const buffer = initStruct(builder, wrapper, length / 8, 0)
+  writeWordsBigEndian(builder, buffer, bytes)
+}
+
+const writeRekey = (builder: MessageBuilder, pointer: number, rekey: Rekey): void => {
+  const struct = initStruct(builder, pointer, 0, 2)
+  writeFixed(builder, struct, rekey.dhPublicKey, fixedLengths.dhPublicKey, "Rekey.dhPublicKey")
+  writeFixed(builder, struct + 8, rekey.keySalt, fixedLengths.salt, "Rekey.keySalt")
+}
+
+const rekeyWords = 2 + fixedWords(fixedLengths.dhPublicKey) + fixedWords(fixedLengths.salt)
+
+/** Packed bytes of an InitConnection. */
+export const encodeInitConnection = (value: InitConnection): Uint8Array => {
+  const keyed = value._tag !== "Listen"
+  const builder = createMessage(3 + (keyed ? fixedWords(fixedLengths.publicKey) : 0))
+  const root = initStruct(builder, rootPointer, 1, 1)
+  switch (value._tag) {
+    case "Listen":
+      break
+    case "Accept":
+      builder.view.setUint16(root, 1, true)
+      writeFixed(builder, root + 8, value.publicKey, fixedLengths.publicKey, "InitConnection.accept")
+      break
+    case "Connect":
+      builder.view.setUint16(root, 2, true)
+      writeFixed(builder, root + 8, value.publicKey, fixedLengths.publicKey, "InitConnection.connect")
+      break
+    default:
+      return absurd(value)
+  }
+  return finishPacked(builder)
+}
+
+const encodeKeyOnly = (publicKey: Bytes, what: string): Uint8Array => {
+  const builder = createMessage(2 + fixedWords(fixedLengths.publicKey))
+  const root = initStruct(builder, rootPointer, 0, 1)
+  writeFixed(builder, root, publicKey, fixedLengths.publicKey, what)
+  return finishPacked(builder)
+}
+
+/** Packed bytes of a RejectConnection. */
+export const encodeRejectConnection = (value: RejectConnection): Uint8Array =>
+  encodeKeyOnly(value.publicKey, "RejectConnection.publicKey")
+
+/** Packed bytes of an IncomingConnection. */
+export const encodeIncomingConnection = (value: IncomingConnection): Uint8Array =>
+  encodeKeyOnly(value.publicKey, "IncomingConnection.publicKey")
+
+/** Packed bytes of a KaMessage (data path: one message buffer, one packed buffer). */
+export const encodeKaMessage = (value: KaMessage): Uint8Array => {
+  if (value._tag === "KeepAlive") {
+    const builder = createMessage(3)
+    initStruct(builder, rootPointer, 1, 1)
+    return finishPacked(builder)
+  }
+  const builder = createMessage(3 + dataWords(value.data))
+  const root = initStruct(builder, rootPointer, 1, 1)
+  builder.view.setUint16(root, 1, true)
+  setData(builder, root + 8, value.data)
+  return finishPacked(builder)
+}
+
+/** Packed bytes of an ExchangeRandNonce. */
+export const encodeExchangeRandNonce = (value: ExchangeRandNonce): Uint8Array => {
+  const dest = value.optDestPublicKey
+  const builder = createMessage(
+    5 +
+      fixedWords(fixedLengths.randValue) +
+      fixedWords(fixedLengths.publicKey) +
+      (dest === undefined ? 0 : fixedWords(fixedLengths.publicKey))
+  )
+  const root = initStruct(builder, rootPointer, 1, 3)
+  const pointers = root + 8
+  writeFixed(builder, pointers, value.randNonce, fixedLengths.randValue, "ExchangeRandNonce.randNonce")
+  writeFixed(builder, pointers + 8, value.srcPublicKey, fixedLengths.publicKey, "ExchangeRandNonce.srcPublicKey")
+  if (dest !== undefined) {
+    builder.view.setUint16(root, 1, true)
+    writeFixed(builder, pointers + 16, dest, fixedLengths.publicKey, "ExchangeRandNonce.optDestPublicKey")
+  }
+  return finishPacked(builder)
+}
+
+/** Packed bytes of an ExchangeDh. */
+export const encodeExchangeDh = (value: ExchangeDh): Uint8Array => {
+  const builder = createMessage(
+    5 +
+      fixedWords(fixedLengths.dhPublicKey) +
+      fixedWords(fixedLengths.randValue) +
+      fixedWords(fixedLengths.salt) +
+      fixedWords(fixedLengths.signature)
+  )
+  const root = initStruct(builder, rootPointer, 0, 4)
+  writeFixed(builder, root, value.dhPublicKey, fixedLengths.dhPublicKey, "ExchangeDh.dhPublicKey")
+  writeFixed(builder, root + 8, value.randNonce, fixedLengths.randValue, "ExchangeDh.randNonce")
+  writeFixed(builder, root + 16, value.keySalt, fixedLengths.salt, "ExchangeDh.keySalt")
+  writeFixed(builder, root + 24, value.signature, fixedLengths.signature, "ExchangeDh.signature")
+  return finishPacked(builder)
+}
+
+/** Packed bytes of a Rekey as a message of its own. */
+export const encodeRekey = (value: Rekey): Uint8Array => {
+  const builder = createMessage(1 + rekeyWords)
+  writeRekey(builder, rootPointer, value)
+  return finishPacked(builder)
+}
+
+/** Packed bytes of a ChannelMessage (data path: one message buffer, one packed buffer). */
+export const encodeChannelMessage = (value: ChannelMessage): Uint8Array => {
+  const content = value.content
+  const contentWords = 2 + (content._tag === "User" ? dataWords(content.data) : rekeyWords)
+  const builder = createMessage(3 + dataWords(value.randPadding) + contentWords)
+  const root = initStruct(builder, rootPointer, 0, 2)
+  setData(builder, root, value.randPadding)
+  const contentStruct = initStruct(builder, root + 8, 1, 1)
+  switch (content._tag) {
+    case "Rekey":
+      writeRekey(builder, contentStruct + 8, content.rekey)
+      break
+    case "User":
+      builder.view.setUint16(contentStruct, 1, true)
+      setData(builder, contentStruct + 8, content.data)
+      break
+    default:
+      return absurd(content)
+  }
+  return finishPacked(builder)
+}
+
+const absurd = (value: never): never => {
+  throw new Error(`unexpected value ${JSON.stringify(value)}`)
+}
+
+// Decoding: each reader returns undefined only after recording an error on
+// the MessageReader (capnp.ts's sticky error), so `reader.error` is then set.
+
+const readFixed = (reader: MessageReader, parent: StructReader, index: number, length: number): Bytes | undefined => {
+  const wrapper = readStructField(reader, parent, index)
+  if (wrapper === undefined) return undefined
+  const buffer = readStructField(reader, wrapper, 0)
+  if (buffer === undefined) return undefined
+  return readWordsBigEndian(reader, buffer, length / 8)
+}
+
+const unknownMember = (reader: MessageReader, union: string, which: number): undefined =>
+  recordError(reader, "UnknownUnionMember", `${union} has union discriminant ${which}, which this schema does not define`)
+
+const readInitConnection = (reader: MessageReader, root: StructReader): InitConnection | undefined => {
+  const which = readU16(reader, root, 0)
+  switch (which) {
+    case 0:
+      return { _tag: "Listen" }
+    case 1:
+    case 2: {
+      const publicKey = readFixed(reader, root, 0, fixedLengths.publicKey)
+      if (publicKey === undefined) return undefined
+      return which === 1 ? { _tag: "Accept", publicKey } : { _tag: "Connect", publicKey }
+    }
+    default:
+      return unknownMember(reader, "InitConnection", which)
+  }
+}
+
+const readKeyOnly = (reader: MessageReader, root: StructReader): { readonly publicKey: Bytes } | undefined => {
+  const publicKey = readFixed(reader, root, 0, fixedLengths.publicKey)
+  return publicKey === undefined ? undefined : { publicKey }
+}
+
+const readKaMessage = (reader: MessageReader, root: StructReader): KaMessage | undefined => {
+  const which = readU16(reader, root, 0)
+  switch (which) {
+    case 0:
+      return { _tag: "KeepAlive" }
+    case 1: {
+      const data = readDataField(reader, root, 0)
+      return data === undefined ? undefined : { _tag: "Message", data }
+    }
+    default:
+      return unknownMember(reader, "KaMessage", which)
+  }
+}
+
+const readExchangeRandNonce = (reader: MessageReader, root: StructReader): ExchangeRandNonce | undefined => {
+  const randNonce = readFixed(reader, root, 0, fixedLengths.randValue)
+  if (randNonce === undefined) return undefined
+  const srcPublicKey = readFixed(reader, root, 1, fixedLengths.publicKey)
+  if (srcPublicKey === undefined) return undefined
+  const which = readU16(reader, root, 0)
+  switch (which) {
+    case 0:
+      return { randNonce, srcPublicKey, optDestPublicKey: undefined }
+    case 1: {
+      const optDestPublicKey = readFixed(reader, root, 2, fixedLengths.publicKey)
+      return optDestPublicKey === undefined ? undefined : { randNonce, srcPublicKey, optDestPublicKey }
+    }
+    default:
+      return unknownMember(reader, "ExchangeRandNonce.optDestPublicKey", which)
+  }
+}
+
+const readExchangeDh = (reader: MessageReader, root: StructReader): ExchangeDh | undefined => {
+  const dhPublicKey = readFixed(reader, root, 0, fixedLengths.dhPublicKey)
+  if (dhPublicKey === undefined) return undefined
+  const randNonce = readFixed(reader, root, 1, fixedLengths.randValue)
+  if (randNonce === undefined) return undefined
+  const keySalt = readFixed(reader, root, 2, fixedLengths.salt)
+  if (keySalt === undefined) return undefined
+  const signature = readFixed(reader, root, 3, fixedLengths.signature)
+  if (signature === undefined) return undefined
+  return { dhPublicKey, randNonce, keySalt, signature }
+}
+
+const readRekey = (reader: MessageReader, struct: StructReader): Rekey | undefined => {
+  const dhPublicKey = readFixed(reader, struct, 0, fixedLengths.dhPublicKey)
+  if (dhPublicKey === undefined) return undefined
+  const keySalt = readFixed(reader, struct, 1, fixedLengths.salt)
+  if (keySalt === undefined) return undefined
+  return { dhPublicKey, keySalt }
+}
+
+const readChannelMessage = (reader: MessageReader, root: StructReader): ChannelMessage | undefined => {
+  const randPadding = readDataField(reader, root, 0)
+  if (randPadding === undefined) return undefined
+  const contentStruct = readStructField(reader, root, 1)
+  if (contentStruct === undefined) return undefined
+  const which = readU16(reader, contentStruct, 0)
+  switch (which) {
+    case 0: {
+      const rekeyStruct = readStructField(reader, contentStruct, 0)
+      if (rekeyStruct === undefined) return undefined
+      const rekey = readRekey(reader, rekeyStruct)
+      return rekey === undefined ? undefined : { randPadding, content: { _tag: "Rekey", rekey } }
+    }
+    case 1: {
+      const data = readDataField(reader, contentStruct, 0)
+      return data === undefined ? undefined : { randPadding, content: { _tag: "User", data } }
+    }
+    default:
+      return unknownMember(reader, "ChannelContent", which)
+  }
+}
+
+// Unpack (bounded), open the framing, read the root with `read`.
+const decodeWith = <A>(
+  bytes: Uint8Array,
+  options: DecodeOptions | undefined,
+  read: (reader: MessageReader, root: StructReader) => A | undefined
+): DecodeResult<A> => {
+  const unpacked = unpack(bytes, options?.maxUnpackedBytes ?? defaultMaxUnpackedBytes)
+  if (unpacked._tag === "Err") return unpacked
+  const opened = openMessage(unpacked.value)
+  if (opened._tag === "Err") return opened
+  const reader = opened.value
+  const root = readRoot(reader)
+  const value = root === undefined ? undefined : read(reader, root)
+  if (reader.error !== undefined) return { _tag: "Err", error: reader.error }
+  if (value === undefined) {
+    // Unreachable: readers return undefined only after recording an error.
+    return {
+      _tag: "Err",
+      error: { _tag: "DecodeError", reason: "BadPointer", message: "decoder returned no value and no error (bug)" }
+    }
+  }
+  return { _tag: "Ok", value }
+}
+
+/** Decodes a packed InitConnection; never throws. */
+export const decodeInitConnection = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<InitConnection> =>
+  decodeWith(bytes, options, readInitConnection)
+
+/** Decodes a packed RejectConnection; never throws. */
+export const decodeRejectConnection = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<RejectConnection> =>
+  decodeWith(bytes, options, readKeyOnly)
+
+/** Decodes a packed IncomingConnection; never throws. */
+export const decodeIncomingConnection = (
+  bytes: Uint8Array,
+  options?: DecodeOptions
+): DecodeResult<IncomingConnection> => decodeWith(bytes, options, readKeyOnly)
+
+/** Decodes a packed KaMessage; never throws. `data` is a view into the decoder's own buffer. */
+export const decodeKaMessage = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<KaMessage> =>
+  decodeWith(bytes, options, readKaMessage)
+
+/** Decodes a packed ExchangeRandNonce; never throws. */
+export const decodeExchangeRandNonce = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<ExchangeRandNonce> =>
+  decodeWith(bytes, options, readExchangeRandNonce)
+
+/** Decodes a packed ExchangeDh; never throws. */
+export const decodeExchangeDh = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<ExchangeDh> =>
+  decodeWith(bytes, options, readExchangeDh)
+
+/** Decodes a packed Rekey sent as a message of its own; never throws. */
+export const decodeRekey = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<Rekey> =>
+  decodeWith(bytes, options, readRekey)
+
+/** Decodes a packed ChannelMessage; never throws. Data fields are views into the decoder's own buffer. */
+export const decodeChannelMessage = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<ChannelMessage> =>
+  decodeWith(bytes, options, readChannelMessage)
