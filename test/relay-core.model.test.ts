@@ -1,0 +1,575 @@
+/**
+ * Model-based test of the relay core: fast-check generates random sequences
+ * of adapter events (opens, handshakes from a pool of three keys, first
+ * messages, rejects, garbage, closes, ticks, allow-list changes, shutdown)
+ * under a random small config, and after every event compares the core with
+ * a deliberately naive reference model (one flat map of connections, found by
+ * scanning; no indexes, counters or deadline buckets).
+ *
+ * Checked after every event:
+ * - the commands equal the model's prediction (as a multiset: the order
+ *   within one event's batch is not part of the contract, except the checks
+ *   below);
+ * - no command names a connection already closed (by an earlier `Close` or
+ *   `Closed`), and within one batch nothing names a connection after its
+ *   `Close`; a `Splice` joins a held connect channel and a fresh accept one;
+ * - every connection has the role the model gives it (or none), stats agree,
+ *   and the core's own cross-check (`checkInvariants`) finds nothing.
+ * At the end every open connection is closed, and then: every half tunnel
+ * ended (spliced, rejected, timed out or closed), and the core holds nothing
+ * (stats and internal tables all zero).
+ *
+ * The driver acts as a correct adapter: it never hands the core a message on
+ * a connection it was told is a connect or accept channel, nor Authenticated
+ * twice (those are adapter bugs, covered in relay-core.test.ts); a command
+ * that would do so is a no-op. Late events for closed connections ARE fed:
+ * a real adapter produces them.
+ *
+ * A failure shrinks to a short command list and prints it, one readable
+ * command per step, e.g.
+ *   Counterexample: [{...config}, Open(#1),Authenticate(#1 as K0),Init(#1 listen),...
+ *   /*replayPath="..."*\/]
+ * together with `seed` and `path`. To replay exactly that case, run
+ *   RELAY_MODEL_SEED=<seed> RELAY_MODEL_PATH=<path> RELAY_MODEL_REPLAY=<replayPath> \
+ *     npx vitest run test/relay-core.model.test.ts
+ * (the test passes them to fc.assert as { seed, path, endOnFailure } and to
+ * fc.commands as { replayPath }). Connection #n is the n-th opened.
+ */
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import { publicKeyHex } from "../src/core/keys.ts"
+import { encodeInitConnection, encodeRejectConnection, type InitConnection } from "../src/core/messages.ts"
+import {
+  type CloseReason,
+  type ConnectionRole,
+  ConnectionId,
+  RelayCore,
+  type RelayCommand,
+  type RelayConfig,
+  type RelayEvent
+} from "../src/core/relay-core.ts"
+
+const KEYS: ReadonlyArray<Uint8Array> = [0xa0, 0xb0, 0xc0].map((n) => new Uint8Array(32).fill(n))
+const keyOf = (k: number): Uint8Array => KEYS[k]! // k is always drawn from 0..KEYS.length-1
+const keyName = (k: number): string => `K${k}`
+const keyIndexOfHex = (hex: string): number => KEYS.findIndex((key) => publicKeyHex(key) === hex)
+// Connections the commands can name; more opens than this just add traffic.
+const MAX_TARGET = 16
+
+// ---------------------------------------------------------------- the model
+
+type ModelConnection =
+  | { readonly phase: "handshaking"; readonly deadline: number }
+  | { readonly phase: "awaiting-init"; readonly key: number; readonly deadline: number }
+  | { readonly phase: "listen"; readonly key: number }
+  | { readonly phase: "pending-connect"; readonly key: number; readonly listener: number; readonly deadline: number }
+  | { readonly phase: "tunnel"; readonly peer: number }
+
+/** The reference model: what the relay should know, kept as plainly as possible. */
+interface Model {
+  readonly config: RelayConfig
+  readonly connections: Map<number, ModelConnection>
+  opened: number
+  now: number
+  allow: ReadonlySet<number> | undefined
+  shutdownAt: number | undefined
+}
+
+/** The system under test plus what a correct adapter would remember. */
+interface Real {
+  readonly core: RelayCore
+  readonly closed: Set<number> // by Close command or Closed event
+  readonly authenticated: Set<number> // Authenticated was fed
+  readonly routed: Set<number> // named in HoldConnect or Splice: its messages no longer go to the core
+  readonly held: Set<number> // every HoldConnect
+  readonly ended: Set<number> // held ones that were spliced or closed
+}
+
+const find = (model: Model, pred: (c: ModelConnection) => boolean): number | undefined => {
+  for (const [id, c] of model.connections) if (pred(c)) return id
+  return undefined
+}
+
+const closeM = (model: Model, id: number, reason: CloseReason, out: Array<string>): void => {
+  if (!model.connections.has(id)) return
+  out.push(`close ${id} ${reason}`)
+  releaseM(model, id, out)
+}
+
+const releaseM = (model: Model, id: number, out: Array<string>): void => {
+  const c = model.connections.get(id)
+  if (c === undefined) return
+  model.connections.delete(id)
+  if (c.phase === "listen") {
+    for (const [pid, p] of [...model.connections]) {
+      if (p.phase === "pending-connect" && p.listener === id) closeM(model, pid, "listener-gone", out)
+    }
+  }
+  if (c.phase === "tunnel" && model.connections.delete(c.peer)) out.push(`close ${c.peer} peer-closed`)
+}
+
+const closeTunnelsM = (model: Model, out: Array<string>): void => {
+  for (const [id, c] of [...model.connections]) {
+    if (c.phase === "tunnel") {
+      model.connections.delete(id)
+      out.push(`close ${id} shutting-down`)
+    }
+  }
+}
+
+const unidentifiedM = (model: Model): number =>
+  [...model.connections.values()].filter((c) => c.phase === "handshaking" || c.phase === "awaiting-init").length
+
+const initM = (model: Model, id: number, key: number, init: ModelInit, out: Array<string>): void => {
+  if (model.allow !== undefined && !model.allow.has(key)) return closeM(model, id, "not-allowed", out)
+  switch (init.kind) {
+    case "listen": {
+      const older = find(model, (c) => c.phase === "listen" && c.key === key)
+      if (older !== undefined) closeM(model, older, "replaced", out)
+      model.connections.set(id, { phase: "listen", key })
+      return
+    }
+    case "connect": {
+      const listener = find(model, (c) => c.phase === "listen" && c.key === init.key)
+      if (listener === undefined) return closeM(model, id, "no-such-listener", out)
+      const pending = [...model.connections.values()].filter(
+        (c) => c.phase === "pending-connect" && c.listener === listener
+      )
+      if (pending.some((c) => c.phase === "pending-connect" && c.key === key)) return closeM(model, id, "duplicate", out)
+      if (pending.length >= model.config.maxPendingHalfTunnelsPerListener) return closeM(model, id, "over-limit", out)
+      model.connections.set(id, {
+        phase: "pending-connect",
+        key,
+        listener,
+        deadline: model.now + model.config.halfTunnelTicks
+      })
+      out.push(`hold ${id} on ${listener}`, `incoming ${keyName(key)} on ${listener}`)
+      return
+    }
+    case "accept": {
+      const listener = find(model, (c) => c.phase === "listen" && c.key === key)
+      const connect = find(
+        model,
+        (c) => c.phase === "pending-connect" && c.listener === listener && c.key === init.key
+      )
+      if (connect === undefined) return closeM(model, id, "no-pending", out)
+      model.connections.set(connect, { phase: "tunnel", peer: id })
+      model.connections.set(id, { phase: "tunnel", peer: connect })
+      out.push(`splice ${connect}+${id}`)
+      return
+    }
+  }
+}
+
+const tickM = (model: Model, out: Array<string>): void => {
+  model.now++
+  if (model.shutdownAt === model.now) closeTunnelsM(model, out)
+  for (const [id, c] of [...model.connections]) {
+    if (!("deadline" in c) || c.deadline !== model.now) continue
+    const reason: CloseReason = c.phase === "handshaking"
+      ? "timeout-handshake"
+      : c.phase === "awaiting-init"
+      ? "timeout-init"
+      : "timeout-half-tunnel"
+    closeM(model, id, reason, out)
+  }
+}
+
+const shutdownM = (model: Model, out: Array<string>): void => {
+  if (model.shutdownAt !== undefined) return
+  model.shutdownAt = model.now + model.config.shutdownDrainTicks
+  for (const [id, c] of [...model.connections]) if (c.phase === "pending-connect") closeM(model, id, "shutting-down", out)
+  for (const [id, c] of [...model.connections]) if (c.phase !== "tunnel") closeM(model, id, "shutting-down", out)
+  if (model.config.shutdownDrainTicks === 0) closeTunnelsM(model, out)
+}
+
+// ------------------------------------------------------------ step checking
+
+const describeCommand = (command: RelayCommand): string => {
+  switch (command._tag) {
+    case "SendIncomingConnection":
+      return `incoming ${keyName(keyIndexOfHex(publicKeyHex(command.publicKey)))} on ${command.id}`
+    case "HoldConnect":
+      return `hold ${command.id} on ${command.listener}`
+    case "Splice":
+      return `splice ${command.connectId}+${command.acceptId}`
+    case "Close":
+      return `close ${command.id} ${command.reason}`
+  }
+}
+
+const namedIds = (command: RelayCommand): ReadonlyArray<number> => {
+  switch (command._tag) {
+    case "SendIncomingConnection":
+    case "Close":
+      return [command.id]
+    case "HoldConnect":
+      return [command.id, command.listener]
+    case "Splice":
+      return [command.connectId, command.acceptId]
+  }
+}
+
+/**
+ * Feeds one event to the core and `predict` to the model (which mutates the
+ * model and lists the expected commands), then checks every invariant of
+ * the file header. `closedByEvent` is the id a Closed event closes.
+ */
+const step = (
+  model: Model,
+  real: Real,
+  event: RelayEvent,
+  predict: (out: Array<string>) => void,
+  closedByEvent?: number
+): void => {
+  if (closedByEvent !== undefined) {
+    if (real.held.has(closedByEvent) && real.core.roleOf(ConnectionId(closedByEvent)) === "pending-connect") {
+      real.ended.add(closedByEvent)
+    }
+    real.closed.add(closedByEvent)
+  }
+  const commands = real.core.handle(event)
+  const expected: Array<string> = []
+  predict(expected)
+  expect([...commands.map(describeCommand)].sort()).toEqual([...expected].sort())
+
+  const closedInBatch = new Set<number>()
+  for (const command of commands) {
+    for (const n of namedIds(command)) {
+      expect(real.closed.has(n), `${describeCommand(command)} names a closed connection`).toBe(false)
+      expect(closedInBatch.has(n), `${describeCommand(command)} after its Close`).toBe(false)
+    }
+    switch (command._tag) {
+      case "HoldConnect":
+        expect(real.held.has(command.id)).toBe(false)
+        real.held.add(command.id)
+        real.routed.add(command.id)
+        break
+      case "Splice":
+        expect(real.held.has(command.connectId) && !real.ended.has(command.connectId)).toBe(true)
+        expect(real.held.has(command.acceptId) || real.routed.has(command.acceptId)).toBe(false)
+        real.ended.add(command.connectId)
+        real.routed.add(command.acceptId)
+        break
+      case "Close":
+        closedInBatch.add(command.id)
+        if (real.held.has(command.id)) real.ended.add(command.id)
+        break
+      case "SendIncomingConnection":
+        break
+    }
+  }
+  for (const n of closedInBatch) real.closed.add(n)
+
+  for (let n = 1; n <= model.opened; n++) {
+    const role: ConnectionRole | undefined = model.connections.get(n)?.phase
+    expect(real.core.roleOf(ConnectionId(n)), `role of #${n}`).toBe(role)
+  }
+  const phases = [...model.connections.values()].map((c) => c.phase)
+  const count = (phase: ConnectionRole): number => phases.filter((p) => p === phase).length
+  expect(real.core.stats()).toEqual({
+    unidentified: count("handshaking") + count("awaiting-init"),
+    listeners: count("listen"),
+    pendingHalfTunnels: count("pending-connect"),
+    tunnels: count("tunnel") / 2,
+    connections: model.connections.size
+  })
+  expect(real.core.checkInvariants()).toEqual([])
+}
+
+// ----------------------------------------------------------------- commands
+
+// Whether a correct adapter could still hand the core a message on a connection the core has forgotten (a late one).
+const receivable = (real: Real, id: number): boolean => real.authenticated.has(id) && !real.routed.has(id)
+
+type RelayModelCommand = fc.Command<Model, Real>
+
+class Open implements RelayModelCommand {
+  check = (): boolean => true
+  run(model: Model, real: Real): void {
+    const id = ++model.opened
+    step(model, real, { _tag: "Opened", id: ConnectionId(id) }, (out) => {
+      if (model.shutdownAt !== undefined) out.push(`close ${id} shutting-down`)
+      else if (unidentifiedM(model) >= model.config.maxUnidentified) out.push(`close ${id} over-limit`)
+      else model.connections.set(id, { phase: "handshaking", deadline: model.now + model.config.handshakeTimeoutTicks })
+    })
+  }
+  toString = (): string => "Open"
+}
+
+class Authenticate implements RelayModelCommand {
+  readonly target: number
+  readonly key: number
+  constructor(target: number, key: number) {
+    this.target = target
+    this.key = key
+  }
+  check = (model: Readonly<Model>): boolean => this.target <= model.opened
+  run(model: Model, real: Real): void {
+    const c = model.connections.get(this.target)
+    // A correct adapter authenticates each connection once; one that finishes after the core closed it is fed.
+    if (real.authenticated.has(this.target)) return
+    real.authenticated.add(this.target)
+    step(model, real, { _tag: "Authenticated", id: ConnectionId(this.target), publicKey: keyOf(this.key) }, () => {
+      if (c !== undefined) {
+        model.connections.set(this.target, {
+          phase: "awaiting-init",
+          key: this.key,
+          deadline: model.now + model.config.initTimeoutTicks
+        })
+      }
+    })
+  }
+  toString = (): string => `Authenticate(#${this.target} as ${keyName(this.key)})`
+}
+
+type ModelInit = { readonly kind: "listen" } | { readonly kind: "connect" | "accept"; readonly key: number }
+const describeInit = (init: ModelInit): string => init.kind === "listen" ? "listen" : `${init.kind} ${keyName(init.key)}`
+
+class Init implements RelayModelCommand {
+  readonly target: number
+  readonly init: ModelInit
+  constructor(target: number, init: ModelInit) {
+    this.target = target
+    this.init = init
+  }
+  check = (model: Readonly<Model>): boolean => this.target <= model.opened
+  run(model: Model, real: Real): void {
+    const c = model.connections.get(this.target)
+    // Only a connection awaiting its first message gets one (or a closed one, late).
+    if (c !== undefined && c.phase !== "awaiting-init") return
+    if (c === undefined && !receivable(real, this.target)) return
+    const init: InitConnection = this.init.kind === "listen"
+      ? { _tag: "Listen" }
+      : { _tag: this.init.kind === "connect" ? "Connect" : "Accept", publicKey: keyOf(this.init.key) }
+    step(model, real, { _tag: "Received", id: ConnectionId(this.target), message: encodeInitConnection(init) }, (out) => {
+      if (c !== undefined) initM(model, this.target, c.key, this.init, out)
+    })
+  }
+  toString = (): string => `Init(#${this.target} ${describeInit(this.init)})`
+}
+
+class Reject implements RelayModelCommand {
+  readonly listener: number
+  readonly key: number
+  constructor(listener: number, key: number) {
+    this.listener = listener
+    this.key = key
+  }
+  check = (): boolean => true
+  run(model: Model, real: Real): void {
+    // Sent on whichever connection listens as `listener` now; nothing to send on without one.
+    const target = find(model, (c) => c.phase === "listen" && c.key === this.listener)
+    if (target === undefined) return
+    const message = encodeRejectConnection({ publicKey: keyOf(this.key) })
+    step(model, real, { _tag: "Received", id: ConnectionId(target), message }, (out) => {
+      const connect = find(
+        model,
+        (p) => p.phase === "pending-connect" && p.listener === target && p.key === this.key
+      )
+      if (connect !== undefined) closeM(model, connect, "rejected", out)
+    })
+  }
+  toString = (): string => `Reject(by ${keyName(this.listener)}'s listener, ${keyName(this.key)})`
+}
+
+/** A whole new client connection: Open, Authenticated, first message. */
+class Client implements RelayModelCommand {
+  readonly key: number
+  readonly init: ModelInit
+  constructor(key: number, init: ModelInit) {
+    this.key = key
+    this.init = init
+  }
+  check = (): boolean => true
+  run(model: Model, real: Real): void {
+    new Open().run(model, real)
+    const id = model.opened
+    if (!model.connections.has(id)) return // refused: over-limit or shutting down
+    new Authenticate(id, this.key).run(model, real)
+    new Init(id, this.init).run(model, real)
+  }
+  toString = (): string => `Client(${keyName(this.key)} ${describeInit(this.init)})`
+}
+
+/** A listener's owner accepts the oldest half tunnel offered to it, as a client answering IncomingConnection. */
+class AcceptOffered implements RelayModelCommand {
+  readonly key: number
+  constructor(key: number) {
+    this.key = key
+  }
+  check = (): boolean => true
+  run(model: Model, real: Real): void {
+    const listener = find(model, (c) => c.phase === "listen" && c.key === this.key)
+    let connector: number | undefined = undefined
+    for (const c of model.connections.values()) {
+      if (c.phase === "pending-connect" && c.listener === listener) {
+        connector = c.key
+        break
+      }
+    }
+    if (connector === undefined) return
+    new Client(this.key, { kind: "accept", key: connector }).run(model, real)
+  }
+  toString = (): string => `AcceptOffered(${keyName(this.key)})`
+}
+
+class Garbage implements RelayModelCommand {
+  readonly target: number
+  constructor(target: number) {
+    this.target = target
+  }
+  check = (model: Readonly<Model>): boolean => this.target <= model.opened
+  run(model: Model, real: Real): void {
+    const c = model.connections.get(this.target)
+    if (c !== undefined && c.phase !== "awaiting-init" && c.phase !== "listen") return
+    if (c === undefined && !receivable(real, this.target)) return
+    const message = new Uint8Array([0xff, 0x01, 0x02])
+    step(model, real, { _tag: "Received", id: ConnectionId(this.target), message }, (out) => {
+      if (c !== undefined) closeM(model, this.target, "protocol-violation", out)
+    })
+  }
+  toString = (): string => `Garbage(#${this.target})`
+}
+
+class Close implements RelayModelCommand {
+  readonly target: number
+  constructor(target: number) {
+    this.target = target
+  }
+  check = (model: Readonly<Model>): boolean => this.target <= model.opened
+  run(model: Model, real: Real): void {
+    step(model, real, { _tag: "Closed", id: ConnectionId(this.target) }, (out) => releaseM(model, this.target, out), this.target)
+  }
+  toString = (): string => `Close(#${this.target})`
+}
+
+class Ticks implements RelayModelCommand {
+  readonly count: number
+  constructor(count: number) {
+    this.count = count
+  }
+  check = (): boolean => true
+  run(model: Model, real: Real): void {
+    for (let i = 0; i < this.count; i++) step(model, real, { _tag: "Tick" }, (out) => tickM(model, out))
+  }
+  toString = (): string => `Tick(x${this.count})`
+}
+
+class SetAllowList implements RelayModelCommand {
+  readonly keys: ReadonlyArray<number> | undefined
+  constructor(keys: ReadonlyArray<number> | undefined) {
+    this.keys = keys
+  }
+  check = (): boolean => true
+  run(model: Model, real: Real): void {
+    const keys = this.keys === undefined ? undefined : new Set(this.keys.map((k) => publicKeyHex(keyOf(k))))
+    step(model, real, { _tag: "AllowListChanged", keys }, () => {
+      model.allow = this.keys === undefined ? undefined : new Set(this.keys)
+    })
+  }
+  toString = (): string => `AllowList(${this.keys === undefined ? "open" : this.keys.map(keyName).join(",")})`
+}
+
+class Shutdown implements RelayModelCommand {
+  readonly armed: boolean
+  constructor(armed: boolean) {
+    this.armed = armed
+  }
+  check = (): boolean => this.armed
+  run(model: Model, real: Real): void {
+    step(model, real, { _tag: "Shutdown" }, (out) => shutdownM(model, out))
+  }
+  toString = (): string => "Shutdown"
+}
+
+// --------------------------------------------------------------- arbitraries
+
+const target = fc.integer({ min: 1, max: MAX_TARGET })
+const keyIndex = fc.integer({ min: 0, max: KEYS.length - 1 })
+const initArb: fc.Arbitrary<ModelInit> = fc.oneof(
+  fc.constant({ kind: "listen" as const }),
+  fc.record({ kind: fc.constant("connect" as const), key: keyIndex }),
+  fc.record({ kind: fc.constant("connect" as const), key: keyIndex }),
+  fc.record({ kind: fc.constant("accept" as const), key: keyIndex })
+)
+
+const commandArbs: Array<fc.Arbitrary<RelayModelCommand>> = [
+  fc.constant(new Open()),
+  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
+  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
+  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
+  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
+  keyIndex.map((k) => new AcceptOffered(k)),
+  keyIndex.map((k) => new AcceptOffered(k)),
+  fc.tuple(target, keyIndex).map(([t, k]) => new Authenticate(t, k)),
+  fc.tuple(target, initArb).map(([t, i]) => new Init(t, i)),
+  fc.tuple(keyIndex, keyIndex).map(([l, k]) => new Reject(l, k)),
+  target.map((t) => new Garbage(t)),
+  target.map((t) => new Close(t)),
+  fc.integer({ min: 1, max: 8 }).map((n) => new Ticks(n)),
+  // Mostly the open relay: a list refuses most clients, which starves the other paths.
+  fc.option(fc.subarray([0, 1, 2], { minLength: 2 }), { nil: undefined, freq: 1 }).map((keys) => new SetAllowList(keys)),
+  // Rare: most runs should exercise the relay before it stops.
+  fc.integer({ min: 0, max: 19 }).map((roll) => new Shutdown(roll === 0))
+]
+
+// Small values, so caps and timeouts are hit often.
+const configArb: fc.Arbitrary<RelayConfig> = fc.record({
+  handshakeTimeoutTicks: fc.integer({ min: 1, max: 4 }),
+  initTimeoutTicks: fc.integer({ min: 1, max: 4 }),
+  halfTunnelTicks: fc.integer({ min: 1, max: 8 }),
+  maxPendingHalfTunnelsPerListener: fc.integer({ min: 1, max: 3 }),
+  maxUnidentified: fc.integer({ min: 2, max: 6 }),
+  shutdownDrainTicks: fc.integer({ min: 0, max: 3 }),
+  allowList: fc.constant(undefined)
+})
+
+const replay = {
+  seed: process.env["RELAY_MODEL_SEED"],
+  path: process.env["RELAY_MODEL_PATH"],
+  replayPath: process.env["RELAY_MODEL_REPLAY"]
+}
+
+describe("relay core against its reference model", () => {
+  it("agrees on every command and invariant, and ends empty", () => {
+    const property = fc.property(
+      configArb,
+      fc.commands(commandArbs, {
+        maxCommands: 60,
+        size: "max",
+        ...(replay.replayPath === undefined ? {} : { replayPath: replay.replayPath })
+      }),
+      (config, commands) => {
+        const model: Model = { config, connections: new Map(), opened: 0, now: 0, allow: undefined, shutdownAt: undefined }
+        const real: Real = {
+          core: new RelayCore(config),
+          closed: new Set(),
+          authenticated: new Set(),
+          routed: new Set(),
+          held: new Set(),
+          ended: new Set()
+        }
+        fc.modelRun(() => ({ model, real }), commands)
+        // Every connection still open closes; afterwards the core must hold nothing.
+        for (const id of [...model.connections.keys()]) {
+          if (model.connections.has(id)) new Close(id).run(model, real)
+        }
+        expect([...real.held].filter((id) => !real.ended.has(id))).toEqual([])
+        expect(real.core.stats()).toEqual({
+          unidentified: 0,
+          listeners: 0,
+          pendingHalfTunnels: 0,
+          tunnels: 0,
+          connections: 0
+        })
+        expect(real.core.internalSizes()).toEqual({ connections: 0, listeners: 0, deadlines: 0 })
+      }
+    )
+    fc.assert(property, {
+      numRuns: 1000,
+      ...(replay.seed === undefined ? {} : { seed: Number(replay.seed), endOnFailure: true }),
+      ...(replay.path === undefined ? {} : { path: replay.path })
+    })
+  })
+})
