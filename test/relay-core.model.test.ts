@@ -567,7 +567,7 @@ describe("relay core against its reference model", () => {
       }
     )
     fc.assert(property, {
-      numRuns: 1000,
+      numRuns: 500,
       ...(replay.seed === undefined ? {} : { seed: Number(replay.seed), endOnFailure: true }),
       ...(replay.path === undefined ? {} : { path: replay.path })
     })

@@ -244,8 +244,8 @@ export const checkRelayConfig = (config: RelayConfig): RelayConfigError | undefi
   return undefined
 }
 
-/** Counts for metrics; all zero when the core holds nothing. */
-export interface RelayStats {
+/** Counts for metrics; all zero when the core holds nothing. (A type, not an interface, so it spreads into log annotations.) */
+export type RelayStats = {
   /** Connections opened but without a first message yet (handshaking or awaiting InitConnection). */
   readonly unidentified: number
   /** Listen channels. */
