@@ -1,0 +1,64 @@
+/**
+ * Running a CLI command's Effect: the Node services (file system), the
+ * node:crypto layer, and logs on stderr (stdout is kept for the command's
+ * own output, e.g. the relay's address) in the chosen level and format.
+ */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as References from "effect/References"
+import type * as LogLevel from "effect/LogLevel"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import type * as FileSystem from "effect/FileSystem"
+import { layerNode, type Crypto } from "../crypto.ts"
+import { UsageError } from "./options.ts"
+
+/** Log formats the CLI offers. */
+export const LOG_FORMATS = ["pretty", "json"] as const
+/** Log levels the CLI offers. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error", "none"] as const
+
+const levels: Record<(typeof LOG_LEVELS)[number], LogLevel.LogLevel> = {
+  debug: "Debug",
+  info: "Info",
+  warn: "Warn",
+  error: "Error",
+  none: "None"
+}
+
+/** Checks the --log-level / --log-format values. */
+export const checkLogOptions = (level: string, format: string): void => {
+  if (!(LOG_LEVELS as ReadonlyArray<string>).includes(level)) {
+    throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")}; got '${level}'`)
+  }
+  if (!(LOG_FORMATS as ReadonlyArray<string>).includes(format)) {
+    throw new UsageError(`--log-format must be one of ${LOG_FORMATS.join(", ")}; got '${format}'`)
+  }
+}
+
+/** Runs a command's program; resolves with its exit code (failures are printed as one line on stderr). */
+export const runProgram = async <E>(
+  program: Effect.Effect<number, E, Crypto | FileSystem.FileSystem>,
+  options: { readonly logLevel: string; readonly logFormat: string; readonly describeError: (error: E) => string }
+): Promise<number> => {
+  const logger = options.logFormat === "json"
+    ? Logger.withConsoleError(Logger.formatJson)
+    : Logger.withConsoleError(Logger.formatLogFmt)
+  const layer = Layer.mergeAll(NodeFileSystem.layer, layerNode, Logger.layer([logger]))
+  const exit = await Effect.runPromiseExit(
+    program.pipe(
+      Effect.provide(layer),
+      Effect.provideService(References.MinimumLogLevel, levels[options.logLevel as (typeof LOG_LEVELS)[number]])
+    )
+  )
+  if (Exit.isSuccess(exit)) return exit.value
+  for (const reason of exit.cause.reasons) {
+    if (reason._tag === "Fail") {
+      process.stderr.write(`offset-relay: ${options.describeError(reason.error)}\n`)
+      return 1
+    }
+  }
+  process.stderr.write(`offset-relay: unexpected failure\n${String(exit.cause)}\n`)
+  return 1
+}
