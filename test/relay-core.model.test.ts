@@ -33,7 +33,10 @@
  *   RELAY_MODEL_SEED=<seed> RELAY_MODEL_PATH=<path> RELAY_MODEL_REPLAY=<replayPath> \
  *     npx vitest run test/relay-core.model.test.ts
  * (the test passes them to fc.assert as { seed, path, endOnFailure } and to
- * fc.commands as { replayPath }). Connection #n is the n-th opened.
+ * fc.commands as { replayPath }). Connection #n is the n-th one opened (by
+ * Open, or by Client: Open + Authenticated + first message in one step);
+ * Reject and AcceptOffered act on whichever connection listens as the named
+ * key at that moment.
  */
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"

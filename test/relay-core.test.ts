@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest"
 import { publicKeyHex } from "../src/core/keys.ts"
 import {
   decodeIncomingConnection,
+  encodeIncomingConnection,
   encodeInitConnection,
   encodeRejectConnection,
   type InitConnection
@@ -476,6 +477,29 @@ describe("forbidden messages close the sender and harm nothing else", () => {
       close(2, "listener-gone")
     ])
     expect(relay.core.stats()).toMatchObject({ listeners: 0, tunnels: 1 })
+  })
+
+  // Relay messages carry no type tag, and Cap'n Proto reads absent fields as
+  // zero (so that schemas can grow). Some wrong messages therefore decode as
+  // right ones, in Offset's relay as in ours; these tests pin what happens.
+  it("an IncomingConnection-shaped first message reads as listen (harmless: the client's own key)", () => {
+    const relay = new Harness()
+    bystanders(relay)
+    relay.authed(10, E)
+    expect(relay.received(10, encodeIncomingConnection({ publicKey: C }))).toEqual([])
+    expect(relay.core.roleOf(id(10))).toBe("listen")
+    expect(relay.core.roleOf(id(1))).toBe("listen") // D's listener is untouched
+  })
+
+  it("a second InitConnection on a listen channel reads as RejectConnection of the same key", () => {
+    const relay = new Harness()
+    bystanders(relay)
+    // listen → a reject of the all-zero key: nothing pending from it, ignored.
+    expect(relay.received(1, encodeInitConnection({ _tag: "Listen" }))).toEqual([])
+    // connect(E) → reject(E): D may reject E in either spelling.
+    expect(relay.received(1, encodeInitConnection({ _tag: "Connect", publicKey: E }))).toEqual([close(2, "rejected")])
+    expect(relay.core.roleOf(id(1))).toBe("listen")
+    expect(relay.core.stats().tunnels).toBe(1)
   })
 
   it("a message before Authenticated → adapter-misuse (nothing is decrypted before the handshake)", () => {

@@ -35,8 +35,12 @@
  * - No `Authenticated` within `handshakeTimeoutTicks` of `Opened` →
  *   "timeout-handshake"; no first message within `initTimeoutTicks` of
  *   `Authenticated` → "timeout-init".
- * - A first message that is not an InitConnection → "protocol-violation";
- *   a client key outside the allow-list (when one is set) → "not-allowed".
+ * - A first message that does not decode as an InitConnection →
+ *   "protocol-violation"; a client key outside the allow-list (when one is
+ *   set) → "not-allowed". Relay messages carry no type tag and Cap'n Proto
+ *   reads absent fields as zero, so some wrong messages decode as right ones
+ *   (an IncomingConnection as listen; connect(K) on a listen channel as
+ *   RejectConnection(K)), as in Offset; only undecodable bytes are violations.
  * - listen → listen channel for the authenticated key. The newest listen
  *   channel for a key wins: the older is closed "replaced", and its pending
  *   half tunnels are closed "listener-gone" (the new channel never got their
