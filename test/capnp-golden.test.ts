@@ -94,8 +94,16 @@ const suites: ReadonlyArray<TypeSuite<any>> = [
     cases: [
       { name: "listen", value: { _tag: "Listen" }, text: "(listen = void)" },
       ...keyVariants().flatMap(([name, key]) => [
-        { name: `accept ${name}`, value: { _tag: "Accept", publicKey: key }, text: `(accept = ${fixedText(key)})` },
-        { name: `connect ${name}`, value: { _tag: "Connect", publicKey: key }, text: `(connect = ${fixedText(key)})` }
+        {
+          name: `accept ${name}`,
+          value: { _tag: "Accept" as const, publicKey: key },
+          text: `(accept = ${fixedText(key)})`
+        },
+        {
+          name: `connect ${name}`,
+          value: { _tag: "Connect" as const, publicKey: key },
+          text: `(connect = ${fixedText(key)})`
+        }
       ])
     ]
   } satisfies TypeSuite<M.InitConnection>,
