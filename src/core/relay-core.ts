@@ -55,8 +55,9 @@
  * - accept(C) from K: a half tunnel C→K pending → `Splice`; else "no-pending".
  * - RejectConnection(C) on K's listen channel: C's pending half tunnel to K
  *   closes "rejected"; with nothing pending it is ignored (as Offset does: a
- *   reject racing a timeout or close is normal). Any other listen-channel
- *   message → "protocol-violation" (its half tunnels close "listener-gone").
+ *   reject racing a timeout or close is normal). A listen-channel message
+ *   that does not decode as a RejectConnection → "protocol-violation" (its
+ *   half tunnels close "listener-gone").
  * - A half tunnel not accepted within `halfTunnelTicks` → "timeout-half-tunnel".
  * - A listen channel closes → its pending half tunnels close "listener-gone";
  *   tunnels already made go on.
