@@ -10,6 +10,11 @@
  * - Ed25519 verification uses noble's strict mode (zip215: false): canonical
  *   encodings only and small-order public keys rejected, as OpenSSL and ring
  *   (Offset's library) do, rather than noble's permissive ZIP-215 default.
+ *   One difference remains and is accepted: noble checks the cofactored
+ *   equation, OpenSSL the cofactorless one, so a signature deliberately
+ *   built with a small-order component in R can verify here and not there.
+ *   Only the key's owner can build one, and for the handshake it still
+ *   proves possession of the key; honest signatures verify in both.
  * - X25519 rejects exactly the low-order peer keys, i.e. those whose shared
  *   secret would be all zeros; OpenSSL rejects the same set by its output.
  */

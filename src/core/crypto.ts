@@ -5,6 +5,11 @@
  *
  * Two implementations live in src/adapters: one on node:crypto (fast), one on
  * @noble/* (portable). Both must agree byte for byte.
+ *
+ * "Never throws" below is about values a peer can send (public keys,
+ * signatures, sealed frames): those give false / undefined. A seed, secret,
+ * key or nonce of the wrong size is the caller's own bug and throws a
+ * RangeError in both implementations.
  */
 export interface CryptoPrimitives {
   /** Short name for logs and benchmarks ("node", "noble"). */
