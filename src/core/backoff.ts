@@ -1,0 +1,170 @@
+/**
+ * Reconnecting a dropped listen channel: exponential backoff with jitter,
+ * bounded, one schedule per relay (so a dead relay never delays the others).
+ *
+ * `backoffDelayMs` is the schedule: attempt n waits
+ * min(maxMs, initialMs × multiplier^n), shortened by up to `jitter` of itself
+ * (so many listeners that lost the same relay do not all come back in the
+ * same millisecond). The delay never exceeds `maxMs`: a relay that returns is
+ * tried again within `maxMs` (plus the connect time).
+ *
+ * `ReconnectState` + `stepReconnect` is the per-relay life cycle the listener
+ * reports as its status: Connecting → Listening → (drop) BackingOff →
+ * Connecting… How to drive it: start with `initialReconnect`; feed
+ * `Listening` when the listen channel is open, `Failed` when a connect
+ * attempt or an open channel ends (with the time and a jitter unit in [0,1)
+ * the adapter drew), `RetryDue` once the wait is over. Time and randomness
+ * come in with the events; the step only decides.
+ *
+ * The failure count resets when a channel stayed up for `resetAfterMs`: a
+ * relay that drops us once a day is retried quickly, one that accepts and
+ * drops at once is retried ever more slowly.
+ */
+
+/** How fast to retry; every field in milliseconds except the two ratios. */
+export interface BackoffPolicy {
+  /** Wait after the first failure. */
+  readonly initialMs: number
+  /** Upper bound of every wait. */
+  readonly maxMs: number
+  /** Growth per consecutive failure (≥ 1). */
+  readonly multiplier: number
+  /** Fraction (0..1) by which a wait may be shortened at random. */
+  readonly jitter: number
+  /** A channel that stayed up this long counts as healthy: the next failure starts the schedule over. */
+  readonly resetAfterMs: number
+}
+
+/** Defaults: retry after 0.5 s, doubling up to 30 s, each wait shortened by up to half at random. */
+export const defaultBackoffPolicy: BackoffPolicy = {
+  initialMs: 500,
+  maxMs: 30_000,
+  multiplier: 2,
+  jitter: 0.5,
+  resetAfterMs: 30_000
+}
+
+/** A policy value out of range. */
+export interface BackoffPolicyError {
+  readonly _tag: "BackoffPolicyError"
+  readonly field: keyof BackoffPolicy
+  readonly message: string
+}
+
+/** Checks a policy (user-supplied flags go through this); undefined when valid. */
+export const checkBackoffPolicy = (policy: BackoffPolicy): BackoffPolicyError | undefined => {
+  const bad = (field: keyof BackoffPolicy, message: string): BackoffPolicyError => ({
+    _tag: "BackoffPolicyError",
+    field,
+    message
+  })
+  if (!Number.isFinite(policy.initialMs) || policy.initialMs < 0) {
+    return bad("initialMs", `initialMs must be a finite number ≥ 0, got ${policy.initialMs}`)
+  }
+  if (!Number.isFinite(policy.maxMs) || policy.maxMs < policy.initialMs) {
+    return bad("maxMs", `maxMs must be finite and ≥ initialMs (${policy.initialMs}), got ${policy.maxMs}`)
+  }
+  if (!Number.isFinite(policy.multiplier) || policy.multiplier < 1) {
+    return bad("multiplier", `multiplier must be a finite number ≥ 1, got ${policy.multiplier}`)
+  }
+  if (!(policy.jitter >= 0 && policy.jitter <= 1)) {
+    return bad("jitter", `jitter must be between 0 and 1, got ${policy.jitter}`)
+  }
+  if (!Number.isFinite(policy.resetAfterMs) || policy.resetAfterMs < 0) {
+    return bad("resetAfterMs", `resetAfterMs must be a finite number ≥ 0, got ${policy.resetAfterMs}`)
+  }
+  return undefined
+}
+
+/**
+ * The wait before retry number `failures` (0 = after the first failure).
+ * `unit` is a random number in [0,1): 0 waits the full step, values near 1
+ * shorten it by `jitter` of itself. Always within [0, maxMs].
+ */
+export const backoffDelayMs = (policy: BackoffPolicy, failures: number, unit: number): number => {
+  // Growth stops at maxMs; capping the exponent keeps the power finite.
+  const exponent = Math.min(Math.max(0, failures), 1024)
+  const step = Math.min(policy.maxMs, policy.initialMs * Math.pow(policy.multiplier, exponent))
+  const clampedUnit = unit >= 0 && unit < 1 ? unit : 0
+  return Math.max(0, Math.round(step * (1 - policy.jitter * clampedUnit)))
+}
+
+/** A jitter unit in [0,1) from 4 random bytes (the adapter draws them). */
+export const jitterUnit = (bytes: Uint8Array): number => {
+  let value = 0
+  for (let i = 0; i < 4; i++) value = value * 256 + (bytes[i] ?? 0)
+  return value / 2 ** 32
+}
+
+/** Where one relay's listen channel is in its life cycle. */
+export type ReconnectState =
+  | {
+    readonly _tag: "Connecting"
+    /** Consecutive failures so far (0 on the first try). */
+    readonly failures: number
+    readonly lastError: string | undefined
+  }
+  | {
+    readonly _tag: "Listening"
+    readonly failures: number
+    /** When the channel opened (ms, the adapter's clock). */
+    readonly since: number
+  }
+  | {
+    readonly _tag: "BackingOff"
+    /** Consecutive failures, this one included. */
+    readonly failures: number
+    readonly delayMs: number
+    /** When the next attempt is due (ms). */
+    readonly retryAt: number
+    readonly lastError: string
+  }
+
+/** What happened to one relay's listen channel. */
+export type ReconnectEvent =
+  | { readonly _tag: "Listening"; readonly now: number }
+  | { readonly _tag: "Failed"; readonly now: number; readonly error: string; readonly jitter: number }
+  | { readonly _tag: "RetryDue" }
+
+/** What the adapter must do next. */
+export type ReconnectCommand =
+  | { readonly _tag: "Connect" }
+  | { readonly _tag: "Wait"; readonly delayMs: number }
+  | { readonly _tag: "None" }
+
+/** The state before the first attempt. */
+export const initialReconnect: ReconnectState = { _tag: "Connecting", failures: 0, lastError: undefined }
+
+/** Advances one relay's life cycle; events that do not apply in a state change nothing. */
+export const stepReconnect = (
+  policy: BackoffPolicy,
+  state: ReconnectState,
+  event: ReconnectEvent
+): readonly [ReconnectState, ReconnectCommand] => {
+  switch (event._tag) {
+    case "Listening":
+      if (state._tag !== "Connecting") return [state, none]
+      return [{ _tag: "Listening", failures: state.failures, since: event.now }, none]
+    case "Failed": {
+      if (state._tag === "BackingOff") return [state, none]
+      const earlier = state._tag === "Listening" && event.now - state.since >= policy.resetAfterMs ? 0 : state.failures
+      const delayMs = backoffDelayMs(policy, earlier, event.jitter)
+      return [
+        { _tag: "BackingOff", failures: earlier + 1, delayMs, retryAt: event.now + delayMs, lastError: event.error },
+        { _tag: "Wait", delayMs }
+      ]
+    }
+    case "RetryDue":
+      if (state._tag !== "BackingOff") return [state, none]
+      return [{ _tag: "Connecting", failures: state.failures, lastError: state.lastError }, connect]
+    default:
+      return absurd(event)
+  }
+}
+
+const none: ReconnectCommand = { _tag: "None" }
+const connect: ReconnectCommand = { _tag: "Connect" }
+
+const absurd = (value: never): never => {
+  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
+}

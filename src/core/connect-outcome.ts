@@ -1,0 +1,154 @@
+/**
+ * What happened when a connector tried to reach a peer through one relay, and
+ * what to tell the user when every relay failed.
+ *
+ * A connect attempt has two phases: the hop to the relay (TCP, version,
+ * secure channel expecting the relay's key, `connect(peer)`), then the
+ * end-to-end handshake inside the tunnel expecting the peer's key. The same
+ * low-level failure means different things in each: a clean close during the
+ * hop is an unreachable relay; during the tunnel phase it is the relay
+ * closing our connect channel, which the protocol does when the peer sent
+ * RejectConnection or is not listening there (the connector cannot tell
+ * which: the relay gives no reason). A wrong key in the hop is a relay that
+ * is not the one in the address; in the tunnel it is someone other than the
+ * peer answering (a relay trying to read or forge our traffic).
+ */
+
+/** The low-level failure of one phase, as the channel adapter reports it (its reason and detail codes). */
+export interface PhaseFailure {
+  /** ChannelError reason: Closed, Reset, FrameTooLong, VersionMismatch, HandshakeTimeout, Protocol, LocalClose. */
+  readonly reason: string
+  /** The secure channel's own code for "Protocol" (UnexpectedRemoteKey, BadSignature, ...). */
+  readonly detail?: string | undefined
+  readonly message: string
+}
+
+/** How one attempt through one relay ended. */
+export type AttemptOutcome =
+  | { readonly _tag: "Connected" }
+  /** TCP, version or the relay's handshake failed: the relay is down or not an offset relay. */
+  | { readonly _tag: "Unreachable"; readonly message: string }
+  /** The relay did not prove the key in its address. */
+  | { readonly _tag: "RelayKeyMismatch"; readonly message: string }
+  /** The relay closed our connect channel before the tunnel formed: the peer rejected us, or is not listening there. */
+  | { readonly _tag: "Rejected"; readonly message: string }
+  /** Inside the tunnel someone other than the peer answered, or the peer's handshake was broken. */
+  | { readonly _tag: "PeerAuthenticationFailed"; readonly message: string }
+  /** No answer in time (the relay's or the peer's handshake, or the overall deadline). */
+  | { readonly _tag: "TimedOut"; readonly message: string }
+  /** The connection to the relay broke during the tunnel phase. */
+  | { readonly _tag: "Lost"; readonly message: string }
+  /** Never started, or stopped because another relay answered first or the deadline passed. */
+  | { readonly _tag: "Cancelled"; readonly message: string }
+
+/** One relay tried, and how it went. */
+export interface Attempt {
+  /** The relay's address text (`<key>@<host>:<port>`). */
+  readonly relay: string
+  readonly outcome: AttemptOutcome
+}
+
+/** The failure of a whole connect, by what a script would act on. */
+export type ConnectFailureReason =
+  | "Rejected" // some relay reached the peer's listener side and was refused (or the peer is not there)
+  | "Authentication" // a relay or the peer failed to prove its key: possibly an attack
+  | "Timeout" // nothing answered in time
+  | "Unreachable" // no relay could be reached
+  | "NoRelays" // the relay list was empty
+
+/** Names the outcome of a failed phase ("relay": the hop; "tunnel": the end-to-end handshake). */
+export const classifyFailure = (phase: "relay" | "tunnel", failure: PhaseFailure): AttemptOutcome => {
+  const keyProblem = failure.reason === "Protocol" &&
+    (failure.detail === "UnexpectedRemoteKey" || failure.detail === "BadSignature" ||
+      failure.detail === "WrongNonceEcho" || failure.detail === "UnexpectedDestination" ||
+      failure.detail === "LowOrderPoint")
+  if (phase === "relay") {
+    if (keyProblem) {
+      return {
+        _tag: "RelayKeyMismatch",
+        message: `the relay did not prove the key in its address (${failure.detail}): ${failure.message}`
+      }
+    }
+    if (failure.reason === "HandshakeTimeout") return { _tag: "TimedOut", message: failure.message }
+    return { _tag: "Unreachable", message: failure.message }
+  }
+  if (keyProblem) {
+    return {
+      _tag: "PeerAuthenticationFailed",
+      message:
+        `the end-to-end handshake did not authenticate the peer (${failure.detail}): someone else answered inside the tunnel; ${failure.message}`
+    }
+  }
+  switch (failure.reason) {
+    case "Closed":
+      return {
+        _tag: "Rejected",
+        message: "rejected: the relay closed the connection before the peer accepted (the peer refused our key, or is not listening on this relay)"
+      }
+    case "HandshakeTimeout":
+      return { _tag: "TimedOut", message: `the peer did not complete the end-to-end handshake: ${failure.message}` }
+    case "Protocol":
+      return {
+        _tag: "PeerAuthenticationFailed",
+        message: `the end-to-end handshake failed (${failure.detail ?? "protocol"}): ${failure.message}`
+      }
+    default:
+      return { _tag: "Lost", message: `the connection to the relay broke: ${failure.message}` }
+  }
+}
+
+/**
+ * The reason of a failed connect: an authentication failure first (it may be
+ * an attack and must not hide behind a timeout), then a rejection (the peer
+ * was reached), then a timeout, else unreachable.
+ */
+export const connectFailureReason = (attempts: ReadonlyArray<Attempt>): ConnectFailureReason => {
+  if (attempts.length === 0) return "NoRelays"
+  const has = (tag: AttemptOutcome["_tag"]) => attempts.some((a) => a.outcome._tag === tag)
+  if (has("RelayKeyMismatch") || has("PeerAuthenticationFailed")) return "Authentication"
+  if (has("Rejected")) return "Rejected"
+  if (has("TimedOut") || has("Cancelled")) return "Timeout"
+  return "Unreachable"
+}
+
+/** The message of a failed connect: the reason, then one line per relay tried. */
+export const formatConnectFailure = (peer: string, attempts: ReadonlyArray<Attempt>): string => {
+  const reason = connectFailureReason(attempts)
+  const headline = {
+    Rejected: `peer ${peer} rejected the connection or is not listening on the relays tried`,
+    Authentication: `could not authenticate the relay or peer ${peer} (possible attack; nothing was sent to it)`,
+    Timeout: `peer ${peer} did not answer in time`,
+    Unreachable: `could not reach any relay of peer ${peer}`,
+    NoRelays: `no relays given for peer ${peer}`
+  }[reason]
+  const lines = attempts.map((a) => `  ${a.relay}: ${describeOutcome(a.outcome)}`)
+  return [headline, ...lines].join("\n")
+}
+
+/** One line about one attempt. */
+export const describeOutcome = (outcome: AttemptOutcome): string => {
+  switch (outcome._tag) {
+    case "Connected":
+      return "connected"
+    case "Unreachable":
+      return `unreachable: ${outcome.message}`
+    case "RelayKeyMismatch":
+      return `wrong relay key: ${outcome.message}`
+    case "Rejected":
+      return outcome.message
+    case "PeerAuthenticationFailed":
+      return `peer authentication failed: ${outcome.message}`
+    case "TimedOut":
+      return `timed out: ${outcome.message}`
+    case "Lost":
+      return `lost: ${outcome.message}`
+    case "Cancelled":
+      return `cancelled: ${outcome.message}`
+    default:
+      return absurd(outcome)
+  }
+}
+
+const absurd = (value: never): never => {
+  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
+}

@@ -1,0 +1,281 @@
+/**
+ * The client's pure decisions: relay address parsing, the reconnect
+ * schedule, the byte-stream half-close machine and the connect outcome.
+ */
+import { describe, expect, it } from "vitest"
+import fc from "fast-check"
+import {
+  backoffDelayMs,
+  checkBackoffPolicy,
+  defaultBackoffPolicy,
+  initialReconnect,
+  jitterUnit,
+  stepReconnect,
+  type BackoffPolicy,
+  type ReconnectState
+} from "../src/core/backoff.ts"
+import {
+  classifyFailure,
+  connectFailureReason,
+  formatConnectFailure,
+  type Attempt
+} from "../src/core/connect-outcome.ts"
+import { bytesToHex } from "../src/core/keys.ts"
+import { formatRelayAddress, parseHostPort, parseRelayAddress } from "../src/core/relay-address.ts"
+import {
+  initialStream,
+  stepStream,
+  type StreamCommand,
+  type StreamEvent,
+  type StreamState
+} from "../src/core/stream-state.ts"
+
+const keyHex = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+
+describe("relay address", () => {
+  it("parses key@host:port, IPv4, names and bracketed IPv6", () => {
+    for (const [text, host, port] of [
+      [`${keyHex}@127.0.0.1:4747`, "127.0.0.1", 4747],
+      [`  ${keyHex.toUpperCase()}@relay.example.org:1  `, "relay.example.org", 1],
+      [`${keyHex}@[::1]:65535`, "::1", 65535]
+    ] as const) {
+      const result = parseRelayAddress(text)
+      expect(result._tag).toBe("Ok")
+      if (result._tag !== "Ok") continue
+      expect(bytesToHex(result.value.publicKey)).toBe(keyHex)
+      expect(result.value.host).toBe(host)
+      expect(result.value.port).toBe(port)
+    }
+  })
+
+  it("refuses anything else with a reason and a message that shows the expected form", () => {
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["127.0.0.1:4747", "MissingKey"],
+      [`${keyHex.slice(2)}@127.0.0.1:4747`, "BadKey"],
+      [`${keyHex.slice(0, 63)}x@127.0.0.1:4747`, "BadKey"],
+      [`${keyHex}@127.0.0.1`, "MissingPort"],
+      [`${keyHex}@127.0.0.1:`, "BadPort"],
+      [`${keyHex}@127.0.0.1:0`, "BadPort"],
+      [`${keyHex}@127.0.0.1:65536`, "BadPort"],
+      [`${keyHex}@127.0.0.1:80a`, "BadPort"],
+      [`${keyHex}@:4747`, "BadHost"],
+      [`${keyHex}@::1:4747`, "BadHost"],
+      [`${keyHex}@[::1:4747`, "BadHost"],
+      [`${keyHex}@[::1]4747`, "MissingPort"],
+      [`${keyHex}@bad host:4747`, "BadHost"],
+      ["", "MissingKey"]
+    ]
+    for (const [text, reason] of cases) {
+      const result = parseRelayAddress(text)
+      expect(result._tag, text).toBe("Err")
+      if (result._tag !== "Err") continue
+      expect(result.error.reason, text).toBe(reason)
+      expect(result.error.message).toContain("<host>:<port>")
+    }
+  })
+
+  it("formats what it parses back to the canonical text", () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ minLength: 32, maxLength: 32 }),
+        fc.oneof(fc.constantFrom("localhost", "10.0.0.1", "::1", "fe80::1"), fc.domain()),
+        fc.integer({ min: 1, max: 65535 }),
+        (publicKey, host, port) => {
+          const text = formatRelayAddress({ publicKey, host, port })
+          const parsed = parseRelayAddress(text)
+          expect(parsed._tag).toBe("Ok")
+          if (parsed._tag === "Ok") expect(formatRelayAddress(parsed.value)).toBe(text)
+        }
+      )
+    )
+  })
+
+  it("parses a forward target host:port", () => {
+    expect(parseHostPort("127.0.0.1:8080")).toEqual({ _tag: "Ok", value: { host: "127.0.0.1", port: 8080 } })
+    expect(parseHostPort("[::1]:22")).toEqual({ _tag: "Ok", value: { host: "::1", port: 22 } })
+    const bad = parseHostPort("8080")
+    expect(bad._tag).toBe("Err")
+    if (bad._tag === "Err") expect(bad.error.message).toContain("expected <host>:<port>")
+  })
+})
+
+describe("backoff", () => {
+  const policy: BackoffPolicy = { initialMs: 100, maxMs: 2000, multiplier: 2, jitter: 0.5, resetAfterMs: 5000 }
+
+  it("doubles from the initial wait up to the bound, without jitter", () => {
+    expect([0, 1, 2, 3, 4, 5, 6, 50, 5000].map((n) => backoffDelayMs(policy, n, 0))).toEqual([
+      100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000
+    ])
+  })
+
+  it("stays within [step × (1 - jitter), step] and never above maxMs", () => {
+    fc.assert(
+      fc.property(fc.nat({ max: 100 }), fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), (n, unit) => {
+        const step = Math.min(policy.maxMs, policy.initialMs * 2 ** n)
+        const delay = backoffDelayMs(policy, n, unit)
+        expect(delay).toBeLessThanOrEqual(policy.maxMs)
+        expect(delay).toBeLessThanOrEqual(step)
+        expect(delay).toBeGreaterThanOrEqual(Math.floor(step * (1 - policy.jitter)))
+      })
+    )
+  })
+
+  it("turns 4 random bytes into a unit in [0,1)", () => {
+    expect(jitterUnit(new Uint8Array([0, 0, 0, 0]))).toBe(0)
+    expect(jitterUnit(new Uint8Array([255, 255, 255, 255]))).toBeLessThan(1)
+    expect(jitterUnit(new Uint8Array([128, 0, 0, 0]))).toBe(0.5)
+  })
+
+  it("checks policies", () => {
+    expect(checkBackoffPolicy(defaultBackoffPolicy)).toBeUndefined()
+    expect(checkBackoffPolicy({ ...policy, maxMs: 50 })?.field).toBe("maxMs")
+    expect(checkBackoffPolicy({ ...policy, multiplier: 0.5 })?.field).toBe("multiplier")
+    expect(checkBackoffPolicy({ ...policy, jitter: 2 })?.field).toBe("jitter")
+    expect(checkBackoffPolicy({ ...policy, initialMs: -1 })?.field).toBe("initialMs")
+  })
+
+  it("walks connecting → listening → backing off → connecting, counting consecutive failures", () => {
+    let state: ReconnectState = initialReconnect
+    const feed = (event: Parameters<typeof stepReconnect>[2]) => {
+      const [next, command] = stepReconnect(policy, state, event)
+      state = next
+      return command
+    }
+    expect(feed({ _tag: "Failed", now: 0, error: "refused", jitter: 0 })).toEqual({ _tag: "Wait", delayMs: 100 })
+    expect(state).toMatchObject({ _tag: "BackingOff", failures: 1, retryAt: 100, lastError: "refused" })
+    expect(feed({ _tag: "RetryDue" })).toEqual({ _tag: "Connect" })
+    expect(feed({ _tag: "Failed", now: 200, error: "refused", jitter: 0 })).toEqual({ _tag: "Wait", delayMs: 200 })
+    expect(feed({ _tag: "RetryDue" })).toEqual({ _tag: "Connect" })
+    feed({ _tag: "Listening", now: 500 })
+    expect(state).toMatchObject({ _tag: "Listening", failures: 2, since: 500 })
+    // Dropped soon after opening: the schedule goes on growing.
+    expect(feed({ _tag: "Failed", now: 600, error: "lost", jitter: 0 })).toEqual({ _tag: "Wait", delayMs: 400 })
+    feed({ _tag: "RetryDue" })
+    feed({ _tag: "Listening", now: 1000 })
+    // Up for resetAfterMs: the next failure starts over.
+    expect(feed({ _tag: "Failed", now: 6000, error: "lost", jitter: 0 })).toEqual({ _tag: "Wait", delayMs: 100 })
+    // Events that do not apply change nothing.
+    expect(feed({ _tag: "Listening", now: 6001 })).toEqual({ _tag: "None" })
+    expect(feed({ _tag: "Failed", now: 6001, error: "again", jitter: 0 })).toEqual({ _tag: "None" })
+    expect(state).toMatchObject({ _tag: "BackingOff", lastError: "lost" })
+  })
+})
+
+describe("byte stream over a tunnel", () => {
+  const config = { maxMessageBytes: 4 }
+  const run = (events: ReadonlyArray<StreamEvent>, start: StreamState = initialStream) => {
+    let state = start
+    const commands: Array<StreamCommand> = []
+    for (const event of events) {
+      const [next, out] = stepStream(config, state, event)
+      state = next
+      commands.push(...out)
+    }
+    return { state, commands }
+  }
+  const bytes = (...values: Array<number>) => new Uint8Array(values)
+
+  it("splits writes into messages and never sends an empty one for an empty write", () => {
+    const { commands } = run([{ _tag: "Write", data: bytes(1, 2, 3, 4, 5, 6, 7, 8, 9) }, { _tag: "Write", data: bytes() }])
+    expect(commands.map((c) => (c._tag === "Send" ? [...c.data] : c._tag))).toEqual([[1, 2, 3, 4], [5, 6, 7, 8], [9]])
+  })
+
+  it("half close: we end, the peer keeps sending, then ends; then the tunnel finishes", () => {
+    const { state, commands } = run([
+      { _tag: "End" },
+      { _tag: "EndSent" },
+      { _tag: "Received", data: bytes(7) },
+      { _tag: "Received", data: bytes() }
+    ])
+    expect(commands.map((c) => c._tag)).toEqual(["SendEnd", "Deliver", "DeliverEnd", "Finish"])
+    expect(state.outcome).toEqual({ _tag: "Finished" })
+  })
+
+  it("the peer ends first: we can still write, and finishing waits for our end to be sent", () => {
+    const { commands } = run([
+      { _tag: "Received", data: bytes() },
+      { _tag: "Write", data: bytes(1) },
+      { _tag: "End" },
+      { _tag: "EndSent" }
+    ])
+    expect(commands.map((c) => c._tag)).toEqual(["DeliverEnd", "Send", "SendEnd", "Finish"])
+  })
+
+  it("ending twice sends one end; writing after end is refused without harming the stream", () => {
+    const { state, commands } = run([{ _tag: "End" }, { _tag: "End" }, { _tag: "Write", data: bytes(1) }])
+    expect(commands.map((c) => c._tag)).toEqual(["SendEnd", "Refuse"])
+    expect(state.outcome).toBeUndefined()
+  })
+
+  it("fails on bytes after the peer's end, on an early close, and on abort", () => {
+    expect(run([{ _tag: "Received", data: bytes() }, { _tag: "Received", data: bytes(1) }]).commands.at(-1)).toMatchObject({
+      _tag: "Fail",
+      error: { reason: "DataAfterEnd" }
+    })
+    const early = run([{ _tag: "End" }, { _tag: "EndSent" }, { _tag: "ChannelEnded", message: "relay died" }])
+    expect(early.commands.at(-1)).toMatchObject({ _tag: "Fail", error: { reason: "ClosedEarly" } })
+    if (early.commands.at(-1)?._tag === "Fail") {
+      const last = early.commands.at(-1) as Extract<StreamCommand, { _tag: "Fail" }>
+      expect(last.error.message).toContain("the peer had not finished sending")
+      expect(last.error.message).not.toContain("we had not finished")
+      expect(last.error.message).toContain("relay died")
+    }
+    expect(run([{ _tag: "Abort", message: "bye" }]).commands).toEqual([
+      { _tag: "Fail", error: { _tag: "StreamError", reason: "Aborted", message: "bye" } }
+    ])
+  })
+
+  it("after finishing, a channel end changes nothing", () => {
+    const done = run([{ _tag: "End" }, { _tag: "EndSent" }, { _tag: "Received", data: bytes() }])
+    const after = run([{ _tag: "ChannelEnded", message: "closed" }], done.state)
+    expect(after.commands).toEqual([])
+    expect(after.state.outcome).toEqual({ _tag: "Finished" })
+  })
+
+  it("delivers exactly the bytes written, in order, for any split and any interleaving of ends", () => {
+    fc.assert(
+      fc.property(fc.array(fc.uint8Array({ maxLength: 11 }), { maxLength: 20 }), (writes) => {
+        const { commands } = run(writes.map((data) => ({ _tag: "Write", data }) as const))
+        const sent = commands.flatMap((c) => (c._tag === "Send" ? [...c.data] : []))
+        expect(sent).toEqual(writes.flatMap((w) => [...w]))
+        for (const c of commands) if (c._tag === "Send") expect(c.data.length).toBeGreaterThan(0)
+        for (const c of commands) if (c._tag === "Send") expect(c.data.length).toBeLessThanOrEqual(4)
+      })
+    )
+  })
+})
+
+describe("connect outcome", () => {
+  it("names hop failures and tunnel failures differently", () => {
+    expect(classifyFailure("relay", { reason: "Reset", message: "ECONNREFUSED" })._tag).toBe("Unreachable")
+    expect(classifyFailure("relay", { reason: "Protocol", detail: "UnexpectedRemoteKey", message: "x" })._tag).toBe(
+      "RelayKeyMismatch"
+    )
+    expect(classifyFailure("tunnel", { reason: "Closed", message: "tunnel: closed" })).toMatchObject({
+      _tag: "Rejected"
+    })
+    expect(classifyFailure("tunnel", { reason: "Protocol", detail: "UnexpectedRemoteKey", message: "x" })._tag).toBe(
+      "PeerAuthenticationFailed"
+    )
+    expect(classifyFailure("tunnel", { reason: "HandshakeTimeout", message: "x" })._tag).toBe("TimedOut")
+    expect(classifyFailure("tunnel", { reason: "Reset", message: "x" })._tag).toBe("Lost")
+  })
+
+  it("ranks authentication over rejection over timeout over unreachable, and lists every relay", () => {
+    const a = (relay: string, outcome: Attempt["outcome"]): Attempt => ({ relay, outcome })
+    const unreachable = a("r1", { _tag: "Unreachable", message: "refused" })
+    const rejected = a("r2", { _tag: "Rejected", message: "rejected: closed" })
+    const mitm = a("r3", { _tag: "PeerAuthenticationFailed", message: "someone else" })
+    expect(connectFailureReason([])).toBe("NoRelays")
+    expect(connectFailureReason([unreachable])).toBe("Unreachable")
+    expect(connectFailureReason([unreachable, rejected])).toBe("Rejected")
+    expect(connectFailureReason([unreachable, rejected, mitm])).toBe("Authentication")
+    expect(connectFailureReason([unreachable, a("r4", { _tag: "TimedOut", message: "slow" })])).toBe("Timeout")
+    const text = formatConnectFailure("peer", [unreachable, rejected])
+    expect(text.split("\n")).toEqual([
+      "peer peer rejected the connection or is not listening on the relays tried",
+      "  r1: unreachable: refused",
+      "  r2: rejected: closed"
+    ])
+  })
+})
