@@ -19,6 +19,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
+import type * as Net from "node:net"
 import * as Socket from "effect/socket/Socket"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
@@ -31,13 +32,12 @@ import {
   ConnectionId,
   defaultRelayConfig,
   RelayCore,
-  type CloseReason,
   type RelayCommand,
   type RelayConfig,
   type RelayEvent
 } from "../core/relay-core.ts"
 import { Crypto } from "./crypto.ts"
-import { exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
+import { exchangeVersion, type FrameLink, LinkError, makeSocketFrameLink } from "./frame-link.ts"
 import { ChannelError, establishChannel, type MessageChannel } from "./message-channel.ts"
 import { Metrics } from "./metrics.ts"
 
@@ -73,6 +73,12 @@ export interface RelayServerOptions {
   readonly maxPaddingBytes: number
   /** Per-connection receive buffer before the relay stops reading that socket. */
   readonly inboxBytes: number
+  /**
+   * After the relay closes a connection, how long its socket may stay open
+   * to flush what was already written to a peer that reads slowly; then it
+   * is destroyed, so a peer that never reads cannot hold a socket forever.
+   */
+  readonly closeLingerMs: number
   /** Per client key: bytes per second and burst; undefined = no rate limit. */
   readonly rateLimit: { readonly bytesPerSecond: number; readonly burstBytes: number } | undefined
 }
@@ -92,6 +98,7 @@ export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerO
   rekeyIntervalTicks: 3600,
   maxPaddingBytes: 255,
   inboxBytes: 256 * 1024,
+  closeLingerMs: 10_000,
   rateLimit: undefined
 })
 
@@ -128,18 +135,20 @@ export interface RelayServer {
 interface Connection {
   readonly id: ConnectionId
   readonly ip: string
+  /** The connection's working scope (channel fibers, sends forked for it); closes before the socket lingers. */
+  scope: Scope.Scope | undefined
   channel: MessageChannel | undefined
   clientKey: string | undefined
   /** "core": messages go to the core; "held": a pending connect channel; "tunnel": relayed. */
   mode: "core" | "held" | "tunnel"
   /** The other side, once spliced. */
   peer: Connection | undefined
-  /** Completed by the core's Close command, with its reason. */
-  readonly closeOrder: Deferred.Deferred<CloseReason>
+  /** Completed with the reason once the connection must close: the core's Close, or an adapter limit or shutdown. */
+  readonly closeOrder: Deferred.Deferred<string>
   /** Completed by Splice for a held connect channel. */
   readonly spliced: Deferred.Deferred<void>
-  /** Set once the socket is gone, so late commands are ignored. */
-  done: boolean
+  /** IncomingConnection messages handed to the channel and not yet written to the socket. */
+  unsentIncoming: number
 }
 
 /**
@@ -152,7 +161,11 @@ export const makeRelayServer = (
   Effect.gen(function*() {
     const crypto = yield* Crypto
     const scope = yield* Effect.scope
+    // The listening socket has its own scope so that shutdown can stop
+    // accepting (new dials are refused by the OS) before the server's scope ends.
+    const listenScope = yield* Scope.fork(scope)
     const server = yield* NodeSocketServer.make({ host: options.host, port: options.port }).pipe(
+      Scope.provide(listenScope),
       Effect.mapError(
         (error) =>
           new ServerStartError({
@@ -171,6 +184,9 @@ export const makeRelayServer = (
     let bytesRelayed = 0
     let draining = false
     const publicKeyHexText = keyHex(options.identity.publicKey)
+    // A listener with this many IncomingConnection messages stuck in its
+    // outbox is not reading its listen channel; more would only pile up.
+    const maxUnsentIncoming = options.core.maxPendingHalfTunnelsPerListener
 
     const metrics = new Metrics()
     const closes = metrics.counter("offset_relay_closes_total", "Connections closed, by reason.", "reason")
@@ -181,6 +197,7 @@ export const makeRelayServer = (
       "Connections refused at once by a limit, by limit.",
       "limit"
     )
+    for (const limit of OVER_LIMIT_LABELS) overLimit.inc(0, limit)
     const handshakeFailures = metrics.counter(
       "offset_relay_handshake_failures_total",
       "Version or secure-channel handshakes that failed, by reason.",
@@ -222,11 +239,29 @@ export const makeRelayServer = (
     const runCommand = (command: RelayCommand): void => {
       switch (command._tag) {
         case "SendIncomingConnection": {
-          const channel = connections.get(command.id)?.channel
-          // The core bounds these per listener (maxPendingHalfTunnelsPerListener),
-          // so the forked sends are bounded too; a failed send ends the channel,
-          // which the listener's own fiber reports.
-          if (channel !== undefined) Effect.runFork(Effect.ignore(channel.send(command.message)))
+          const c = connections.get(command.id)
+          const channel = c?.channel
+          if (c === undefined || channel === undefined || c.scope === undefined) return
+          if (c.unsentIncoming >= maxUnsentIncoming) {
+            // Closing the listener closes its half tunnels "listener-gone" once
+            // its fiber reports the close; the core needs no new event now.
+            overLimit.inc(1, "listener-backlog")
+            Deferred.doneUnsafe(c.closeOrder, Exit.succeed("over-limit"))
+            return
+          }
+          c.unsentIncoming++
+          // The send runs in the listener's scope, so it ends with the listener
+          // (or the server); a failed send ends the channel, which the
+          // listener's own fiber reports.
+          Fiber.runIn(
+            Effect.runFork(
+              channel.send(command.message).pipe(
+                Effect.ignore,
+                Effect.ensuring(Effect.sync(() => c.unsentIncoming--))
+              )
+            ),
+            c.scope
+          )
           return
         }
         case "HoldConnect": {
@@ -281,16 +316,39 @@ export const makeRelayServer = (
     // Relays every message `from` receives to its peer until `from` ends.
     // Messages already received are written before the end is reported, which
     // is what "the other side is closed after what was already read" needs.
-    const relay = (from: Connection): Effect.Effect<void, ChannelError> =>
+    const relay = (from: Connection): Effect.Effect<never, ChannelError> =>
       Effect.gen(function*() {
         const channel = from.channel!
         const to = from.peer!.channel! // set by Splice, before mode became "tunnel"
         while (true) {
           const message = yield* channel.receive
-          yield* to.send(message)
-          bytesRelayed += message.length
-          relayedBytes.inc(message.length)
+          // A failed send means the peer's channel ended. The peer's own fiber
+          // reports that, and the core then orders this side closed; until
+          // then what arrives here has nowhere to go. Waiting instead would
+          // deadlock two sides that end at once, each stuck sending to the other.
+          const sent = yield* Effect.exit(to.send(message))
+          if (Exit.isSuccess(sent)) {
+            bytesRelayed += message.length
+            relayedBytes.inc(message.length)
+          }
         }
+      })
+
+    // After a close: send FIN once what was written is flushed, read and drop
+    // whatever the client still sends until it closes too, then destroy.
+    // Destroying at once would reset the connection while unread bytes sit
+    // in the kernel, and a reset can discard data the client has not read
+    // yet; closeLingerMs bounds a client that never closes.
+    const lingerThenDestroy = (link: FrameLink, netSocket: Net.Socket): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        if (!netSocket.destroyed) {
+          netSocket.end()
+          yield* Effect.forever(link.read).pipe(
+            Effect.ignore,
+            Effect.timeoutOrElse({ duration: options.closeLingerMs, orElse: () => Effect.void })
+          )
+        }
+        netSocket.destroy()
       })
 
     // The life of one accepted socket, from limits to close.
@@ -318,36 +376,72 @@ export const makeRelayServer = (
           netSocket.destroy()
           return
         }
+        // Counted here, in the same synchronous step as the checks above, so a
+        // burst of connections cannot all pass a check before any is counted.
         sockets++
         perIp.set(ip, (perIp.get(ip) ?? 0) + 1)
+        handshaking++
+        let inHandshake = true
+        const endHandshake = () => {
+          if (inHandshake) {
+            inHandshake = false
+            handshaking--
+          }
+        }
         const connection: Connection = {
           id,
           ip,
+          scope: undefined,
           channel: undefined,
           clientKey: undefined,
           mode: "core",
           peer: undefined,
-          closeOrder: Deferred.makeUnsafe<CloseReason>(),
+          closeOrder: Deferred.makeUnsafe<string>(),
           spliced: Deferred.makeUnsafe<void>(),
-          done: false
+          unsentIncoming: 0
         }
-        connections.set(id, connection)
-        yield* Effect.addFinalizer(() =>
-          Effect.sync(() => {
-            connection.done = true
+        let reported = false
+        // Reports the close once: to the core (harmless when the core ordered
+        // it: it has already forgotten the id), to metrics and to the log.
+        const report = (reason: string, detail: string) =>
+          Effect.suspend(() => {
+            if (reported) return Effect.void
+            reported = true
             connections.delete(id)
-            sockets--
-            const n = (perIp.get(ip) ?? 1) - 1
-            if (n === 0) perIp.delete(ip)
-            else perIp.set(ip, n)
-            if (connection.clientKey !== undefined && options.rateLimit !== undefined) releaseThrottle(connection.clientKey)
+            dispatch({ _tag: "Closed", id })
+            closes.inc(1, reason)
+            return Effect.logInfo("connection closed").pipe(
+              Effect.annotateLogs({ connection: id, ip, client: connection.clientKey ?? "-", reason, detail })
+            )
           })
+        // Last to run: the socket is gone (or being destroyed) by then.
+        yield* Effect.addFinalizer(() =>
+          Effect.andThen(
+            report("shutting-down", "the relay stopped"),
+            Effect.sync(() => {
+              endHandshake()
+              sockets--
+              const n = (perIp.get(ip) ?? 1) - 1
+              if (n === 0) perIp.delete(ip)
+              else perIp.set(ip, n)
+              if (connection.clientKey !== undefined && options.rateLimit !== undefined) releaseThrottle(connection.clientKey)
+              netSocket.destroy()
+            })
+          )
         )
+        // The link lives in this outer scope, so the socket stays open while
+        // it lingers after the channel (inner scope) is gone.
+        const linkExit = yield* Effect.exit(makeSocketFrameLink(socket))
+        if (Exit.isFailure(linkExit)) {
+          const error = failureOf(linkExit)
+          yield* report(error === undefined ? "connection-lost" : adapterCloseReason(error, false), error?.message ?? "")
+          return
+        }
+        const link = linkExit.value
+        connections.set(id, connection)
         dispatch({ _tag: "Opened", id })
 
         const life = Effect.gen(function*() {
-          const link = yield* makeSocketFrameLink(socket)
-          handshaking++
           const channel = yield* Effect.gen(function*() {
             yield* exchangeVersion(link)
             return yield* establishChannel(link, {
@@ -374,7 +468,7 @@ export const makeRelayServer = (
             Effect.tapError((error) =>
               Effect.sync(() => handshakeFailures.inc(1, error instanceof LinkError ? error.reason : error.detail ?? error.reason))
             ),
-            Effect.ensuring(Effect.sync(() => handshaking--))
+            Effect.ensuring(Effect.sync(endHandshake))
           )
           connection.channel = channel
           connection.clientKey = keyHex(channel.remotePublicKey)
@@ -396,34 +490,32 @@ export const makeRelayServer = (
             )
             if (ended !== undefined) return yield* Effect.fail(ended)
           }
-          yield* relay(connection)
+          return yield* relay(connection)
         })
 
-        // The connection ends when its life ends (peer closed, error) or the core orders it.
-        const outcome = yield* Effect.raceFirst(
-          Effect.map(Effect.exit(life), (exit) => ({ _tag: "Ended" as const, exit })),
-          Effect.map(Deferred.await(connection.closeOrder), (reason) => ({ _tag: "Ordered" as const, reason }))
+        // The connection ends when its life ends (client closed, error) or a
+        // close is ordered; the loser of the race is interrupted, and closing
+        // the inner scope stops the channel's fibers and the sends forked for it.
+        const outcome = yield* Effect.scoped(
+          Effect.gen(function*() {
+            connection.scope = yield* Effect.scope
+            return yield* Effect.raceFirst(
+              Effect.map(Effect.exit(life), (exit) => ({ _tag: "Ended" as const, exit })),
+              Effect.map(Deferred.await(connection.closeOrder), (reason) => ({ _tag: "Ordered" as const, reason }))
+            )
+          })
         )
+        let reason: string
         if (outcome._tag === "Ended") {
-          dispatch({ _tag: "Closed", id })
-          const error = Exit.isFailure(outcome.exit) ? failureOf(outcome.exit) : undefined
-          const reason = error === undefined ? "peer-closed" : adapterCloseReason(error, connection.channel !== undefined)
-          closes.inc(1, reason)
-          yield* Effect.logInfo("connection closed").pipe(
-            Effect.annotateLogs({
-              connection: id,
-              ip,
-              client: connection.clientKey ?? "-",
-              reason,
-              detail: error?.message ?? ""
-            })
-          )
+          const error = failureOf(outcome.exit)
+          reason = error === undefined ? "client-closed" : adapterCloseReason(error, connection.channel !== undefined)
+          yield* report(reason, error?.message ?? "")
         } else {
-          closes.inc(1, outcome.reason)
-          yield* Effect.logInfo("connection closed").pipe(
-            Effect.annotateLogs({ connection: id, ip, client: connection.clientKey ?? "-", reason: outcome.reason })
-          )
+          reason = outcome.reason
+          yield* report(reason, "")
         }
+        if (ABRUPT_CLOSE_REASONS.has(reason)) netSocket.destroy()
+        else yield* lingerThenDestroy(link, netSocket)
       }).pipe(Effect.scoped)
 
     const serverFiber = yield* Effect.forkIn(server.run(serveConnection), scope)
@@ -445,12 +537,16 @@ export const makeRelayServer = (
       Effect.gen(function*() {
         draining = true
         dispatch({ _tag: "Shutdown" })
+        // Tunnels may finish on their own; a closed side lingers to flush its
+        // last bytes, so wait for the sockets, not only the core's tunnels.
         const deadline = (yield* Clock.currentTimeMillis) + drainMs
-        while (core.stats().tunnels > 0 && (yield* Clock.currentTimeMillis) < deadline) {
+        while (sockets > 0 && (yield* Clock.currentTimeMillis) < deadline) {
           yield* Effect.sleep(Math.min(50, options.tickMs))
         }
         for (const c of connections.values()) Deferred.doneUnsafe(c.closeOrder, Exit.succeed("shutting-down"))
+        // Interrupting the handlers destroys every socket still open (lingering ones too).
         yield* Fiber.interrupt(serverFiber)
+        yield* Scope.close(listenScope, Exit.void)
         yield* Fiber.interrupt(tickFiber)
       })
 
@@ -486,6 +582,7 @@ export class ServerStartError extends Error {
 
 /** Close reasons seen only by the adapter (the core's are CLOSE_REASONS). */
 export const ADAPTER_CLOSE_REASONS = [
+  "client-closed",
   "handshake-failed",
   "timeout-handshake",
   "frame-too-long",
@@ -493,6 +590,28 @@ export const ADAPTER_CLOSE_REASONS = [
   "keepalive-timeout",
   "connection-lost"
 ] as const
+
+/** Labels of offset_relay_over_limit_total: which limit refused or closed a connection. */
+export const OVER_LIMIT_LABELS = [
+  "max-connections",
+  "max-connections-per-ip",
+  "max-concurrent-handshakes",
+  "listener-backlog"
+] as const
+
+// Closes caused by a hostile or dead peer: destroyed at once, no lingering
+// for a FIN (there is nothing it should still read from us).
+const ABRUPT_CLOSE_REASONS: ReadonlySet<string> = new Set([
+  "handshake-failed",
+  "timeout-handshake",
+  "timeout-init",
+  "frame-too-long",
+  "version-mismatch",
+  "keepalive-timeout",
+  "connection-lost",
+  "protocol-violation",
+  "adapter-misuse"
+])
 
 const failureOf = (exit: Exit.Exit<unknown, unknown>): ChannelError | LinkError | undefined => {
   if (!Exit.isFailure(exit)) return undefined
@@ -509,7 +628,7 @@ const adapterCloseReason = (error: ChannelError | LinkError, established: boolea
   switch (error.reason) {
     case "Closed":
     case "LocalClose":
-      return "peer-closed"
+      return "client-closed"
     case "Reset":
       return "connection-lost"
     case "FrameTooLong":

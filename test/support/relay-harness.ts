@@ -1,0 +1,330 @@
+/**
+ * Helpers for real-socket relay tests: start a relay on 127.0.0.1:0, open
+ * well-behaved clients (openRelayConnection) that can be closed one by one,
+ * and drive hand-made "raw" clients over node:net with the pure connection
+ * machine, so a test can stop a handshake halfway, sign with the wrong key,
+ * send garbage or go silent.
+ */
+import * as Net from "node:net"
+import { createHash } from "node:crypto"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import { type CryptoService, nodeCryptoService } from "../../src/adapters/crypto.ts"
+import type { MessageChannel } from "../../src/adapters/message-channel.ts"
+import { openRelayConnection, type RelayEndpoint } from "../../src/adapters/relay-connection.ts"
+import {
+  defaultRelayServerOptions,
+  makeRelayServer,
+  type RelayIdentity,
+  type RelayServer,
+  type RelayServerOptions
+} from "../../src/adapters/relay-server.ts"
+import { makeConnection, step as stepConnection, type ConnectionState } from "../../src/core/connection.ts"
+import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts"
+import { encodeInitConnection, type InitConnection } from "../../src/core/messages.ts"
+import { encodeVersion } from "../../src/core/version.ts"
+import { Crypto } from "../../src/adapters/crypto.ts"
+
+/** Milliseconds per tick in these tests: timeouts of N ticks take N × 50 ms. */
+export const TEST_TICK_MS = 50
+
+/** A fresh random identity. */
+export const makeIdentity = (crypto: CryptoService = nodeCryptoService): RelayIdentity => {
+  const seed = crypto.randomBytes(32)
+  return { seed, publicKey: crypto.ed25519PublicKey(seed) }
+}
+
+/** A relay on 127.0.0.1 with an ephemeral port and 50 ms ticks, living in the current scope. */
+export const startRelay = (overrides: Partial<RelayServerOptions> = {}) =>
+  Effect.gen(function*() {
+    const identity = makeIdentity(yield* Crypto)
+    const server = yield* makeRelayServer({
+      ...defaultRelayServerOptions(identity),
+      port: 0,
+      tickMs: TEST_TICK_MS,
+      ...overrides
+    })
+    const endpoint: RelayEndpoint = { publicKey: identity.publicKey, host: "127.0.0.1", port: server.port }
+    return { server, endpoint, identity }
+  })
+
+/** A well-behaved client connection with its own scope, so a test can close it alone. */
+export interface TestClient {
+  readonly channel: MessageChannel
+  readonly identity: RelayIdentity
+  /** Closes the connection (its socket and fibers). */
+  readonly close: Effect.Effect<void>
+}
+
+/** Opens a client connection to `endpoint` saying `init`, ticking at the test rate. */
+export const openClient = (
+  endpoint: RelayEndpoint,
+  identity: RelayIdentity,
+  init: InitConnection,
+  options: { readonly inboxBytes?: number; readonly maxPaddingBytes?: number } = {}
+) =>
+  Effect.gen(function*() {
+    const crypto = yield* Crypto
+    const parent = yield* Effect.scope
+    const scope = yield* Scope.fork(parent)
+    const channel = yield* openRelayConnection(endpoint, init, {
+      crypto,
+      identity,
+      tickMs: TEST_TICK_MS,
+      handshakeTimeoutMs: 5000,
+      channel: {
+        inboxBytes: options.inboxBytes,
+        machine: { maxPaddingBytes: options.maxPaddingBytes ?? 0 }
+      }
+    }).pipe(Scope.provide(scope), Effect.onError(() => Scope.close(scope, Exit.void)))
+    return { channel, identity, close: Scope.close(scope, Exit.void) } satisfies TestClient
+  })
+
+/** Polls `condition` every 10 ms until it holds; dies with `what` after `timeoutMs`. */
+export const waitUntil = (what: string, condition: () => boolean, timeoutMs = 5000) =>
+  Effect.gen(function*() {
+    const start = Date.now()
+    while (!condition()) {
+      if (Date.now() - start > timeoutMs) return yield* Effect.die(new Error(`timed out waiting for ${what}`))
+      yield* Effect.sleep(10)
+    }
+  })
+
+/** Reads the value of one sample line (`name{label="value"}`) from Prometheus text; 0 when absent. */
+export const metricValue = (text: string, sample: string): number => {
+  for (const line of text.split("\n")) {
+    if (line.startsWith(sample + " ")) return Number(line.slice(sample.length + 1))
+  }
+  return 0
+}
+
+/** A closed-connection count by reason, from the server's metrics. */
+export const closes = (server: RelayServer, reason: string): number =>
+  metricValue(server.metrics.render(), `offset_relay_closes_total{reason="${reason}"}`)
+
+/** A refusal count by limit, from the server's metrics. */
+export const overLimit = (server: RelayServer, limit: string): number =>
+  metricValue(server.metrics.render(), `offset_relay_over_limit_total{limit="${limit}"}`)
+
+/** Deterministic pseudo-random bytes (xorshift), so a stream can be checked at the far end. */
+export const patternBytes = (length: number, seed: number): Uint8Array => {
+  const out = new Uint8Array(length)
+  let x = seed | 1
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13
+    x ^= x >>> 17
+    x ^= x << 5
+    out[i] = x & 0xff
+  }
+  return out
+}
+
+/** SHA-256 of a byte string, hex. */
+export const sha256 = (bytes: Uint8Array): string => createHash("sha256").update(bytes).digest("hex")
+
+/** An incremental SHA-256 with a byte count. */
+export class StreamHash {
+  private readonly hash = createHash("sha256")
+  bytes = 0
+  update(chunk: Uint8Array): void {
+    this.hash.update(chunk)
+    this.bytes += chunk.length
+  }
+  digest(): string {
+    return this.hash.digest("hex")
+  }
+}
+
+/** Sends `data` as messages of `chunkBytes`, waiting for each send (so backpressure is felt). */
+export const sendChunked = (channel: MessageChannel, data: Uint8Array, chunkBytes: number) =>
+  Effect.gen(function*() {
+    for (let offset = 0; offset < data.length; offset += chunkBytes) {
+      yield* channel.send(data.subarray(offset, Math.min(data.length, offset + chunkBytes)))
+    }
+  })
+
+/** Receives messages until `total` bytes arrived; returns their SHA-256. */
+export const receiveBytes = (channel: MessageChannel, total: number) =>
+  Effect.gen(function*() {
+    const hash = new StreamHash()
+    while (hash.bytes < total) hash.update(yield* channel.receive)
+    return hash.digest()
+  })
+
+/** How a raw socket ended. */
+export interface RawEnd {
+  /** True when the server reset the connection (or another socket error occurred). */
+  readonly error: string | undefined
+}
+
+/**
+ * A client on a bare node:net socket. Frames are read with the project's
+ * decoder; the secure channel runs in the pure connection machine, fed by
+ * hand, so tests decide exactly what goes on the wire and when.
+ */
+export class RawClient {
+  readonly socket: Net.Socket
+  /** Resolves once the socket has closed. */
+  readonly ended: Promise<RawEnd>
+  private readonly decoder = new FrameDecoder()
+  private readonly frames: Array<Uint8Array> = []
+  private frameWaiters: Array<() => void> = []
+  private isClosed = false
+  private machine: ConnectionState | undefined
+  private readonly messages: Array<Uint8Array> = []
+
+  private constructor(socket: Net.Socket) {
+    this.socket = socket
+    let error: string | undefined
+    socket.on("error", (e) => {
+      error = e.message
+    })
+    this.ended = new Promise((resolve) => {
+      socket.on("close", () => {
+        this.isClosed = true
+        this.wake()
+        resolve({ error })
+      })
+    })
+    socket.on("data", (chunk: Buffer) => {
+      const result = this.decoder.push(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length))
+      if (result._tag === "Frames") for (const f of result.frames) this.frames.push(f.slice())
+      this.wake()
+    })
+  }
+
+  /** Connects to 127.0.0.1:`port`, optionally from another loopback address (per-IP limits). */
+  static connect(port: number, localAddress?: string): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const socket = Net.connect({ host: "127.0.0.1", port, localAddress, noDelay: true })
+      socket.once("connect", () => resolve(new RawClient(socket)))
+      socket.once("error", reject)
+    })
+  }
+
+  /** True once the socket closed. */
+  get closed(): boolean {
+    return this.isClosed
+  }
+
+  private wake(): void {
+    const waiters = this.frameWaiters
+    this.frameWaiters = []
+    for (const w of waiters) w()
+  }
+
+  /** Writes raw bytes. */
+  write(bytes: Uint8Array): void {
+    if (!this.socket.destroyed) this.socket.write(bytes)
+  }
+
+  /** Writes one frame (length header + payload). */
+  writeFrame(payload: Uint8Array): void {
+    this.write(encodeFrame(payload))
+  }
+
+  /** The next frame from the server, or undefined when the socket closed first. */
+  async nextFrame(timeoutMs = 5000): Promise<Uint8Array | undefined> {
+    const deadline = Date.now() + timeoutMs
+    while (this.frames.length === 0) {
+      if (this.isClosed) return undefined
+      if (Date.now() > deadline) throw new Error("no frame from the relay in time")
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 50)
+        this.frameWaiters.push(() => {
+          clearTimeout(timer)
+          resolve()
+        })
+      })
+    }
+    return this.frames.shift()
+  }
+
+  /**
+   * Version prefix and secure channel with the pure machine. `signingSeed`
+   * replaces the seed the ExchangeDh is signed with (a forged identity:
+   * the handshake claims `identity.publicKey` but cannot prove it).
+   * `stopAfterRandNonce` sends only the first handshake frame.
+   */
+  async handshake(
+    relayPublicKey: Uint8Array,
+    identity: RelayIdentity,
+    options: { readonly signingSeed?: Uint8Array; readonly stopAfterRandNonce?: boolean } = {}
+  ): Promise<"authenticated" | "closed" | "stopped"> {
+    this.writeFrame(encodeVersion())
+    const version = await this.nextFrame()
+    if (version === undefined) return "closed"
+    let machine = makeConnection({
+      crypto: nodeCryptoService,
+      identity: { seed: options.signingSeed ?? identity.seed, publicKey: identity.publicKey },
+      expectedRemotePublicKey: relayPublicKey,
+      random: nodeCryptoService.randomBytes,
+      maxPaddingBytes: 0,
+      handshakeTimeoutTicks: Infinity
+    })
+    let authenticated = false
+    let closed = false
+    const run = (event: Parameters<typeof stepConnection>[1]) => {
+      const [next, commands] = stepConnection(machine, event)
+      machine = next
+      for (const command of commands) {
+        switch (command._tag) {
+          case "SendFrame":
+            this.writeFrame(command.frame)
+            break
+          case "Authenticated":
+            authenticated = true
+            break
+          case "Deliver":
+            this.messages.push(command.data)
+            break
+          case "Close":
+            closed = true
+            break
+        }
+      }
+    }
+    run({ _tag: "Start" })
+    if (options.stopAfterRandNonce) return "stopped"
+    while (!authenticated && !closed) {
+      const frame = await this.nextFrame()
+      if (frame === undefined) return "closed"
+      run({ _tag: "FrameReceived", frame })
+    }
+    this.machine = machine
+    return authenticated ? "authenticated" : "closed"
+  }
+
+  /** Sends one application message over the established channel (never ticks: no keepalives). */
+  sendMessage(data: Uint8Array): void {
+    if (this.machine === undefined) throw new Error("sendMessage before handshake")
+    const [next, commands] = stepConnection(this.machine, { _tag: "Send", data })
+    this.machine = next
+    for (const command of commands) if (command._tag === "SendFrame") this.writeFrame(command.frame)
+  }
+
+  /** Sends the packed InitConnection. */
+  sendInit(init: InitConnection): void {
+    this.sendMessage(encodeInitConnection(init))
+  }
+
+  /** Destroys the socket. */
+  destroy(): void {
+    this.socket.destroy()
+  }
+}
+
+/** Connects a raw client from Effect. */
+export const rawConnect = (port: number, localAddress?: string) =>
+  Effect.acquireRelease(Effect.promise(() => RawClient.connect(port, localAddress)), (client) =>
+    Effect.sync(() => client.destroy()))
+
+/** Waits for a raw client's socket to close; dies after `timeoutMs`. */
+export const rawEnded = (client: RawClient, timeoutMs = 5000) =>
+  Effect.promise(() => client.ended).pipe(
+    Effect.timeoutOrElse({
+      duration: timeoutMs,
+      orElse: () => Effect.die(new Error("the relay did not close the raw connection in time"))
+    })
+  )
