@@ -142,46 +142,59 @@ export const structLayouts = {
 /** Byte lengths of the fixed-size fields (PublicKey, DhPublicKey, Salt: 32; RandValue: 16; Signature: 64). */
 export const fixedLengths = { publicKey: 32, dhPublicKey: 32, salt: 32, randValue: 16, signature: 64 } as const
 
+const L = structLayouts
+type Layout = readonly [dataWords: number, pointerCount: number]
+
+// Words a struct occupies, and the byte offset of its pointer i.
+const words = (layout: Layout): number => layout[0] + layout[1]
+const pointerAt = (struct: number, layout: Layout, index: number): number => struct + (layout[0] + index) * 8
+const init = (builder: MessageBuilder, pointer: number, layout: Layout): number =>
+  initStruct(builder, pointer, layout[0], layout[1])
+
 // Words of a fixed-size field: its wrapper struct (one pointer) and the BufferN.
-const fixedWords = (length: number): number => 1 + length / 8
+const fixedWords = (length: number): number => words(L.PublicKey) + length / 8
 const dataWords = (data: Bytes): number => Math.ceil(data.length / 8)
+// The root pointer is one word of every message.
+const rootWords = 1
 
 // Every encoder below sizes its message first, then places objects in
 // pre-order depth-first field order: the order in which the C++ library lays
 // out a copied message, so our bytes equal `capnp encode --packed`.
+// Union discriminants of our schemas all sit at byte 0 of the data section.
 
 // The fixed field at `pointer`: wrapper struct, then its BufferN. Wrong
 // lengths are a caller's bug (types cannot say "32 bytes"), hence the throw.
 const writeFixed = (builder: MessageBuilder, pointer: number, bytes: Bytes, length: number, what: string): void => {
   if (bytes.length !== length) throw new RangeError(`${what} must be ${length} bytes, got ${bytes.length}`)
-  const wrapper = initStruct(builder, pointer, 0, 1)
-  const buffer = initStruct(builder, wrapper, length / 8, 0)
+  const wrapper = init(builder, pointer, L.PublicKey)
+  const buffer = initStruct(builder, pointerAt(wrapper, L.PublicKey, 0), length / 8, 0)
   writeWordsBigEndian(builder, buffer, bytes)
 }
 
 const writeRekey = (builder: MessageBuilder, pointer: number, rekey: Rekey): void => {
-  const struct = initStruct(builder, pointer, 0, 2)
-  writeFixed(builder, struct, rekey.dhPublicKey, fixedLengths.dhPublicKey, "Rekey.dhPublicKey")
-  writeFixed(builder, struct + 8, rekey.keySalt, fixedLengths.salt, "Rekey.keySalt")
+  const struct = init(builder, pointer, L.Rekey)
+  writeFixed(builder, pointerAt(struct, L.Rekey, 0), rekey.dhPublicKey, fixedLengths.dhPublicKey, "Rekey.dhPublicKey")
+  writeFixed(builder, pointerAt(struct, L.Rekey, 1), rekey.keySalt, fixedLengths.salt, "Rekey.keySalt")
 }
 
-const rekeyWords = 2 + fixedWords(fixedLengths.dhPublicKey) + fixedWords(fixedLengths.salt)
+const rekeyWords = words(L.Rekey) + fixedWords(fixedLengths.dhPublicKey) + fixedWords(fixedLengths.salt)
 
 /** Packed bytes of an InitConnection. */
 export const encodeInitConnection = (value: InitConnection): Uint8Array => {
   const keyed = value._tag !== "Listen"
-  const builder = createMessage(3 + (keyed ? fixedWords(fixedLengths.publicKey) : 0))
-  const root = initStruct(builder, rootPointer, 1, 1)
+  const builder = createMessage(rootWords + words(L.InitConnection) + (keyed ? fixedWords(fixedLengths.publicKey) : 0))
+  const root = init(builder, rootPointer, L.InitConnection)
+  const key = pointerAt(root, L.InitConnection, 0)
   switch (value._tag) {
     case "Listen":
       break
     case "Accept":
       builder.view.setUint16(root, 1, true)
-      writeFixed(builder, root + 8, value.publicKey, fixedLengths.publicKey, "InitConnection.accept")
+      writeFixed(builder, key, value.publicKey, fixedLengths.publicKey, "InitConnection.accept")
       break
     case "Connect":
       builder.view.setUint16(root, 2, true)
-      writeFixed(builder, root + 8, value.publicKey, fixedLengths.publicKey, "InitConnection.connect")
+      writeFixed(builder, key, value.publicKey, fixedLengths.publicKey, "InitConnection.connect")
       break
     default:
       return absurd(value)
@@ -189,75 +202,82 @@ export const encodeInitConnection = (value: InitConnection): Uint8Array => {
   return finishPacked(builder)
 }
 
-const encodeKeyOnly = (publicKey: Bytes, what: string): Uint8Array => {
-  const builder = createMessage(2 + fixedWords(fixedLengths.publicKey))
-  const root = initStruct(builder, rootPointer, 0, 1)
-  writeFixed(builder, root, publicKey, fixedLengths.publicKey, what)
+const encodeKeyOnly = (layout: Layout, publicKey: Bytes, what: string): Uint8Array => {
+  const builder = createMessage(rootWords + words(layout) + fixedWords(fixedLengths.publicKey))
+  const root = init(builder, rootPointer, layout)
+  writeFixed(builder, pointerAt(root, layout, 0), publicKey, fixedLengths.publicKey, what)
   return finishPacked(builder)
 }
 
 /** Packed bytes of a RejectConnection. */
 export const encodeRejectConnection = (value: RejectConnection): Uint8Array =>
-  encodeKeyOnly(value.publicKey, "RejectConnection.publicKey")
+  encodeKeyOnly(L.RejectConnection, value.publicKey, "RejectConnection.publicKey")
 
 /** Packed bytes of an IncomingConnection. */
 export const encodeIncomingConnection = (value: IncomingConnection): Uint8Array =>
-  encodeKeyOnly(value.publicKey, "IncomingConnection.publicKey")
+  encodeKeyOnly(L.IncomingConnection, value.publicKey, "IncomingConnection.publicKey")
 
 /** Packed bytes of a KaMessage (data path: one message buffer, one packed buffer). */
 export const encodeKaMessage = (value: KaMessage): Uint8Array => {
   if (value._tag === "KeepAlive") {
-    const builder = createMessage(3)
-    initStruct(builder, rootPointer, 1, 1)
+    const builder = createMessage(rootWords + words(L.KaMessage))
+    init(builder, rootPointer, L.KaMessage)
     return finishPacked(builder)
   }
-  const builder = createMessage(3 + dataWords(value.data))
-  const root = initStruct(builder, rootPointer, 1, 1)
+  const builder = createMessage(rootWords + words(L.KaMessage) + dataWords(value.data))
+  const root = init(builder, rootPointer, L.KaMessage)
   builder.view.setUint16(root, 1, true)
-  setData(builder, root + 8, value.data)
+  setData(builder, pointerAt(root, L.KaMessage, 0), value.data)
   return finishPacked(builder)
 }
 
 /** Packed bytes of an ExchangeRandNonce. */
 export const encodeExchangeRandNonce = (value: ExchangeRandNonce): Uint8Array => {
   const dest = value.optDestPublicKey
+  const layout = L.ExchangeRandNonce
   const builder = createMessage(
-    5 +
+    rootWords +
+      words(layout) +
       fixedWords(fixedLengths.randValue) +
       fixedWords(fixedLengths.publicKey) +
       (dest === undefined ? 0 : fixedWords(fixedLengths.publicKey))
   )
-  const root = initStruct(builder, rootPointer, 1, 3)
-  const pointers = root + 8
-  writeFixed(builder, pointers, value.randNonce, fixedLengths.randValue, "ExchangeRandNonce.randNonce")
-  writeFixed(builder, pointers + 8, value.srcPublicKey, fixedLengths.publicKey, "ExchangeRandNonce.srcPublicKey")
+  const root = init(builder, rootPointer, layout)
+  const nonce = pointerAt(root, layout, 0)
+  const src = pointerAt(root, layout, 1)
+  writeFixed(builder, nonce, value.randNonce, fixedLengths.randValue, "ExchangeRandNonce.randNonce")
+  writeFixed(builder, src, value.srcPublicKey, fixedLengths.publicKey, "ExchangeRandNonce.srcPublicKey")
   if (dest !== undefined) {
     builder.view.setUint16(root, 1, true)
-    writeFixed(builder, pointers + 16, dest, fixedLengths.publicKey, "ExchangeRandNonce.optDestPublicKey")
+    const destPointer = pointerAt(root, layout, 2)
+    writeFixed(builder, destPointer, dest, fixedLengths.publicKey, "ExchangeRandNonce.optDestPublicKey")
   }
   return finishPacked(builder)
 }
 
 /** Packed bytes of an ExchangeDh. */
 export const encodeExchangeDh = (value: ExchangeDh): Uint8Array => {
+  const layout = L.ExchangeDh
   const builder = createMessage(
-    5 +
+    rootWords +
+      words(layout) +
       fixedWords(fixedLengths.dhPublicKey) +
       fixedWords(fixedLengths.randValue) +
       fixedWords(fixedLengths.salt) +
       fixedWords(fixedLengths.signature)
   )
-  const root = initStruct(builder, rootPointer, 0, 4)
-  writeFixed(builder, root, value.dhPublicKey, fixedLengths.dhPublicKey, "ExchangeDh.dhPublicKey")
-  writeFixed(builder, root + 8, value.randNonce, fixedLengths.randValue, "ExchangeDh.randNonce")
-  writeFixed(builder, root + 16, value.keySalt, fixedLengths.salt, "ExchangeDh.keySalt")
-  writeFixed(builder, root + 24, value.signature, fixedLengths.signature, "ExchangeDh.signature")
+  const root = init(builder, rootPointer, layout)
+  const at = (i: number): number => pointerAt(root, layout, i)
+  writeFixed(builder, at(0), value.dhPublicKey, fixedLengths.dhPublicKey, "ExchangeDh.dhPublicKey")
+  writeFixed(builder, at(1), value.randNonce, fixedLengths.randValue, "ExchangeDh.randNonce")
+  writeFixed(builder, at(2), value.keySalt, fixedLengths.salt, "ExchangeDh.keySalt")
+  writeFixed(builder, at(3), value.signature, fixedLengths.signature, "ExchangeDh.signature")
   return finishPacked(builder)
 }
 
 /** Packed bytes of a Rekey as a message of its own. */
 export const encodeRekey = (value: Rekey): Uint8Array => {
-  const builder = createMessage(1 + rekeyWords)
+  const builder = createMessage(rootWords + rekeyWords)
   writeRekey(builder, rootPointer, value)
   return finishPacked(builder)
 }
@@ -265,18 +285,19 @@ export const encodeRekey = (value: Rekey): Uint8Array => {
 /** Packed bytes of a ChannelMessage (data path: one message buffer, one packed buffer). */
 export const encodeChannelMessage = (value: ChannelMessage): Uint8Array => {
   const content = value.content
-  const contentWords = 2 + (content._tag === "User" ? dataWords(content.data) : rekeyWords)
-  const builder = createMessage(3 + dataWords(value.randPadding) + contentWords)
-  const root = initStruct(builder, rootPointer, 0, 2)
-  setData(builder, root, value.randPadding)
-  const contentStruct = initStruct(builder, root + 8, 1, 1)
+  const contentWords = words(L.ChannelContent) + (content._tag === "User" ? dataWords(content.data) : rekeyWords)
+  const builder = createMessage(rootWords + words(L.ChannelMessage) + dataWords(value.randPadding) + contentWords)
+  const root = init(builder, rootPointer, L.ChannelMessage)
+  setData(builder, pointerAt(root, L.ChannelMessage, 0), value.randPadding)
+  const contentStruct = init(builder, pointerAt(root, L.ChannelMessage, 1), L.ChannelContent)
+  const member = pointerAt(contentStruct, L.ChannelContent, 0)
   switch (content._tag) {
     case "Rekey":
-      writeRekey(builder, contentStruct + 8, content.rekey)
+      writeRekey(builder, member, content.rekey)
       break
     case "User":
       builder.view.setUint16(contentStruct, 1, true)
-      setData(builder, contentStruct + 8, content.data)
+      setData(builder, member, content.data)
       break
     default:
       return absurd(content)
