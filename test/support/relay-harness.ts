@@ -9,6 +9,7 @@ import * as Net from "node:net"
 import { createHash } from "node:crypto"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import { type CryptoService, nodeCryptoService } from "../../src/adapters/crypto.ts"
 import type { MessageChannel } from "../../src/adapters/message-channel.ts"
@@ -328,3 +329,78 @@ export const rawEnded = (client: RawClient, timeoutMs = 5000) =>
       orElse: () => Effect.die(new Error("the relay did not close the raw connection in time"))
     })
   )
+
+/**
+ * A tunnel between two fresh identities: listen, connect, IncomingConnection,
+ * accept; returns once the relay has spliced it.
+ */
+export const openTunnel = (server: RelayServer, endpoint: RelayEndpoint) =>
+  Effect.gen(function*() {
+    const listenerId = makeIdentity()
+    const connectorId = makeIdentity()
+    const listeners = server.stats().core.listeners
+    const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
+    yield* waitUntil("the listen channel", () => server.stats().core.listeners === listeners + 1)
+    const pending = server.stats().core.pendingHalfTunnels
+    const connect = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })
+    yield* listen.channel.receive // the IncomingConnection
+    yield* waitUntil("the half tunnel", () => server.stats().core.pendingHalfTunnels === pending + 1)
+    const tunnels = server.stats().core.tunnels
+    const accept = yield* openClient(endpoint, listenerId, { _tag: "Accept", publicKey: connectorId.publicKey })
+    yield* waitUntil("the tunnel", () => server.stats().core.tunnels === tunnels + 1)
+    return { listen, connect, accept }
+  })
+
+/**
+ * Keeps bytes flowing both ways through a tunnel (8 KiB every 5 ms each
+ * way) until `finish` is run, which stops the senders, waits for every byte
+ * sent to arrive and fails unless both streams arrived intact.
+ */
+export const keepFlowing = (connect: MessageChannel, accept: MessageChannel) =>
+  Effect.gen(function*() {
+    let stopped = false
+    const direction = (from: MessageChannel, to: MessageChannel, seed: number) => {
+      const sent = new StreamHash()
+      const received = new StreamHash()
+      let chunk = seed
+      const sender = Effect.gen(function*() {
+        while (!stopped) {
+          const data = patternBytes(8 * 1024, chunk++)
+          yield* from.send(data)
+          sent.update(data)
+          yield* Effect.sleep(5)
+        }
+      })
+      const receiver = Effect.forever(Effect.map(to.receive, (m) => received.update(m)))
+      return { sent, received, sender, receiver }
+    }
+    const up = direction(connect, accept, 1000)
+    const down = direction(accept, connect, 2000)
+    const senders = yield* Effect.forkScoped(Effect.all([up.sender, down.sender], { concurrency: 2 }))
+    const receivers = yield* Effect.forkScoped(Effect.all([up.receiver, down.receiver], { concurrency: 2 }))
+    const finish = Effect.gen(function*() {
+      stopped = true
+      yield* Fiber.join(senders)
+      yield* waitUntil(
+        "every flowing byte to arrive",
+        () => up.received.bytes === up.sent.bytes && down.received.bytes === down.sent.bytes
+      )
+      yield* Fiber.interrupt(receivers)
+      return {
+        bytes: up.sent.bytes + down.sent.bytes,
+        intact: up.sent.digest() === up.received.digest() && down.sent.digest() === down.received.digest()
+      }
+    })
+    return { finish, bytesSoFar: () => up.received.bytes + down.received.bytes }
+  })
+
+/** Closes `clients`, then waits until the server holds no socket, no core state and no buffered byte. */
+export const expectIdle = (server: RelayServer, clients: ReadonlyArray<TestClient>) =>
+  Effect.gen(function*() {
+    for (const c of clients) yield* c.close
+    yield* waitUntil("the relay to release everything", () => {
+      const s = server.stats()
+      return s.sockets === 0 && s.handshaking === 0 && s.core.connections === 0 && s.bufferedBytes === 0 &&
+        s.core.unidentified === 0 && s.core.listeners === 0 && s.core.pendingHalfTunnels === 0 && s.core.tunnels === 0
+    })
+  })
