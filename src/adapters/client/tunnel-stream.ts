@@ -1,0 +1,314 @@
+/**
+ * A byte stream to an authenticated peer over a relayed tunnel: the
+ * end-to-end channel plus PROTOCOL.md's stream convention (an empty message
+ * is a half close), decided by src/core/stream-state.ts.
+ *
+ * Two faces:
+ * - `PeerStream`: Effect operations (`read` one message at a time, `write`,
+ *   `end` for the half close, `abort`), for the Effect API;
+ * - `PeerDuplex`: a Node `Duplex` on top, for code without Effect. It behaves
+ *   like a TCP socket with `allowHalfOpen`: `end()` sends our half close and
+ *   the readable side still reads the peer's answer to its end.
+ *
+ * Every stream owns a scope holding its relay connection, its end-to-end
+ * channel and their tickers. The scope closes when both sides have ended and
+ * our end was taken by the channel (`Finish`), at once on any error or
+ * abort, or when the scope's parent closes (the listener or the caller of
+ * connect).
+ *
+ * Backpressure: `write` completes once the channel took the message, which
+ * waits while the relay hop's socket is full; `read` pulls one message from
+ * the channel only when asked, so a reader that stops reading stops the
+ * channel's reader, the relay's, and in the end the peer's writes.
+ */
+import { Duplex } from "node:stream"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
+import * as Semaphore from "effect/Semaphore"
+import { bytesToHex } from "../../core/keys.ts"
+import {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  initialStream,
+  stepStream,
+  type StreamCommand,
+  type StreamConfig,
+  type StreamError,
+  type StreamEvent,
+  type StreamState
+} from "../../core/stream-state.ts"
+import type { ChannelError, MessageChannel } from "../message-channel.ts"
+
+/** Why a stream failed or a call on it was refused (reasons of src/core/stream-state.ts). */
+export class PeerStreamError extends Data.TaggedError("PeerStreamError")<{
+  readonly reason: StreamError["reason"]
+  readonly message: string
+}> {}
+
+/** A byte stream to one authenticated peer. */
+export interface PeerStream {
+  /** The peer's Ed25519 key, proven end to end (the relay cannot forge it). */
+  readonly remotePublicKey: Uint8Array
+  /** The relay the tunnel runs through (`<key>@<host>:<port>`). */
+  readonly relay: string
+  /** The next chunk of bytes the peer sent; None once the peer ended its half. One read at a time. */
+  readonly read: Effect.Effect<Option.Option<Uint8Array>, PeerStreamError>
+  /** Sends bytes; completes once the channel took them (waits while the path is slow). */
+  readonly write: (data: Uint8Array) => Effect.Effect<void, PeerStreamError>
+  /** Half close: we send no more; reading goes on until the peer ends. Idempotent. */
+  readonly end: Effect.Effect<void, PeerStreamError>
+  /** Closes the tunnel at once (the peer sees an error unless it had finished). */
+  readonly abort: (message?: string) => Effect.Effect<void>
+  /** Completes once both sides ended cleanly; fails with the stream's error. */
+  readonly done: Effect.Effect<void, PeerStreamError>
+}
+
+/** What a stream is made of; `scope` holds its relay connection and channels. */
+export interface PeerStreamParts {
+  readonly channel: MessageChannel
+  readonly scope: Scope.Closeable
+  readonly relay: string
+  readonly maxMessageBytes?: number
+}
+
+const EMPTY = new Uint8Array(0)
+
+/**
+ * Builds the stream over an authenticated end-to-end channel. The stream
+ * closes `scope` when it is done; a watcher in `scope` fails it as soon as
+ * the channel fails (keepalive, tampering, a lost relay), even when the
+ * application is neither reading nor writing.
+ */
+export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream> =>
+  Effect.gen(function*() {
+    const { channel, scope } = parts
+    const config: StreamConfig = { maxMessageBytes: parts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES }
+    let state: StreamState = initialStream
+    const doneDeferred = yield* Deferred.make<void, PeerStreamError>()
+    const writeLock = yield* Semaphore.make(1)
+    const readLock = yield* Semaphore.make(1)
+
+    const closeScope = (): void => {
+      // Detached: the caller may be a fiber inside the scope being closed.
+      Effect.runFork(Scope.close(scope, Exit.void))
+    }
+
+    const failedError = (): PeerStreamError | undefined =>
+      state.outcome?._tag === "Failed" ? toError(state.outcome.error) : undefined
+
+    // Steps the machine; runs Finish/Fail at once and returns the I/O commands
+    // for the caller, or the error of a refused call.
+    const apply = (event: StreamEvent): { readonly io: Array<StreamCommand>; readonly refused?: PeerStreamError } => {
+      const [next, commands] = stepStream(config, state, event)
+      state = next
+      const io: Array<StreamCommand> = []
+      let refused: PeerStreamError | undefined
+      for (const command of commands) {
+        switch (command._tag) {
+          case "Send":
+          case "SendEnd":
+          case "Deliver":
+          case "DeliverEnd":
+            io.push(command)
+            break
+          case "Finish":
+            Deferred.doneUnsafe(doneDeferred, Exit.void)
+            closeScope()
+            break
+          case "Fail":
+            Deferred.doneUnsafe(doneDeferred, Exit.fail(toError(command.error)))
+            closeScope()
+            break
+          case "Refuse":
+            refused = toError(command.error)
+            break
+          default:
+            return absurd(command)
+        }
+      }
+      return refused === undefined ? { io } : { io, refused }
+    }
+
+    const channelEnded = (error: ChannelError): PeerStreamError => {
+      apply({ _tag: "ChannelEnded", message: describeChannelEnd(error) })
+      return failedError() ?? new PeerStreamError({ reason: "ClosedEarly", message: describeChannelEnd(error) })
+    }
+
+    const send = (data: Uint8Array): Effect.Effect<void, PeerStreamError> =>
+      Effect.suspend(() => {
+        const failed = failedError()
+        if (failed !== undefined) return Effect.fail(failed)
+        return Effect.mapError(channel.send(data), channelEnded)
+      })
+
+    const write = (data: Uint8Array): Effect.Effect<void, PeerStreamError> =>
+      writeLock.withPermits(1)(
+        Effect.suspend(() => {
+          const failed = failedError()
+          if (failed !== undefined) return Effect.fail(failed)
+          const { io, refused } = apply({ _tag: "Write", data })
+          if (refused !== undefined) return Effect.fail(refused)
+          return Effect.forEach(io, (command) => (command._tag === "Send" ? send(command.data) : Effect.void), {
+            discard: true
+          })
+        })
+      )
+
+    const end: Effect.Effect<void, PeerStreamError> = writeLock.withPermits(1)(
+      Effect.suspend(() => {
+        const failed = failedError()
+        if (failed !== undefined) return Effect.fail(failed)
+        const { io } = apply({ _tag: "End" })
+        if (!io.some((command) => command._tag === "SendEnd")) return Effect.void
+        return Effect.andThen(send(EMPTY), Effect.sync(() => void apply({ _tag: "EndSent" })))
+      })
+    )
+
+    const read: Effect.Effect<Option.Option<Uint8Array>, PeerStreamError> = readLock.withPermits(1)(
+      Effect.suspend(() => {
+        const failed = failedError()
+        if (failed !== undefined) return Effect.fail(failed)
+        if (state.receiving === "ended") return Effect.succeedNone
+        return channel.receive.pipe(
+          Effect.mapError(channelEnded),
+          Effect.flatMap((data) => {
+            const { io } = apply({ _tag: "Received", data })
+            for (const command of io) {
+              if (command._tag === "Deliver") return Effect.succeedSome(command.data)
+              if (command._tag === "DeliverEnd") return Effect.succeedNone
+            }
+            return Effect.fail(
+              failedError() ?? new PeerStreamError({ reason: "ClosedEarly", message: "the stream ended" })
+            )
+          })
+        )
+      })
+    )
+
+    const abort = (message?: string): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        apply({ _tag: "Abort", message: message ?? "the stream was aborted locally" })
+        return Scope.close(scope, Exit.void)
+      })
+
+    // A failed channel fails the stream at once. A clean close is left to
+    // `read`: messages the peer sent before closing (its end among them) may
+    // still wait in the inbox, and must be read first.
+    yield* Effect.forkIn(
+      Effect.flatMap(channel.ended, (error) =>
+        error.reason === "Closed" || error.reason === "LocalClose"
+          ? Effect.void
+          : Effect.sync(() => void apply({ _tag: "ChannelEnded", message: describeChannelEnd(error) }))),
+      scope
+    )
+    // Whatever closes the scope (the listener or caller closing theirs) ends the stream.
+    yield* Scope.addFinalizer(
+      scope,
+      Effect.sync(() => void apply({ _tag: "Abort", message: "the stream's scope was closed" }))
+    )
+
+    return {
+      remotePublicKey: channel.remotePublicKey,
+      relay: parts.relay,
+      read,
+      write,
+      end,
+      abort,
+      done: Deferred.await(doneDeferred)
+    } satisfies PeerStream
+  })
+
+const toError = (error: StreamError): PeerStreamError =>
+  new PeerStreamError({ reason: error.reason, message: error.message })
+
+const describeChannelEnd = (error: ChannelError): string => {
+  switch (error.reason) {
+    case "Closed":
+      return "the relay closed the tunnel"
+    case "LocalClose":
+      return "the tunnel was closed locally"
+    case "Protocol":
+      return `the end-to-end channel refused the peer's data (${error.detail ?? "protocol"}): ${error.message}`
+    default:
+      return `${error.reason}: ${error.message}`
+  }
+}
+
+const absurd = (value: never): never => {
+  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
+}
+
+/** Node stream sizes: a few messages' worth, so Node buffers little beyond the channel's own bounded inbox. */
+const DUPLEX_HIGH_WATER_MARK = 64 * 1024
+
+/**
+ * A `PeerStream` as a Node `Duplex` (like a TCP socket with
+ * `allowHalfOpen`): `end()` half-closes, the readable side ends when the
+ * peer ends, `destroy()` closes the tunnel at once, and a tunnel error
+ * destroys the Duplex with a `PeerStreamError`.
+ */
+export class PeerDuplex extends Duplex {
+  /** The peer's public key (hex), proven end to end. */
+  readonly remotePublicKey: string
+  /** The relay this tunnel runs through (`<key>@<host>:<port>`). */
+  readonly relay: string
+  readonly #stream: PeerStream
+  #reading = false
+
+  constructor(stream: PeerStream) {
+    super({
+      allowHalfOpen: true,
+      readableHighWaterMark: DUPLEX_HIGH_WATER_MARK,
+      writableHighWaterMark: DUPLEX_HIGH_WATER_MARK
+    })
+    this.#stream = stream
+    this.remotePublicKey = bytesToHex(stream.remotePublicKey)
+    this.relay = stream.relay
+    // A failure seen while nobody reads or writes (keepalive, a lost relay) still surfaces.
+    run(stream.done, (exit) => {
+      if (Exit.isFailure(exit) && !this.destroyed) this.destroy(errorOf(exit))
+    })
+  }
+
+  override _read(): void {
+    if (this.#reading) return
+    this.#reading = true
+    run(this.#stream.read, (exit) => {
+      this.#reading = false
+      if (this.destroyed) return
+      if (Exit.isFailure(exit)) return void this.destroy(errorOf(exit))
+      const chunk = exit.value
+      if (Option.isNone(chunk)) return void this.push(null)
+      const data = chunk.value
+      this.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength))
+    })
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    run(this.#stream.write(chunk), (exit) => callback(Exit.isFailure(exit) ? errorOf(exit) : null))
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    run(this.#stream.end, (exit) => callback(Exit.isFailure(exit) ? errorOf(exit) : null))
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    run(this.#stream.abort(error?.message ?? "the Duplex was destroyed"), () => callback(error))
+  }
+}
+
+const run = <A, E>(effect: Effect.Effect<A, E>, onExit: (exit: Exit.Exit<A, E>) => void): void => {
+  Effect.runFork(effect).addObserver(onExit)
+}
+
+const errorOf = <A, E>(exit: Exit.Exit<A, E>): Error => {
+  if (Exit.isSuccess(exit)) return new Error("no error")
+  for (const reason of exit.cause.reasons) {
+    if (reason._tag === "Fail") return reason.error instanceof Error ? reason.error : new Error(String(reason.error))
+    if (reason._tag === "Die") return reason.defect instanceof Error ? reason.defect : new Error(String(reason.defect))
+  }
+  return new Error("interrupted")
+}
