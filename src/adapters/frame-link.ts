@@ -42,6 +42,12 @@ export interface FrameLink {
    * through TCP backpressure (rate limiting) without dropping anything.
    */
   readonly setReadThrottle: (throttle: ((bytes: number) => Effect.Effect<void>) | undefined) => void
+  /**
+   * True while a read throttle is holding reads back. The peer's frames
+   * (keepalives too) then wait in TCP because of us, so its silence must not
+   * count against it; links without a throttle may leave this out.
+   */
+  readonly readPaused?: () => boolean
 }
 
 const fromSocketError = (error: Socket.SocketError): LinkError =>
@@ -66,6 +72,7 @@ export const makeSocketFrameLink = (
     let readIndex = 0
     let ended: LinkError | undefined
     let throttle: ((bytes: number) => Effect.Effect<void>) | undefined
+    let throttling = false
 
     const takeReady = (): Uint8Array | undefined => {
       if (readIndex < ready.length) {
@@ -96,7 +103,14 @@ export const makeSocketFrameLink = (
             }
             for (const f of result.frames) ready.push(f)
           }
-          return throttle === undefined ? pullFrames : Effect.andThen(throttle(bytes), pullFrames)
+          if (throttle === undefined) return pullFrames
+          throttling = true
+          return Effect.andThen(
+            Effect.ensuring(throttle(bytes), Effect.sync(() => {
+              throttling = false
+            })),
+            pullFrames
+          )
         })
       )
     })
@@ -116,7 +130,8 @@ export const makeSocketFrameLink = (
       bufferedBytes: () => decoder.bufferedBytes,
       setReadThrottle: (t) => {
         throttle = t
-      }
+      },
+      readPaused: () => throttling
     }
   })
 

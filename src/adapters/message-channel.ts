@@ -16,8 +16,9 @@
  * (which waits while the socket's buffer is full), so one slow peer holds at
  * most one message per sender here. The inbox holds at most `inboxBytes`
  * (plus one message); when it is full the reader stops reading the link, so
- * TCP pushes back on the sender. While the reader waits on a full inbox the
- * peer's silence is not held against it (we are the ones not reading).
+ * TCP pushes back on the sender. While the reader waits on a full inbox, or
+ * the link's read throttle holds it back, the peer's silence is not held
+ * against it (we are the ones not reading).
  *
  * Ticks are driven by the owner (`tick`), so a server with thousands of
  * channels runs one timer, not thousands.
@@ -253,7 +254,8 @@ export const establishChannel = (
       send: (data) =>
         Effect.suspend(() => (ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data })))),
       tick: () => {
-        step({ _tag: "Tick", receivePaused: readerBlocked })
+        // Paused by us when the inbox is full or a rate limit holds reads back.
+        step({ _tag: "Tick", receivePaused: readerBlocked || (link.readPaused?.() ?? false) })
       },
       close: Effect.sync(() => end(new ChannelError({ reason: "LocalClose", message: "channel closed locally" }))),
       ended: Deferred.await(endedDeferred),
