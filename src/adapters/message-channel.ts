@@ -196,6 +196,9 @@ export const establishChannel = (
       }
     }).pipe(Effect.catch((error: LinkError) => Effect.sync(() => end(fromLinkError(error)))))
 
+    // Start before the reader runs: a frame fed before Start is a misuse the
+    // machine throws on, and the peer's first frame may already be buffered.
+    step({ _tag: "Start" })
     const reader = yield* Effect.forkIn(readLoop, scope)
     const writer = yield* Effect.forkIn(writeLoop, scope)
     yield* Scope.addFinalizer(
@@ -206,7 +209,6 @@ export const establishChannel = (
       })
     )
 
-    step({ _tag: "Start" })
     const handshake = Deferred.await(authenticated)
     const remotePublicKey = yield* (options.handshakeTimeoutMs === undefined
       ? handshake
