@@ -1,14 +1,12 @@
 /**
- * Tunnel setup latency: from connect() to the first byte echoed back
- * through a fresh relayed tunnel (the connector's handshake with the relay,
- * IncomingConnection to the listener, the listener's accept connection and
- * its handshake, the end-to-end handshake, one echo), beside the same
- * connect-to-echo time through the baseline proxy and directly.
+ * Tunnel setup latency: from the client library's `connect()` to the first
+ * byte echoed back through a fresh relayed tunnel (the connector's handshake
+ * with the relay, IncomingConnection to the listener, the listener's accept
+ * connection and its handshake, the end-to-end handshake, one echo), beside
+ * the same connect-to-echo time through the baseline proxy and directly.
  */
-import * as Effect from "effect/Effect"
-import { nodeCryptoService } from "../src/adapters/crypto.ts"
+import { connect, createIdentity, listen, type PeerDuplex, type RelayListener } from "../src/adapters/client/index.ts"
 import { startEchoServer, startProxyProcess, tcpConnectToEcho } from "./baseline.ts"
-import { echo, listen, newIdentity, openTunnel, type PeerOptions } from "./peers.ts"
 import type { RelayProcess } from "./relay-process.ts"
 import { percentile, row, type BenchRow } from "./report.ts"
 
@@ -28,9 +26,22 @@ const sample = async (count: number, inFlight: number, once: () => Promise<numbe
   return samples
 }
 
+/** Resolves once the listener's listen channel is up (its first "listening" status). */
+export const waitListening = (listener: RelayListener, timeoutMs = 15_000): Promise<void> =>
+  new Promise((resolve, reject) => {
+    if (listener.status().some((s) => s.state === "listening")) return resolve()
+    const timer = setTimeout(() => reject(new Error("the listener never reached the relay")), timeoutMs)
+    const onStatus = (status: { readonly state: string }) => {
+      if (status.state !== "listening") return
+      clearTimeout(timer)
+      listener.off("status", onStatus)
+      resolve()
+    }
+    listener.on("status", onStatus)
+  })
+
 /** Runs the scenario against a running relay; `quick` takes fewer samples. */
 export const benchSetupLatency = async (relay: RelayProcess, quick: boolean): Promise<Array<BenchRow>> => {
-  const options: PeerOptions = { crypto: nodeCryptoService }
   const counts = quick ? { sequential: 20, parallel: 64 } : { sequential: 200, parallel: 320 }
   const warmUp = quick ? 5 : 20
   const inFlight = 32
@@ -48,34 +59,39 @@ export const benchSetupLatency = async (relay: RelayProcess, quick: boolean): Pr
     const direct = await baseline(echoServer.port)
     const proxied = await baseline(proxy.port)
 
-    const relayed = await Effect.runPromise(
-      Effect.scoped(
-        Effect.gen(function*() {
-          const listener = yield* listen(relay.endpoint, newIdentity(options.crypto), options, echo)
-          // One tunnel: a fresh connector identity each time (as many users
-          // reaching one service), so 32 in flight are 32 distinct half tunnels.
-          const tunnelOnce = () =>
-            Effect.runPromise(
-              Effect.scoped(
-                Effect.gen(function*() {
-                  const start = performance.now()
-                  const channel = yield* openTunnel(relay.endpoint, newIdentity(options.crypto), listener.identity.publicKey, options)
-                  yield* channel.send(ONE_BYTE)
-                  yield* channel.receive
-                  return performance.now() - start
-                })
-              )
-            )
-          return yield* Effect.promise(async () => {
-            await sample(warmUp, 1, tunnelOnce)
-            return {
-              sequential: await sample(counts.sequential, 1, tunnelOnce),
-              parallel: await sample(counts.parallel, inFlight, tunnelOnce)
-            }
-          })
-        })
-      )
-    )
+    // The client library, as a user sees it: `connect()` resolves once the
+    // listener proved its key end to end; the listener echoes.
+    const listener = listen({ identity: createIdentity(), relays: [relay.address], allow: () => true })
+    listener.on("connection", (socket: PeerDuplex) => {
+      // The connector destroys its end after the echo: an error here is expected.
+      socket.on("error", () => socket.destroy())
+      socket.pipe(socket)
+    })
+    await waitListening(listener)
+    const tunnelOnce = async () => {
+      // A fresh connector identity each time (as many users reaching one
+      // service), so 32 in flight are 32 distinct half tunnels.
+      const start = performance.now()
+      const socket = await connect({ identity: createIdentity(), relays: [relay.address], to: listener.publicKey })
+      socket.write(ONE_BYTE)
+      await new Promise((resolve, reject) => {
+        socket.once("data", resolve)
+        socket.once("error", reject)
+      })
+      const ms = performance.now() - start
+      socket.destroy()
+      return ms
+    }
+    let relayed: { sequential: Array<number>; parallel: Array<number> }
+    try {
+      await sample(warmUp, 1, tunnelOnce)
+      relayed = {
+        sequential: await sample(counts.sequential, 1, tunnelOnce),
+        parallel: await sample(counts.parallel, inFlight, tunnelOnce)
+      }
+    } finally {
+      await listener.close()
+    }
 
     const rows: Array<BenchRow> = []
     for (const mode of ["sequential", "parallel"] as const) {
