@@ -181,7 +181,7 @@ export const establishChannel = (
         writtenSeq += frames.length
         writtenSignal.wake()
       }
-    }).pipe(Effect.catch((error: LinkError) => Effect.sync(() => end(fromLinkError(error)))))
+    }).pipe(Effect.catch((error: LinkError) => Effect.sync(() => end(fromLinkError(error)))), endsChannel)
 
     const readLoop: Effect.Effect<void> = Effect.gen(function*() {
       while (ended === undefined) {
@@ -194,7 +194,16 @@ export const establishChannel = (
         const frame = yield* link.read
         step({ _tag: "FrameReceived", frame })
       }
-    }).pipe(Effect.catch((error: LinkError) => Effect.sync(() => end(fromLinkError(error)))))
+    }).pipe(Effect.catch((error: LinkError) => Effect.sync(() => end(fromLinkError(error)))), endsChannel)
+
+    // Whatever stops a loop (even a defect) ends the channel, so no receive
+    // or send can wait forever on a loop that is gone.
+    function endsChannel<A, E>(loop: Effect.Effect<A, E>): Effect.Effect<A, E> {
+      return Effect.ensuring(
+        loop,
+        Effect.sync(() => end(new ChannelError({ reason: "Reset", message: "channel stopped unexpectedly" })))
+      )
+    }
 
     // Start before the reader runs: a frame fed before Start is a misuse the
     // machine throws on, and the peer's first frame may already be buffered.
