@@ -70,6 +70,14 @@ export const classifyFailure = (phase: "relay" | "tunnel", failure: PhaseFailure
       }
     }
     if (failure.reason === "HandshakeTimeout") return { _tag: "TimedOut", message: failure.message }
+    if (failure.reason === "Closed") {
+      // A relay that finds our expected key is not its own closes during the
+      // handshake, possibly before it has shown us its key.
+      return {
+        _tag: "Unreachable",
+        message: `the relay closed the connection during the handshake (check that the key in the address is the relay's): ${failure.message}`
+      }
+    }
     return { _tag: "Unreachable", message: failure.message }
   }
   if (keyProblem) {

@@ -25,6 +25,7 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Queue from "effect/Queue"
+import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import {
   type BackoffPolicy,
@@ -35,6 +36,7 @@ import {
   type ReconnectState,
   stepReconnect
 } from "../../core/backoff.ts"
+import { classifyFailure, describeOutcome } from "../../core/connect-outcome.ts"
 import { bytesToHex } from "../../core/keys.ts"
 import { decodeIncomingConnection, encodeRejectConnection } from "../../core/messages.ts"
 import { formatRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
@@ -171,13 +173,15 @@ export const makeListener = (
       onListening: () => Effect.Effect<void>
     ): Effect.Effect<string, never, Scope.Scope> =>
       Effect.gen(function*() {
-        const channel = yield* openRelayConnection(relay, { _tag: "Listen" }, {
+        const opened = yield* Effect.result(openRelayConnection(relay, { _tag: "Listen" }, {
           crypto: settings.crypto,
           identity: settings.identity,
           handshakeTimeoutMs: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
           tickMs: settings.tickMs ?? 1000,
           ...(settings.hop === undefined ? {} : { channel: settings.hop })
-        })
+        }))
+        if (Result.isFailure(opened)) return describeOutcome(classifyFailure("relay", opened.failure))
+        const channel = opened.success
         yield* onListening()
         while (true) {
           const message = yield* channel.receive
@@ -189,7 +193,7 @@ export const makeListener = (
           }
           yield* Effect.forkIn(incoming(relay, name, channel, decoded.value.publicKey), listenerScope)
         }
-      }).pipe(Effect.catch((error: ChannelError) => Effect.succeed(error.message)))
+      }).pipe(Effect.catch((error: ChannelError) => Effect.succeed(`the listen channel ended: ${error.message}`)))
 
     const incoming = (
       relay: RelayAddress,
