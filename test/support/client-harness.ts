@@ -46,7 +46,7 @@ export const startRelay = async (
   let scope = Scope.makeUnsafe()
   const start = (port: number) =>
     Effect.runPromise(
-      makeRelayServer({ ...defaultRelayServerOptions(identity), port, tickMs: TICK_MS, ...overrides, ...{ port } }).pipe(
+      makeRelayServer({ ...defaultRelayServerOptions(identity), tickMs: TICK_MS, ...overrides, port }).pipe(
         Scope.provide(scope),
         Effect.provide(layerNode),
         Effect.provide(Logger.layer([]))
