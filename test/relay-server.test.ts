@@ -8,6 +8,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as References from "effect/References"
 import * as Scope from "effect/Scope"
 import { Crypto, layerNode } from "../src/adapters/crypto.ts"
@@ -19,7 +20,9 @@ import {
 } from "../src/core/messages.ts"
 import {
   closes,
+  expectIdle as harnessExpectIdle,
   makeIdentity,
+  RawClient,
   openClient,
   patternBytes,
   receiveBytes,
@@ -34,7 +37,7 @@ const MiB = 1024 * 1024
 
 /** Runs a live test with node crypto and quiet logs. */
 const live = <A, E>(effect: Effect.Effect<A, E, Scope.Scope | Crypto>) =>
-  effect.pipe(Effect.provide(layerNode), Effect.provideService(References.MinimumLogLevel, "Warn"))
+  effect.pipe(Effect.provide(layerNode), Effect.provideService(References.MinimumLogLevel, process.env.RELAY_TEST_LOG === "info" ? "Info" : "Warn"))
 
 /** The connector key announced by the next IncomingConnection on `listen`. */
 const incomingKey = (listen: MessageChannel) =>
@@ -53,16 +56,11 @@ const expectEnded = (channel: MessageChannel, timeoutMs = 5000) =>
     return error.reason
   })
 
-/** Closes every client, then waits until the server holds no socket, core state or buffered byte. */
+/** Closes every client, then checks the relay holds nothing (harness) and its core counts are all zero. */
 const expectIdle = (server: RelayServer, clients: ReadonlyArray<TestClient>) =>
   Effect.gen(function*() {
-    for (const c of clients) yield* c.close
-    yield* waitUntil("the relay to release everything", () => {
-      const s = server.stats()
-      return s.sockets === 0 && s.handshaking === 0 && s.core.connections === 0 && s.bufferedBytes === 0
-    })
-    const s = server.stats()
-    expect(s.core).toEqual({ unidentified: 0, listeners: 0, pendingHalfTunnels: 0, tunnels: 0, connections: 0 })
+    yield* harnessExpectIdle(server, clients)
+    expect(server.stats().core).toEqual({ unidentified: 0, listeners: 0, pendingHalfTunnels: 0, tunnels: 0, connections: 0 })
   })
 
 /** listen + connect + IncomingConnection + accept: a tunnel between two fresh identities. */
@@ -314,5 +312,129 @@ describe("relay server on real sockets", () => {
       expect(server.stats().sockets).toBe(0)
       expect(server.stats().core.connections).toBe(0)
       void pending
+    })))
+
+  it.live("both ends busy: one side sends its last MiB and closes while the other keeps sending; every byte still arrives", () =>
+    live(Effect.gen(function*() {
+      const { server, endpoint } = yield* startRelay()
+      const { listen, connect, accept } = yield* makeTunnel(server, endpoint)
+      // The accept side keeps writing to the relay, so its socket has unread
+      // bytes when the relay closes it: a reset then could cut the data the
+      // relay wrote to it just before.
+      let chatting = true
+      const chatter = yield* Effect.forkScoped(Effect.gen(function*() {
+        let i = 0
+        while (chatting) {
+          yield* Effect.exit(accept.channel.send(patternBytes(4096, i++)))
+          yield* Effect.sleep(1)
+        }
+      }))
+      const drainConnect = yield* Effect.forkScoped(Effect.forever(connect.channel.receive))
+      const data = patternBytes(MiB, 5)
+      const [hash] = yield* Effect.all([
+        receiveBytes(accept.channel, MiB),
+        Effect.andThen(sendChunked(connect.channel, data, 64 * 1024), connect.close)
+      ], { concurrency: 2 })
+      expect(hash).toBe(sha256(data))
+      yield* expectEnded(accept.channel)
+      // The connector left cleanly (EOF after its last byte), not with a reset.
+      expect(closes(server, "client-closed")).toBe(1)
+      chatting = false
+      yield* Fiber.join(chatter)
+      yield* Fiber.interrupt(drainConnect)
+      expect(closes(server, "peer-closed")).toBe(1)
+      yield* expectIdle(server, [accept, listen])
+    })))
+
+  it.live("a close racing an accept never leaves a socket, fiber or core entry behind", () =>
+    live(Effect.gen(function*() {
+      const { server, endpoint } = yield* startRelay()
+      const listenerId = makeIdentity()
+      const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
+      yield* waitUntil("the listener", () => server.stats().core.listeners === 1)
+      const leftovers: Array<TestClient> = []
+      let spliced = 0
+      for (let round = 0; round < 12; round++) {
+        const connectorId = makeIdentity()
+        const connect = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })
+        yield* connect.channel.send(new Uint8Array([round]))
+        yield* incomingKey(listen.channel)
+        // The connector leaves while the accept is on its way: sometimes
+        // before the relay reads the accept, sometimes after the splice.
+        const [, accept] = yield* Effect.all([
+          Effect.andThen(Effect.sleep(round % 4), connect.close),
+          openClient(endpoint, listenerId, { _tag: "Accept", publicKey: connectorId.publicKey })
+        ], { concurrency: 2 })
+        const first = yield* Effect.exit(accept.channel.receive.pipe(Effect.timeout(5000)))
+        if (Exit.isSuccess(first)) {
+          spliced++
+          expect([...first.value]).toEqual([round])
+        }
+        yield* expectEnded(accept.channel)
+        leftovers.push(accept)
+      }
+      expect(closes(server, "no-pending") + closes(server, "peer-closed")).toBe(12)
+      expect(closes(server, "peer-closed")).toBe(spliced)
+      yield* expectIdle(server, [...leftovers, listen])
+    })))
+
+  it.live("graceful shutdown: new connections refused, listeners closed, a transfer in progress finishes", () =>
+    live(Effect.gen(function*() {
+      const { server, endpoint } = yield* startRelay()
+      const { listen, connect, accept } = yield* makeTunnel(server, endpoint)
+      const data = patternBytes(2 * MiB, 11)
+      const receiving = yield* Effect.forkScoped(receiveBytes(accept.channel, data.length))
+      let shutdown: Fiber.Fiber<void> | undefined
+      const sending = yield* Effect.forkScoped(Effect.gen(function*() {
+        yield* sendChunked(connect.channel, data.subarray(0, 512 * 1024), 16 * 1024)
+        // Shutdown begins mid-transfer.
+        shutdown = yield* Effect.forkScoped(server.shutdown(8000))
+        yield* waitUntil("the drain", () => closes(server, "shutting-down") >= 1)
+        yield* sendChunked(connect.channel, data.subarray(512 * 1024), 16 * 1024)
+      }))
+      yield* Fiber.join(sending)
+      const started = Date.now()
+      // The listen channel was closed; the tunnel was not.
+      yield* expectEnded(listen.channel)
+      expect(server.stats().core.tunnels).toBe(1)
+      // A newcomer during the drain is refused.
+      const refused = yield* Effect.exit(openClient(endpoint, makeIdentity(), { _tag: "Listen" }))
+      expect(Exit.isFailure(refused)).toBe(true)
+      // The sender is done and leaves; the receiver gets every byte, then the close.
+      yield* connect.close
+      expect(yield* Fiber.join(receiving)).toBe(sha256(data))
+      yield* expectEnded(accept.channel)
+      yield* accept.close
+      yield* Fiber.join(shutdown!) // set before `sending` ended
+      // It finished as soon as the tunnel drained, well before the 8 s deadline.
+      expect(Date.now() - started).toBeLessThan(4000)
+      expect(server.stats().sockets).toBe(0)
+      expect(closes(server, "shutting-down")).toBe(2) // the listener and the newcomer
+      expect(closes(server, "peer-closed")).toBe(1)
+      expect(closes(server, "client-closed")).toBe(1)
+      // Once shut down the port is closed: a dial is refused by the OS.
+      const late = yield* Effect.exit(Effect.tryPromise(() => RawClient.connect(endpoint.port)))
+      expect(Exit.isFailure(late)).toBe(true)
+    })))
+
+  it.live("graceful shutdown: a tunnel still open at the deadline is closed on both sides", () =>
+    live(Effect.gen(function*() {
+      const { server, endpoint } = yield* startRelay()
+      const { listen, connect, accept } = yield* makeTunnel(server, endpoint)
+      const data = patternBytes(100 * 1024, 12)
+      yield* Effect.all([receiveBytes(accept.channel, data.length), sendChunked(connect.channel, data, 10_000)], {
+        concurrency: 2
+      })
+      const started = Date.now()
+      yield* server.shutdown(500)
+      const elapsed = Date.now() - started
+      expect(elapsed).toBeGreaterThanOrEqual(450)
+      expect(elapsed).toBeLessThan(3000)
+      yield* expectEnded(connect.channel)
+      yield* expectEnded(accept.channel)
+      // The listener at once, both tunnel sides at the deadline.
+      expect(closes(server, "shutting-down")).toBe(3)
+      expect(server.stats().sockets).toBe(0)
+      void listen
     })))
 })

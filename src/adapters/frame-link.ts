@@ -13,6 +13,7 @@
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import type * as Net from "node:net"
 import type * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
 import { encodeFrameHeader, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
@@ -149,4 +150,35 @@ export const exchangeVersion = (link: FrameLink): Effect.Effect<void, LinkError>
     if (error !== undefined) {
       return yield* Effect.fail(new LinkError({ reason: "VersionMismatch", message: error.message }))
     }
+  })
+
+/**
+ * Closes a TCP connection without losing data either way: FIN once what was
+ * written is flushed, then read and drop whatever the peer still sends until
+ * its FIN, then destroy; `lingerMs` bounds a peer that never closes.
+ * Destroying at once would reset the connection whenever unread bytes sit in
+ * the kernel, and a reset makes the peer drop data it has not read yet, both
+ * ours and (when it was reading us) its own view of the stream. Run it after
+ * the link's other readers have stopped.
+ */
+export const closeGracefully = (conn: Net.Socket, link: FrameLink, lingerMs: number): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    if (conn.destroyed) return
+    conn.end()
+    yield* Effect.all([Effect.ignore(Effect.forever(link.read)), writeFinished(conn)], { concurrency: 2, discard: true })
+      .pipe(Effect.timeoutOrElse({ duration: lingerMs, orElse: () => Effect.void }))
+    conn.destroy()
+  })
+
+// Completes once everything written has been handed to the kernel, or the socket closed.
+const writeFinished = (conn: Net.Socket): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    if (conn.writableFinished || conn.destroyed) return resume(Effect.void)
+    const done = () => resume(Effect.void)
+    conn.once("finish", done)
+    conn.once("close", done)
+    return Effect.sync(() => {
+      conn.off("finish", done)
+      conn.off("close", done)
+    })
   })

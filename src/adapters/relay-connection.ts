@@ -3,13 +3,21 @@
  * channel expecting the relay's key, then the InitConnection that says what
  * the connection is for. The client library builds listen, connect and
  * accept channels from this.
+ *
+ * Closing the scope closes the connection gracefully: the channel stops,
+ * what was sent is flushed and a FIN sent, and what the relay still sends
+ * is read and dropped until it closes too (bounded by `closeLingerMs`).
+ * Destroying the socket at once would reset the connection whenever the
+ * relay had sent bytes we had not read, and a reset makes the relay drop
+ * our own last messages that it had not read yet.
  */
+import * as Net from "node:net"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { encodeInitConnection, type InitConnection } from "../core/messages.ts"
 import type { CryptoService } from "./crypto.ts"
-import { exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
+import { closeGracefully, exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
 import { ChannelError, establishChannel, type ChannelOptions, type MessageChannel } from "./message-channel.ts"
 
 /** Where a relay is and who it must prove to be. */
@@ -27,8 +35,13 @@ export interface RelayConnectionOptions {
   readonly handshakeTimeoutMs?: number
   /** Milliseconds per keepalive/rekey tick (default 1000, as Offset). */
   readonly tickMs?: number
+  /** On close, how long to wait for the relay to close its side before destroying the socket (default 2 s). */
+  readonly closeLingerMs?: number
   readonly channel?: Pick<ChannelOptions, "inboxBytes" | "machine">
 }
+
+/** Default bound on a graceful close. */
+export const DEFAULT_CLOSE_LINGER_MS = 2000
 
 /**
  * Opens an authenticated channel to `relay` and sends `init`. The channel
@@ -42,8 +55,12 @@ export const openRelayConnection = (
   Effect.gen(function*() {
     const timeoutMs = options.handshakeTimeoutMs ?? 10_000
     const channel = yield* Effect.gen(function*() {
-      const socket = yield* NodeSocket.makeNet({ host: relay.host, port: relay.port, noDelay: true })
+      const conn = yield* dial(relay)
+      const socket = yield* NodeSocket.fromDuplex(Effect.succeed(conn))
       const link = yield* makeSocketFrameLink(socket)
+      // Added before the channel's own finalizer, so it runs after the
+      // channel's fibers have stopped.
+      yield* Effect.addFinalizer(() => closeGracefully(conn, link, options.closeLingerMs ?? DEFAULT_CLOSE_LINGER_MS))
       yield* exchangeVersion(link)
       return yield* establishChannel(link, {
         crypto: options.crypto,
@@ -70,3 +87,22 @@ export const openRelayConnection = (
     yield* channel.send(encodeInitConnection(init))
     return channel
   })
+
+// A TCP connection to the relay, destroyed when the scope closes (the
+// graceful close runs before that).
+const dial = (relay: RelayEndpoint): Effect.Effect<Net.Socket, ChannelError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.callback<Net.Socket, ChannelError>((resume) => {
+      const conn = Net.createConnection({ host: relay.host, port: relay.port, noDelay: true })
+      // Stays attached for the socket's life: an 'error' after the reader
+      // has detached its listeners (a reset while closing) must not become
+      // an uncaught exception.
+      conn.on("error", (cause) =>
+        resume(Effect.fail(
+          new ChannelError({ reason: "Reset", message: `cannot connect to ${relay.host}:${relay.port}: ${cause.message}` })
+        )))
+      conn.once("connect", () => resume(Effect.succeed(conn)))
+      return Effect.sync(() => conn.destroy())
+    }),
+    (conn) => Effect.sync(() => conn.destroy())
+  )

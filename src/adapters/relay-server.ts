@@ -19,7 +19,6 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
-import type * as Net from "node:net"
 import * as Socket from "effect/socket/Socket"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
@@ -37,7 +36,7 @@ import {
   type RelayEvent
 } from "../core/relay-core.ts"
 import { Crypto } from "./crypto.ts"
-import { exchangeVersion, type FrameLink, LinkError, makeSocketFrameLink } from "./frame-link.ts"
+import { closeGracefully, exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
 import { ChannelError, establishChannel, type MessageChannel } from "./message-channel.ts"
 import { Metrics } from "./metrics.ts"
 
@@ -183,6 +182,7 @@ export const makeRelayServer = (
     let handshaking = 0
     let bytesRelayed = 0
     let draining = false
+    let drainOver = false
     const publicKeyHexText = keyHex(options.identity.publicKey)
     // A listener with this many IncomingConnection messages stuck in its
     // outbox is not reading its listen channel; more would only pile up.
@@ -282,7 +282,9 @@ export const makeRelayServer = (
         }
         case "Close": {
           const c = connections.get(command.id)
-          if (c !== undefined) Deferred.doneUnsafe(c.closeOrder, Exit.succeed(command.reason))
+          // Past the drain deadline every close is the shutdown's, even the
+          // "peer-closed" the core gives one tunnel side when the other goes first.
+          if (c !== undefined) Deferred.doneUnsafe(c.closeOrder, Exit.succeed(drainOver ? "shutting-down" : command.reason))
           return
         }
         default:
@@ -332,23 +334,6 @@ export const makeRelayServer = (
             relayedBytes.inc(message.length)
           }
         }
-      })
-
-    // After a close: send FIN once what was written is flushed, read and drop
-    // whatever the client still sends until it closes too, then destroy.
-    // Destroying at once would reset the connection while unread bytes sit
-    // in the kernel, and a reset can discard data the client has not read
-    // yet; closeLingerMs bounds a client that never closes.
-    const lingerThenDestroy = (link: FrameLink, netSocket: Net.Socket): Effect.Effect<void> =>
-      Effect.gen(function*() {
-        if (!netSocket.destroyed) {
-          netSocket.end()
-          yield* Effect.forever(link.read).pipe(
-            Effect.ignore,
-            Effect.timeoutOrElse({ duration: options.closeLingerMs, orElse: () => Effect.void })
-          )
-        }
-        netSocket.destroy()
       })
 
     // The life of one accepted socket, from limits to close.
@@ -514,8 +499,10 @@ export const makeRelayServer = (
           reason = outcome.reason
           yield* report(reason, "")
         }
+        // A client we merely stop serving gets a graceful close, so nothing
+        // written to it is lost to a reset; a hostile or dead one is cut off.
         if (ABRUPT_CLOSE_REASONS.has(reason)) netSocket.destroy()
-        else yield* lingerThenDestroy(link, netSocket)
+        else yield* closeGracefully(netSocket, link, options.closeLingerMs)
       }).pipe(Effect.scoped)
 
     const serverFiber = yield* Effect.forkIn(server.run(serveConnection), scope)
@@ -543,7 +530,8 @@ export const makeRelayServer = (
         while (sockets > 0 && (yield* Clock.currentTimeMillis) < deadline) {
           yield* Effect.sleep(Math.min(50, options.tickMs))
         }
-        for (const c of connections.values()) Deferred.doneUnsafe(c.closeOrder, Exit.succeed("shutting-down"))
+        drainOver = true
+        for (const c of [...connections.values()]) Deferred.doneUnsafe(c.closeOrder, Exit.succeed("shutting-down"))
         // Interrupting the handlers destroys every socket still open (lingering ones too).
         yield* Fiber.interrupt(serverFiber)
         yield* Scope.close(listenScope, Exit.void)
