@@ -8,7 +8,9 @@
  */
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FileSystem from "effect/FileSystem"
 import { parseAllowList } from "../../core/allow-list.ts"
 import { defaultRelayConfig } from "../../core/relay-core.ts"
@@ -178,7 +180,18 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
           Effect.annotateLogs({ url: `http://${o["metrics-host"]}:${bound}/metrics` })
         )
       }
-      process.stdout.write(`${server.address}\n`)
+      // Signal handlers go in before the address is printed: whoever reads the
+      // address may signal us at once and must get a graceful stop.
+      const stopSignal = yield* Deferred.make<string>()
+      const onStop = (name: string) => Deferred.doneUnsafe(stopSignal, Exit.succeed(name))
+      process.on("SIGINT", onStop)
+      process.on("SIGTERM", onStop)
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          process.off("SIGINT", onStop)
+          process.off("SIGTERM", onStop)
+        })
+      )
 
       // SIGHUP reloads the allow-list; a bad file keeps the old list.
       const fs = yield* FileSystem.FileSystem
@@ -199,16 +212,9 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
       }
       process.on("SIGHUP", onHangup)
       yield* Effect.addFinalizer(() => Effect.sync(() => process.off("SIGHUP", onHangup)))
+      process.stdout.write(`${server.address}\n`)
 
-      const signal = yield* Effect.callback<string>((resume) => {
-        const onSignal = (name: string) => resume(Effect.succeed(name))
-        process.once("SIGINT", onSignal)
-        process.once("SIGTERM", onSignal)
-        return Effect.sync(() => {
-          process.off("SIGINT", onSignal)
-          process.off("SIGTERM", onSignal)
-        })
-      })
+      const signal = yield* Deferred.await(stopSignal)
       stopping = true
       const drainMs = int("drain-ms")
       yield* Effect.logInfo("shutting down").pipe(Effect.annotateLogs({ signal, drainMs }))
