@@ -21,6 +21,7 @@ import {
 import {
   closes,
   expectIdle as harnessExpectIdle,
+  metricValue,
   makeIdentity,
   RawClient,
   openClient,
@@ -47,13 +48,16 @@ const incomingKey = (listen: MessageChannel) =>
     return decoded.value.publicKey
   })
 
-/** Fails the test unless `channel` ends (receive fails) within `timeoutMs`; returns the end reason. */
+/**
+ * Fails the test unless `channel` ends within `timeoutMs` with a clean close
+ * (the relay's FIN, not a reset: a reset can lose data the client had not read).
+ */
 const expectEnded = (channel: MessageChannel, timeoutMs = 5000) =>
   Effect.gen(function*() {
     const exit = yield* Effect.exit(channel.receive.pipe(Effect.timeout(timeoutMs)))
     expect(Exit.isFailure(exit)).toBe(true)
     const error = yield* channel.ended.pipe(Effect.timeout(timeoutMs), Effect.orDie)
-    return error.reason
+    expect(error.reason).toBe("Closed")
   })
 
 /** Closes every client, then checks the relay holds nothing (harness) and its core counts are all zero. */
@@ -299,6 +303,10 @@ describe("relay server on real sockets", () => {
 
   it.live("closing the server's scope releases every socket and fiber", () =>
     live(Effect.gen(function*() {
+      // Node's own count of TCP handles: the relay's sockets and listening socket, and the clients'.
+      const tcpHandles = () =>
+        process.getActiveResourcesInfo().filter((r) => r === "TCPSocketWrap" || r === "TCPServerWrap").length
+      const handlesBefore = tcpHandles()
       const scope = yield* Scope.make()
       const { server, endpoint } = yield* Scope.provide(startRelay(), scope)
       const clients = yield* Scope.provide(makeTunnel(server, endpoint), scope)
@@ -311,6 +319,9 @@ describe("relay server on real sockets", () => {
       yield* Scope.close(scope, Exit.void).pipe(Effect.timeout(5000))
       expect(server.stats().sockets).toBe(0)
       expect(server.stats().core.connections).toBe(0)
+      expect(server.stats().handshaking).toBe(0)
+      // Destroyed handles leave Node's list on the next turn of the event loop.
+      yield* waitUntil("every TCP handle to be released", () => tcpHandles() === handlesBefore, 2000)
       void pending
     })))
 
@@ -436,5 +447,62 @@ describe("relay server on real sockets", () => {
       expect(closes(server, "shutting-down")).toBe(3)
       expect(server.stats().sockets).toBe(0)
       void listen
+    })))
+
+  it.live("/metrics after the flows: every close counted once, under its reason", () =>
+    live(Effect.gen(function*() {
+      const { server, endpoint } = yield* startRelay()
+      // A tunnel with 64 KiB each way, then both sides leave.
+      const { listen, connect, accept } = yield* makeTunnel(server, endpoint)
+      const data = patternBytes(64 * 1024, 21)
+      yield* Effect.all([
+        receiveBytes(accept.channel, data.length),
+        receiveBytes(connect.channel, data.length),
+        sendChunked(connect.channel, data, 8192),
+        sendChunked(accept.channel, data, 8192)
+      ], { concurrency: "unbounded" })
+      yield* connect.close
+      yield* expectEnded(accept.channel)
+      // Rejected, no listener, nothing pending, replaced, duplicate.
+      const rejectedConnect = yield* openClient(endpoint, makeIdentity(), { _tag: "Connect", publicKey: listen.identity.publicKey })
+      yield* listen.channel.send(encodeRejectConnection({ publicKey: yield* incomingKey(listen.channel) }))
+      yield* expectEnded(rejectedConnect.channel)
+      const nobody = yield* openClient(endpoint, makeIdentity(), { _tag: "Connect", publicKey: makeIdentity().publicKey })
+      yield* expectEnded(nobody.channel)
+      const stray = yield* openClient(endpoint, listen.identity, { _tag: "Accept", publicKey: makeIdentity().publicKey })
+      yield* expectEnded(stray.channel)
+      const connectorId = makeIdentity()
+      const first = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listen.identity.publicKey })
+      yield* incomingKey(listen.channel)
+      const second = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listen.identity.publicKey })
+      yield* expectEnded(second.channel)
+      const newer = yield* openClient(endpoint, listen.identity, { _tag: "Listen" })
+      yield* expectEnded(listen.channel) // replaced
+      yield* expectEnded(first.channel) // its half tunnel went with the replaced listener
+      yield* expectIdle(server, [accept, rejectedConnect, nobody, stray, first, second, newer, listen])
+      const text = server.metrics.render()
+      yield* Effect.logWarning(`/metrics after the flows\n${text}`)
+      const expected: Record<string, number> = {
+        "client-closed": 2, // the tunnel's connector, and the newer listener at the end
+        "peer-closed": 1,
+        "rejected": 1,
+        "no-such-listener": 1,
+        "no-pending": 1,
+        "duplicate": 1,
+        "replaced": 1,
+        "listener-gone": 1
+      }
+      for (const line of text.split("\n").filter((l) => l.startsWith("offset_relay_closes_total{"))) {
+        const reason = /reason="([^"]+)"/.exec(line)![1]! // every closes line has a reason label
+        expect({ reason, count: metricValue(text, `offset_relay_closes_total{reason="${reason}"}`) })
+          .toEqual({ reason, count: expected[reason] ?? 0 })
+      }
+      expect(metricValue(text, "offset_relay_relayed_bytes_total")).toBe(2 * data.length)
+      expect(metricValue(text, "offset_relay_connections_accepted_total")).toBe(9)
+      // Every accepted connection closed exactly once.
+      const closed = Object.values(expected).reduce((a, b) => a + b, 0)
+      expect(closed).toBe(9)
+      expect(metricValue(text, `offset_relay_connections{state="open"}`)).toBe(0)
+      expect(metricValue(text, "offset_relay_buffered_bytes")).toBe(0)
     })))
 })
