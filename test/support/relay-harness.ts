@@ -403,4 +403,12 @@ export const expectIdle = (server: RelayServer, clients: ReadonlyArray<TestClien
       return s.sockets === 0 && s.handshaking === 0 && s.core.connections === 0 && s.bufferedBytes === 0 &&
         s.core.unidentified === 0 && s.core.listeners === 0 && s.core.pendingHalfTunnels === 0 && s.core.tunnels === 0
     })
+    // Every connection the relay accepted was closed exactly once, under one reason.
+    const text = server.metrics.render()
+    let closed = 0
+    for (const line of text.split("\n")) if (line.startsWith("offset_relay_closes_total{")) closed += Number(line.split(" ")[1])
+    const accepted = metricValue(text, "offset_relay_connections_accepted_total")
+    if (closed !== accepted) {
+      return yield* Effect.die(new Error(`${accepted} connections accepted but ${closed} closes counted:\n${text}`))
+    }
   })
