@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import * as References from "effect/References"
 import type * as Scope from "effect/Scope"
 import { type Crypto, layerNode } from "../src/adapters/crypto.ts"
-import type { RelayServer } from "../src/adapters/relay-server.ts"
+import { HANDSHAKE_FRAME_LIMIT, type RelayServer } from "../src/adapters/relay-server.ts"
 import { encodeFrameHeader } from "../src/core/frame.ts"
 import { encodeVersion } from "../src/core/version.ts"
 import {
@@ -83,6 +83,26 @@ describe("hostile clients while a tunnel flows", () => {
         // 2^40: also over any 32-bit reading of the length.
         late.write(encodeFrameHeader(2 ** 40))
         yield* rawEnded(late)
+        expect(closes(server, "frame-too-long")).toBe(2)
+      })))
+
+  it.live("before it is authenticated a client cannot make the relay buffer more than a handshake frame", () =>
+    withFlowingTunnel({}, (server, port) =>
+      Effect.gen(function*() {
+        // A header announcing 512 KiB (under the 1 MiB frame limit) as the
+        // ExchangeRandNonce, then 8 KiB of it: refused at once, not buffered.
+        const hog = yield* rawConnect(port)
+        hog.writeFrame(encodeVersion())
+        hog.write(encodeFrameHeader(512 * 1024))
+        hog.write(new Uint8Array(8 * 1024).fill(1))
+        yield* rawEnded(hog)
+        expect(closes(server, "frame-too-long")).toBe(1)
+        expect(server.stats().bufferedBytes).toBeLessThan(HANDSHAKE_FRAME_LIMIT + 64 * 1024)
+        // A whole handshake frame just over the limit is refused too.
+        const big = yield* rawConnect(port)
+        big.writeFrame(encodeVersion())
+        big.writeFrame(new Uint8Array(HANDSHAKE_FRAME_LIMIT + 1).fill(7))
+        yield* rawEnded(big)
         expect(closes(server, "frame-too-long")).toBe(2)
       })))
 

@@ -16,7 +16,7 @@ import * as Effect from "effect/Effect"
 import type * as Net from "node:net"
 import type * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
-import { encodeFrameHeader, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
+import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
 import { checkVersion, encodeVersion } from "../core/version.ts"
 
 /** Why a frame link stopped. */
@@ -56,6 +56,19 @@ const fromSocketError = (error: Socket.SocketError): LinkError =>
     ? new LinkError({ reason: "Closed", message: "the peer closed the connection" })
     : new LinkError({ reason: "Reset", message: `connection failed: ${error.message}` })
 
+/** A frame link over a TCP socket. */
+export interface SocketFrameLink extends FrameLink {
+  /**
+   * Caps the next `count` frames at `bytes` each: a longer one, or a partial
+   * one already holding more, ends the link with FrameTooLong. A relay caps
+   * the handshake frames (version, ExchangeRandNonce, ExchangeDh: a few
+   * hundred bytes) so strangers cannot make it buffer 1 MiB each; counting
+   * frames, not waiting for a signal, lifts the cap exactly after the last
+   * handshake frame, before any transport frame is decoded.
+   */
+  readonly limitNextFrames: (count: number, bytes: number) => void
+}
+
 /**
  * Frames over an Effect socket. The socket's reader and writer live in the
  * current scope: closing it ends the writer (flushing what was written) and
@@ -64,7 +77,7 @@ const fromSocketError = (error: Socket.SocketError): LinkError =>
 export const makeSocketFrameLink = (
   socket: Socket.Socket,
   options: { readonly maxFrameLength?: number } = {}
-): Effect.Effect<FrameLink, LinkError, Scope.Scope> =>
+): Effect.Effect<SocketFrameLink, LinkError, Scope.Scope> =>
   Effect.gen(function*() {
     const reader = yield* Effect.mapError(socket.reader, fromSocketError)
     const writer = yield* socket.writer
@@ -74,6 +87,9 @@ export const makeSocketFrameLink = (
     let ended: LinkError | undefined
     let throttle: ((bytes: number) => Effect.Effect<void>) | undefined
     let throttling = false
+    // The next `limitedFrames` frames may hold at most `frameLimit` bytes.
+    let limitedFrames = 0
+    let frameLimit = 0
 
     const takeReady = (): Uint8Array | undefined => {
       if (readIndex < ready.length) {
@@ -102,7 +118,22 @@ export const makeSocketFrameLink = (
               ended = new LinkError({ reason: "FrameTooLong", message: result.error.message })
               break
             }
-            for (const f of result.frames) ready.push(f)
+            for (const f of result.frames) {
+              if (limitedFrames > 0) {
+                limitedFrames--
+                if (f.length > frameLimit) {
+                  ended = overFrameLimit(f.length, frameLimit)
+                  break
+                }
+              }
+              ready.push(f)
+            }
+            if (ended !== undefined) break
+          }
+          // The decoder only knows the full limit; a capped partial frame is
+          // refused once it holds more than its cap.
+          if (ended === undefined && limitedFrames > 0 && decoder.bufferedBytes > frameLimit + FRAME_HEADER_LENGTH) {
+            ended = overFrameLimit(decoder.bufferedBytes - FRAME_HEADER_LENGTH, frameLimit)
           }
           if (throttle === undefined) return pullFrames
           throttling = true
@@ -132,11 +163,18 @@ export const makeSocketFrameLink = (
       setReadThrottle: (t) => {
         throttle = t
       },
-      readPaused: () => throttling
+      readPaused: () => throttling,
+      limitNextFrames: (count, bytes) => {
+        limitedFrames = count
+        frameLimit = bytes
+      }
     }
   })
 
 const EMPTY = new Uint8Array(0)
+
+const overFrameLimit = (length: number, limit: number): LinkError =>
+  new LinkError({ reason: "FrameTooLong", message: `frame of at least ${length} bytes is over the current limit of ${limit} bytes` })
 
 /**
  * Sends our version frame and checks the peer's (PROTOCOL.md "Version

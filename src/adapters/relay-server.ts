@@ -423,6 +423,8 @@ export const makeRelayServer = (
           return
         }
         const link = linkExit.value
+        // Version, ExchangeRandNonce, ExchangeDh: the frames before the client is authenticated.
+        link.limitNextFrames(3, HANDSHAKE_FRAME_LIMIT)
         connections.set(id, connection)
         dispatch({ _tag: "Opened", id })
 
@@ -578,6 +580,15 @@ export const ADAPTER_CLOSE_REASONS = [
   "keepalive-timeout",
   "connection-lost"
 ] as const
+
+/**
+ * Largest handshake frame the relay takes from a client. The version frame
+ * is 4 bytes, ExchangeRandNonce and ExchangeDh a few hundred (fixed-size
+ * fields, no padding), so 4 KiB leaves room for any honest encoding while
+ * a stranger can make the relay hold no more than that before it proves a
+ * key (at most maxConcurrentHandshakes of them at once).
+ */
+export const HANDSHAKE_FRAME_LIMIT = 4096
 
 /** Labels of offset_relay_over_limit_total: which limit refused or closed a connection. */
 export const OVER_LIMIT_LABELS = [
