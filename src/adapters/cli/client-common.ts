@@ -1,0 +1,141 @@
+/**
+ * What `offset-relay listen` and `offset-relay connect` share: exit codes,
+ * argument checks, identity loading, progress lines on stderr, and piping a
+ * tunnel to a local TCP connection with TCP's half close.
+ *
+ * Exit codes (scripts may rely on them):
+ *   0  done: `connect` carried its stream to both ends; a signal stopped a long-running command
+ *   1  a tunnel failed after it was established, or an unexpected error
+ *   2  usage: a bad flag, relay address or key
+ *   3  the identity file is missing, unreadable or malformed
+ *   4  the peer could not be reached: rejected, not listening, relays unreachable, or timed out
+ *   5  authentication failed: a relay or the peer did not prove its key (possible attack)
+ *   130 interrupted (SIGINT) while `connect` carried stdin/stdout
+ */
+import type * as Net from "node:net"
+import { ConnectError, readIdentity } from "../client/index.ts"
+import type { PeerDuplex } from "../client/tunnel-stream.ts"
+import type { Identity } from "../identity.ts"
+import { parsePublicKeyHex, shortKeyHex } from "../../core/keys.ts"
+import { parseRelayAddress, relayHostPort, type RelayAddress } from "../../core/relay-address.ts"
+import { UsageError } from "./options.ts"
+
+/** Exit codes of the client commands (table in the module header). */
+export const ExitCode = {
+  Ok: 0,
+  Failed: 1,
+  Usage: 2,
+  Identity: 3,
+  Unreachable: 4,
+  Authentication: 5,
+  Interrupted: 130
+} as const
+
+/** Text for the help of both commands. */
+export const exitCodeHelp = [
+  "exit codes:",
+  "  0  done (connect: both sides finished; a signal stopped a long-running command)",
+  "  1  a tunnel failed after it was established, or an unexpected error",
+  "  2  usage: a bad flag, relay address or key",
+  "  3  the identity file is missing, unreadable or malformed",
+  "  4  the peer could not be reached: rejected, not listening, relays unreachable, or timed out",
+  "  5  authentication failed: a relay or the peer did not prove its key (possible attack)",
+  "  130 interrupted (connect with stdin/stdout)"
+].join("\n")
+
+/** Parses every --relay value; a bad one is a usage error that quotes it. */
+export const relaysOf = (values: ReadonlyArray<string>): ReadonlyArray<RelayAddress> => {
+  if (values.length === 0) throw new UsageError("give at least one --relay <relay key hex>@<host>:<port>")
+  return values.map((text) => {
+    const parsed = parseRelayAddress(text)
+    if (parsed._tag === "Err") throw new UsageError(`--relay: ${parsed.error.message}`)
+    return parsed.value
+  })
+}
+
+/** Parses a public key flag value. */
+export const keyOf = (flag: string, text: string): Uint8Array => {
+  const parsed = parsePublicKeyHex(text)
+  if (parsed._tag === "Err") throw new UsageError(`--${flag}: ${parsed.error.message}`)
+  return parsed.value
+}
+
+/** A short name of a relay for progress lines: key prefix and host:port. */
+export const relayName = (address: string): string => {
+  const parsed = parseRelayAddress(address)
+  return parsed._tag === "Ok" ? `${shortKeyHex(parsed.value.publicKey)}@${relayHostPort(parsed.value)}` : address
+}
+
+/** Reads the identity file, or prints why not; undefined means exit with ExitCode.Identity. */
+export const loadIdentity = async (command: string, path: string): Promise<Identity | undefined> => {
+  try {
+    return await readIdentity(path)
+  } catch (error) {
+    say(command, error instanceof Error ? error.message : String(error))
+    return undefined
+  }
+}
+
+/** One progress or error line on stderr. */
+export const say = (command: string, line: string): void => {
+  process.stderr.write(`offset-relay ${command}: ${line}\n`)
+}
+
+/** The exit code for a failed connect. */
+export const connectExitCode = (error: unknown): number =>
+  error instanceof ConnectError
+    ? error.reason === "Authentication" ? ExitCode.Authentication : ExitCode.Unreachable
+    : ExitCode.Failed
+
+/** Byte counts of one piped connection. */
+export interface PipeCounts {
+  /** Bytes from the tunnel to the local socket. */
+  fromPeer: number
+  /** Bytes from the local socket to the tunnel. */
+  toPeer: number
+}
+
+/**
+ * Pipes a tunnel and a local TCP socket both ways with half close (each
+ * side's end becomes the other's end) and resolves once both directions are
+ * done, or rejects with the first error after destroying both.
+ * The local socket must have been made with `allowHalfOpen: true`.
+ */
+export const pipeBothWays = (tunnel: PeerDuplex, local: Net.Socket): Promise<PipeCounts> =>
+  new Promise((resolve, reject) => {
+    const counts: PipeCounts = { fromPeer: 0, toPeer: 0 }
+    let settled = false
+    const fail = (error: Error) => {
+      if (settled) return
+      settled = true
+      tunnel.destroy()
+      local.destroy()
+      reject(error)
+    }
+    tunnel.on("data", (chunk: Buffer) => (counts.fromPeer += chunk.length))
+    local.on("data", (chunk: Buffer) => (counts.toPeer += chunk.length))
+    tunnel.on("error", fail)
+    local.on("error", fail)
+    tunnel.pipe(local)
+    local.pipe(tunnel)
+    // A side that closes before its readable end was read ended early (a
+    // reset, a destroy): the other side must not wait for it.
+    let closed = 0
+    const onClose = (stream: "tunnel" | "local", ended: boolean) => {
+      if (!ended) {
+        return fail(
+          new Error(
+            stream === "tunnel"
+              ? "the tunnel closed before the peer finished"
+              : "the local connection closed before it finished"
+          )
+        )
+      }
+      if (++closed === 2 && !settled) {
+        settled = true
+        resolve(counts)
+      }
+    }
+    tunnel.on("close", () => onClose("tunnel", tunnel.readableEnded))
+    local.on("close", () => onClose("local", local.readableEnded))
+  })

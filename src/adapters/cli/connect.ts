@@ -1,0 +1,245 @@
+/**
+ * `offset-relay connect`: reach a peer by its public key through its relays.
+ *
+ * Two modes:
+ * - with `--local-port P`: listens on --local-host:P (like `ssh -L`) and
+ *   carries each local connection through its own relayed tunnel; prints the
+ *   bound `host:port` on stdout (useful with `--local-port 0`) and runs until
+ *   SIGINT/SIGTERM (exit 0);
+ * - without: carries stdin/stdout (like netcat). At the end of stdin it
+ *   half-closes, keeps writing what arrives to stdout, and exits 0 once the
+ *   peer has finished too.
+ * Progress and errors go to stderr. Exit codes: see client-common.ts.
+ */
+import * as Net from "node:net"
+import { connect, type PeerDuplex } from "../client/index.ts"
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_STAGGER_MS } from "../client/connector.ts"
+import type { Identity } from "../identity.ts"
+import type { RelayAddress } from "../../core/relay-address.ts"
+import {
+  connectExitCode,
+  exitCodeHelp,
+  ExitCode,
+  keyOf,
+  loadIdentity,
+  pipeBothWays,
+  relayName,
+  relaysOf,
+  say
+} from "./client-common.ts"
+import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
+
+const table: OptionTable = {
+  identity: { type: "string", value: "FILE", help: "our identity key file (offset-relay keygen --out FILE); required" },
+  relay: { type: "list", value: "ADDR", help: "the peer's relay <key hex>@<host>:<port>; repeat for several, in order" },
+  to: { type: "string", value: "KEY", help: "the peer's public key (hex); required" },
+  "local-port": {
+    type: "integer",
+    value: "PORT",
+    help: "listen here and carry each connection to the peer (0 picks a port); without it: stdin/stdout"
+  },
+  "local-host": { type: "string", default: "127.0.0.1", value: "HOST", help: "address for --local-port" },
+  "timeout-ms": {
+    type: "integer",
+    default: DEFAULT_CONNECT_TIMEOUT_MS,
+    value: "MS",
+    help: "give up reaching the peer after this long"
+  },
+  "stagger-ms": {
+    type: "integer",
+    default: DEFAULT_STAGGER_MS,
+    value: "MS",
+    help: "also try the next relay if the current one has not answered after this long"
+  },
+  "tick-ms": { type: "integer", default: 1000, value: "MS", help: "milliseconds per keepalive tick" },
+  quiet: { type: "boolean", short: "q", help: "print only errors" }
+}
+
+const usage = "offset-relay connect --identity FILE --relay ADDR [--relay ADDR ...] --to KEY [--local-port P]"
+const description = [
+  "Reaches a peer by its public key through its relays (tried in order; the next one also",
+  "starts if one is slow to answer). The peer is authenticated end to end, so a relay can",
+  "neither read nor forge the traffic.",
+  "With --local-port: forwards each local TCP connection to the peer (like ssh -L).",
+  "Without: carries stdin/stdout (like netcat); the end of stdin half-closes, and the",
+  "command exits 0 once the peer has finished too."
+].join("\n")
+
+interface Settings {
+  readonly identityPath: string
+  readonly relays: ReadonlyArray<RelayAddress>
+  readonly to: Uint8Array
+  readonly localPort: number | undefined
+  readonly localHost: string
+  readonly timeoutMs: number
+  readonly staggerMs: number
+  readonly tickMs: number
+  readonly quiet: boolean
+}
+
+/** Entry point of `offset-relay connect`. */
+export const run = async (args: ReadonlyArray<string>): Promise<number> => {
+  let settings: Settings
+  try {
+    const parsed = parseOptions(args, table)
+    if (parsed.help) {
+      process.stdout.write(`${helpText(usage, description, table)}\n\n${exitCodeHelp}\n`)
+      return ExitCode.Ok
+    }
+    if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
+    const o = parsed.options
+    const identityPath = o.identity as string | undefined
+    if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with offset-relay keygen)")
+    const relays = relaysOf(o.relay as ReadonlyArray<string>)
+    const toText = o.to as string | undefined
+    if (toText === undefined) throw new UsageError("--to KEY is required: the public key of the peer to reach")
+    const localPort = o["local-port"] as number | undefined
+    if (localPort !== undefined && localPort > 65535) throw new UsageError(`--local-port ${localPort} is not a TCP port`)
+    const tickMs = o["tick-ms"] as number
+    if (tickMs < 1) throw new UsageError("--tick-ms must be at least 1")
+    const timeoutMs = o["timeout-ms"] as number
+    if (timeoutMs < 1) throw new UsageError("--timeout-ms must be at least 1")
+    settings = {
+      identityPath,
+      relays,
+      to: keyOf("to", toText),
+      localPort,
+      localHost: o["local-host"] as string,
+      timeoutMs,
+      staggerMs: o["stagger-ms"] as number,
+      tickMs,
+      quiet: o.quiet === true
+    }
+  } catch (error) {
+    if (error instanceof UsageError) {
+      say("connect", `${error.message}\nRun 'offset-relay connect --help' for the options.`)
+      return ExitCode.Usage
+    }
+    throw error
+  }
+  const identity = await loadIdentity("connect", settings.identityPath)
+  if (identity === undefined) return ExitCode.Identity
+  return settings.localPort === undefined ? carryStdio(settings, identity) : forwardPort(settings, identity, settings.localPort)
+}
+
+const progressOf = (settings: Settings) => (line: string) => {
+  if (!settings.quiet) say("connect", line)
+}
+
+const reach = (settings: Settings, identity: Identity): Promise<PeerDuplex> =>
+  connect({
+    identity,
+    relays: settings.relays,
+    to: settings.to,
+    timeoutMs: settings.timeoutMs,
+    staggerMs: settings.staggerMs,
+    tickMs: settings.tickMs
+  })
+
+// netcat mode: stdin → peer, peer → stdout, with the half close in between.
+const carryStdio = async (settings: Settings, identity: Identity): Promise<number> => {
+  const progress = progressOf(settings)
+  let tunnel: PeerDuplex
+  try {
+    tunnel = await reach(settings, identity)
+  } catch (error) {
+    say("connect", error instanceof Error ? error.message : String(error))
+    return connectExitCode(error)
+  }
+  progress(`connected to ${tunnel.remotePublicKey} through ${relayName(tunnel.relay)}`)
+  const stdin = process.stdin
+  const stdout = process.stdout
+  return new Promise<number>((resolve) => {
+    let done = false
+    const finish = (code: number, message?: string) => {
+      if (done) return
+      done = true
+      process.off("SIGINT", onInterrupt)
+      process.off("SIGTERM", onInterrupt)
+      if (message !== undefined) say("connect", message)
+      if (code !== ExitCode.Ok) tunnel.destroy()
+      // Stop reading stdin so the process can exit even if stdin stays open.
+      stdin.unpipe(tunnel)
+      stdin.pause()
+      stdin.destroy()
+      // Everything received has been handed to stdout; wait until it is written.
+      stdout.write("", () => resolve(code))
+    }
+    const onInterrupt = () => finish(ExitCode.Interrupted, "interrupted")
+    process.once("SIGINT", onInterrupt)
+    process.once("SIGTERM", onInterrupt)
+    tunnel.on("error", (error) => finish(ExitCode.Failed, `the tunnel failed: ${error.message}`))
+    stdout.on("error", (error) => finish(ExitCode.Failed, `cannot write to stdout: ${error.message}`))
+    stdin.on("error", (error) => finish(ExitCode.Failed, `cannot read stdin: ${error.message}`))
+    tunnel.pipe(stdout, { end: false })
+    stdin.pipe(tunnel) // the end of stdin ends our half of the tunnel
+    // Done once the peer finished (its end was read) and ours was sent.
+    let peerFinished = false
+    let weFinished = false
+    const check = () => {
+      if (peerFinished && weFinished) finish(ExitCode.Ok)
+    }
+    tunnel.on("end", () => {
+      peerFinished = true
+      check()
+    })
+    tunnel.on("finish", () => {
+      weFinished = true
+      check()
+    })
+  })
+}
+
+// ssh -L mode: each local connection gets its own tunnel.
+const forwardPort = async (settings: Settings, identity: Identity, localPort: number): Promise<number> => {
+  const progress = progressOf(settings)
+  // Everything open, so a signal can close it all and let the process exit.
+  const open = new Set<{ destroy: () => void }>()
+  const track = (stream: { destroy: () => void; once: (event: "close", listener: () => void) => unknown }) => {
+    open.add(stream)
+    stream.once("close", () => open.delete(stream))
+  }
+  const server = Net.createServer({ allowHalfOpen: true }, (local) => {
+    track(local)
+    const from = `${local.remoteAddress ?? "?"}:${local.remotePort ?? "?"}`
+    // Hold what the local client sends until the tunnel is there.
+    local.pause()
+    reach(settings, identity).then(
+      (tunnel) => {
+        track(tunnel)
+        if (local.destroyed) return void tunnel.destroy()
+        progress(`${from}: connected to ${tunnel.remotePublicKey} through ${relayName(tunnel.relay)}`)
+        pipeBothWays(tunnel, local).then(
+          (counts) => progress(`${from}: closed (${counts.fromPeer} bytes from the peer, ${counts.toPeer} to it)`),
+          (error: Error) => say("connect", `${from}: ${error.message}`)
+        )
+        local.resume()
+      },
+      (error: unknown) => {
+        say("connect", `${from}: ${error instanceof Error ? error.message : String(error)}`)
+        local.destroy()
+      }
+    )
+  })
+  const bound = await new Promise<Net.AddressInfo | Error>((resolve) => {
+    server.once("error", (error) => resolve(error))
+    server.listen(localPort, settings.localHost, () => resolve(server.address() as Net.AddressInfo))
+  })
+  if (bound instanceof Error) {
+    say("connect", `cannot listen on ${settings.localHost}:${localPort}: ${bound.message}`)
+    return ExitCode.Usage
+  }
+  const address = bound.family === "IPv6" ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`
+  process.stdout.write(`${address}\n`)
+  progress(`listening on ${address}; each connection goes to the peer through its own tunnel`)
+  const signal = await new Promise<string>((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"))
+    process.once("SIGTERM", () => resolve("SIGTERM"))
+  })
+  progress(`${signal}: closing`)
+  await new Promise<void>((resolve) => {
+    server.close(() => resolve())
+    for (const stream of open) stream.destroy()
+  })
+  return ExitCode.Ok
+}
