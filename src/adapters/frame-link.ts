@@ -35,7 +35,7 @@ export interface FrameLink {
   readonly read: Effect.Effect<Uint8Array, LinkError>
   /** Writes frames in order; completes once the transport has taken them (waits on backpressure). */
   readonly write: (frames: ReadonlyArray<Uint8Array>) => Effect.Effect<void, LinkError>
-  /** Bytes received but not yet handed out as frames (for memory accounting). */
+  /** Bytes received but not yet handed out as frames: a partial frame and whole ones decoded ahead (memory accounting). */
   readonly bufferedBytes: () => number
   /**
    * Installs a read throttle: after each read of n bytes the link runs
@@ -82,7 +82,9 @@ export const makeSocketFrameLink = (
     const reader = yield* Effect.mapError(socket.reader, fromSocketError)
     const writer = yield* socket.writer
     const decoder = new FrameDecoder(options.maxFrameLength ?? MAX_FRAME_LENGTH)
+    // Frames decoded from the last read and not handed out yet.
     let ready: Array<Uint8Array> = []
+    let readyBytes = 0
     let readIndex = 0
     let ended: LinkError | undefined
     let throttle: ((bytes: number) => Effect.Effect<void>) | undefined
@@ -95,6 +97,7 @@ export const makeSocketFrameLink = (
       if (readIndex < ready.length) {
         const frame = ready[readIndex]!
         ready[readIndex++] = EMPTY // drop the reference: frames can be 1 MiB
+        readyBytes -= frame.length
         return frame
       }
       return undefined
@@ -127,6 +130,7 @@ export const makeSocketFrameLink = (
                 }
               }
               ready.push(f)
+              readyBytes += f.length
             }
             if (ended !== undefined) break
           }
@@ -159,7 +163,7 @@ export const makeSocketFrameLink = (
     return {
       read: pullFrames,
       write,
-      bufferedBytes: () => decoder.bufferedBytes,
+      bufferedBytes: () => decoder.bufferedBytes + readyBytes,
       setReadThrottle: (t) => {
         throttle = t
       },

@@ -6,10 +6,29 @@
  * version prefix and secure channel, then the core decides what the
  * connection is. Every core command is run right after the event that caused
  * it (`dispatch`), synchronously, so the core and the connection table never
- * disagree. Sends that may wait on a slow socket run in forked fibers; the
- * tunnel data path (`relay`) is a plain loop per direction whose only
- * buffering is the receiving channel's bounded inbox, so a slow reader stops
- * the relay reading from its peer and TCP pushes back.
+ * disagree. Sends that may wait on a slow socket run in fibers forked into
+ * that connection's scope; the tunnel data path (`relay`) is a plain loop
+ * per direction whose only buffering is the receiving channel's bounded
+ * inbox, so a slow reader stops the relay reading from its peer and TCP
+ * pushes back.
+ *
+ * Limits are checked and counted in the same synchronous step as the accept
+ * (connections, per IP, handshakes in progress); a refused socket costs no
+ * handshake and no core state. Before a client is authenticated its frames
+ * are capped at HANDSHAKE_FRAME_LIMIT.
+ *
+ * Every close is reported once: to the core (`Closed`, harmless when the core
+ * ordered it), to `offset_relay_closes_total` under one reason, to the log.
+ * A hostile or dead client is cut off (destroy); any other gets a graceful
+ * close (frame-link.ts `closeGracefully`: FIN after what was written, then
+ * drain until the client's FIN, bounded by closeLingerMs), because a reset
+ * can make the client lose bytes we wrote to it.
+ *
+ * Memory per connection: its inbox (≤ inboxBytes + one message), frames
+ * decoded ahead and a partial frame (≤ 1 MiB + header; ≤ 4 KiB before
+ * authentication), which is what `stats().bufferedBytes` adds up; not
+ * counted are outboxes (one relayed message per tunnel direction, keepalives,
+ * IncomingConnection messages) and Node's and the kernel's socket buffers.
  *
  * One timer drives the whole server: each tick goes to the core and to every
  * channel (keepalive, rekey), so idle connections cost no timers.
@@ -82,7 +101,32 @@ export interface RelayServerOptions {
   readonly rateLimit: { readonly bytesPerSecond: number; readonly burstBytes: number } | undefined
 }
 
-/** Defaults: Offset's protocol values, and limits sized for a small public relay. */
+/**
+ * Defaults: Offset's protocol values, and limits sized for a small public
+ * relay on one machine.
+ * - tickMs 1000, keepaliveTicks 32, rekeyIntervalTicks 3600, core timeouts:
+ *   Offset's values (PROTOCOL.md "Constants").
+ * - maxConnections 20,000: below a typical 65k file-descriptor limit with room
+ *   for the process; an idle connection costs a few KiB, a busy one up to its
+ *   inbox.
+ * - maxConnectionsPerIp 256: a client needs one listen channel plus two
+ *   connections per tunnel, and many clients share one NAT address; one host
+ *   still cannot take more than ~1% of the relay.
+ * - maxConcurrentHandshakes 256: Offset allows 8 and queues the rest; we
+ *   refuse instead of queueing, so the cap is higher for the burst of honest
+ *   reconnects after a relay restart. A handshake is one X25519 and two
+ *   Ed25519 operations (well under a millisecond); a stranger holds a slot for
+ *   at most handshakeTimeoutMs and HANDSHAKE_FRAME_LIMIT bytes.
+ * - handshakeTimeoutMs 8000: the core's 8 ticks, in wall time, for clients on
+ *   slow links.
+ * - maxPaddingBytes 255: PROTOCOL.md (fix) (Offset pads up to 64 KiB).
+ * - inboxBytes 256 KiB: keeps a fast link busy for a few milliseconds of
+ *   round trip; the bound a slow reader can make the relay hold per direction.
+ * - closeLingerMs 10 s: time for a slow but alive client to read the last
+ *   bytes we wrote before its close; a client that never reads costs a socket
+ *   for no longer.
+ * - rateLimit: none; an operator sets one per deployment.
+ */
 export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerOptions => ({
   host: "127.0.0.1",
   port: 4747,
@@ -104,11 +148,17 @@ export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerO
 /** Counts beyond the core's, for tests and metrics. */
 export interface RelayServerStats {
   readonly core: ReturnType<RelayCore["stats"]>
-  /** TCP connections open (from accept to close). */
+  /** TCP connections open, from admission until the socket is destroyed (lingering closes included). */
   readonly sockets: number
+  /** Admitted connections whose version prefix and secure-channel handshake are not done. */
   readonly handshaking: number
-  /** Bytes the relay holds in channel buffers (inboxes and partial frames). */
+  /**
+   * Bytes the relay holds for connections: inboxes, frames decoded ahead and
+   * partial frames (the module header gives the bound; outboxes and socket
+   * buffers are not counted).
+   */
   readonly bufferedBytes: number
+  /** Tunnel payload bytes written to the far side so far. */
   readonly bytesRelayed: number
 }
 
@@ -124,8 +174,11 @@ export interface RelayServer {
   /** Replaces the allow-list (undefined = open); applies to first messages from now on. */
   readonly setAllowList: (keys: ReadonlySet<string> | undefined) => Effect.Effect<void>
   /**
-   * Graceful shutdown: stop accepting, close everything but tunnels, let
-   * tunnels drain for up to `drainMs`, then close the rest.
+   * Graceful shutdown: refuse new connections, close everything but tunnels
+   * ("shutting-down"), let tunnels finish and their last bytes flush for up
+   * to `drainMs`, then close the rest ("shutting-down") and stop listening.
+   * The core also ends tunnels after `core.shutdownDrainTicks`: the drain
+   * ends at whichever comes first.
    */
   readonly shutdown: (drainMs: number) => Effect.Effect<void>
 }
