@@ -82,6 +82,9 @@ export interface ChannelOptions {
   readonly machine?: Partial<Pick<ConnectionConfig, "maxPaddingBytes" | "rekeyIntervalTicks" | "keepaliveTicks">>
 }
 
+/** How long closing a channel waits for frames already queued to reach the transport. */
+export const CLOSE_FLUSH_MS = 1000
+
 /** Default inbox bound: enough to keep a fast link busy, small enough for 10k tunnels. */
 export const DEFAULT_INBOX_BYTES = 256 * 1024
 
@@ -210,11 +213,21 @@ export const establishChannel = (
     step({ _tag: "Start" })
     const reader = yield* Effect.forkIn(readLoop, scope)
     const writer = yield* Effect.forkIn(writeLoop, scope)
+    // Frames queued before the end are still written, bounded by
+    // CLOSE_FLUSH_MS: a relay that refuses a client has queued its own
+    // handshake frame first, and the client needs it to say which key the
+    // relay holds. The writer stops by itself once the outbox is empty.
     yield* Scope.addFinalizer(
       scope,
       Effect.suspend(() => {
         end(new ChannelError({ reason: "LocalClose", message: "channel closed locally" }))
-        return Fiber.interruptAll([reader, writer])
+        return Effect.andThen(
+          Fiber.interrupt(reader),
+          Fiber.await(writer).pipe(
+            Effect.timeoutOrElse({ duration: CLOSE_FLUSH_MS, orElse: () => Fiber.interrupt(writer) }),
+            Effect.asVoid
+          )
+        )
       })
     )
 
