@@ -216,7 +216,10 @@ export const makeRelayServer = (
     // The listening socket has its own scope so that shutdown can stop
     // accepting (new dials are refused by the OS) before the server's scope ends.
     const listenScope = yield* Scope.fork(scope)
-    const server = yield* NodeSocketServer.make({ host: options.host, port: options.port }).pipe(
+    // noDelay: the handshake writes small frames back to back; with Nagle on,
+    // the second waits for the peer's delayed ACK (40 ms on Linux) and a
+    // tunnel setup (three handshakes) takes several times longer.
+    const server = yield* NodeSocketServer.make({ host: options.host, port: options.port, noDelay: true }).pipe(
       Scope.provide(listenScope),
       Effect.mapError(
         (error) =>
