@@ -37,7 +37,14 @@ export const toWireEndpoint = (endpoint: RelayEndpoint): WireEndpoint => ({
 /** What the parent asks. */
 export type WorkerRequest =
   /** Open `count` listeners and one tunnel to each (one echo round trip), and hold them. */
-  | { readonly type: "open-idle"; readonly relay: WireEndpoint; readonly count: number; readonly concurrency: number }
+  | {
+    readonly type: "open-idle"
+    readonly relay: WireEndpoint
+    readonly count: number
+    readonly concurrency: number
+    /** The relay's tick, so keepalives keep pace with its keepalive timeout (default 1000). */
+    readonly tickMs?: number
+  }
   /** Close everything held. */
   | { readonly type: "close-all" }
   /** For `durationMs`, `concurrency` loops of: connect, handshake, InitConnection(listen), close. */
@@ -73,6 +80,7 @@ const serveRequests = async (): Promise<void> => {
     switch (request.type) {
       case "open-idle": {
         const relay = fromWire(request.relay)
+        const peerOptions: PeerOptions = { ...options, ...(request.tickMs === undefined ? {} : { tickMs: request.tickMs }) }
         return Effect.runPromise(
           Effect.gen(function*() {
             const start = performance.now()
@@ -86,7 +94,7 @@ const serveRequests = async (): Promise<void> => {
             // Listeners first, so every connect finds its listener.
             const listeners = yield* Effect.forEach(
               Array.from({ length: request.count }),
-              () => Effect.option(listen(relay, newIdentity(options.crypto), options, echo).pipe(Effect.tapError(fail))),
+              () => Effect.option(listen(relay, newIdentity(options.crypto), peerOptions, echo).pipe(Effect.tapError(fail))),
               { concurrency: request.concurrency }
             )
             yield* Effect.sleep(200)
@@ -97,7 +105,7 @@ const serveRequests = async (): Promise<void> => {
                 listener._tag === "None"
                   ? Effect.void
                   : Effect.gen(function*() {
-                    const channel = yield* openTunnel(relay, newIdentity(options.crypto), listener.value.identity.publicKey, options)
+                    const channel = yield* openTunnel(relay, newIdentity(options.crypto), listener.value.identity.publicKey, peerOptions)
                     yield* channel.send(Uint8Array.of(1))
                     yield* channel.receive
                     done++

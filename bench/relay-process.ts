@@ -46,7 +46,13 @@ export interface Child {
 export const startChild = (
   script: string,
   args: ReadonlyArray<string>,
-  options: { readonly execArgv?: ReadonlyArray<string>; readonly ipc?: boolean; readonly readyTimeoutMs?: number } = {}
+  options: {
+    readonly execArgv?: ReadonlyArray<string>
+    readonly ipc?: boolean
+    readonly readyTimeoutMs?: number
+    /** Also append the child's stderr to this file (debugging). */
+    readonly stderrFile?: string
+  } = {}
 ): Promise<Child> =>
   new Promise((resolve, reject) => {
     const child = ChildProcess.spawn(process.execPath, [...(options.execArgv ?? []), script, ...args], {
@@ -55,7 +61,9 @@ export const startChild = (
     })
     let stderr = ""
     child.stderr!.setEncoding("utf8")
+    const log = options.stderrFile === undefined ? undefined : Fs.createWriteStream(options.stderrFile, { flags: "a" })
     child.stderr!.on("data", (text: string) => {
+      log?.write(text)
       stderr = (stderr + text).slice(-8192)
     })
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
@@ -199,7 +207,11 @@ export interface RelayProcessOptions {
   /** More `serve` flags, e.g. ["--keepalive-ticks", "8"]. */
   readonly args?: ReadonlyArray<string>
   readonly logLevel?: string
-  /** More Node flags for the relay process (e.g. --cpu-prof), from OFFSET_RELAY_BENCH_NODE_FLAGS by default. */
+  /**
+   * More Node flags for the relay process (e.g. --cpu-prof), from
+   * OFFSET_RELAY_BENCH_NODE_FLAGS by default. OFFSET_RELAY_BENCH_RELAY_LOG=<file>
+   * appends the relay's logs (level info) to that file.
+   */
   readonly execArgv?: ReadonlyArray<string>
 }
 
@@ -225,7 +237,7 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
       "--metrics-port",
       String(metricsPort),
       "--log-level",
-      options.logLevel ?? "warn",
+      options.logLevel ?? (process.env.OFFSET_RELAY_BENCH_RELAY_LOG === undefined ? "warn" : "info"),
       ...(options.args ?? [])
     ],
     {
@@ -235,7 +247,8 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
         Path.join(repoRoot, "bench", "relay-probe.ts"),
         ...(options.execArgv ?? process.env.OFFSET_RELAY_BENCH_NODE_FLAGS?.split(" ").filter((f) => f !== "") ?? [])
       ],
-      ipc: true
+      ipc: true,
+      ...(process.env.OFFSET_RELAY_BENCH_RELAY_LOG === undefined ? {} : { stderrFile: process.env.OFFSET_RELAY_BENCH_RELAY_LOG })
     }
   )
   const address = child.readyLine
