@@ -67,12 +67,12 @@ describe("backpressure and rate limits through the relay", () => {
       }))
       yield* waitUntil("the slow tunnel to move 4 MiB", () => received.bytes >= 4 * 1024 * KiB, 10_000)
 
-      // The receiver stops reading for 2 s.
+      // The receiver stops reading for 2.5 s.
       reading = false
       const pauseStart = Date.now()
       const samples: Array<{ at: number; buffered: number; sent: number }> = []
       const otherBefore = otherFlow.bytesSoFar()
-      while (Date.now() - pauseStart < 2000) {
+      while (Date.now() - pauseStart < 2500) {
         samples.push({ at: Date.now() - pauseStart, buffered: server.stats().bufferedBytes, sent: sent.bytes })
         yield* Effect.sleep(50)
       }
@@ -81,15 +81,18 @@ describe("backpressure and rate limits through the relay", () => {
       // What the relay holds: the slow connector's inbox (up to inboxBytes
       // plus one message) and a partial frame on each hop; the other tunnel
       // is read as fast as it arrives, so allow it one message each way.
-      const bound = inboxBytes + 2 * (CHUNK + MESSAGE_OVERHEAD) + 4 * (8 * KiB + MESSAGE_OVERHEAD)
+      const otherTunnelAllowance = 4 * (8 * KiB + MESSAGE_OVERHEAD)
+      const bound = inboxBytes + 2 * (CHUNK + MESSAGE_OVERHEAD) + otherTunnelAllowance
       const maxBuffered = Math.max(...samples.map((s) => s.buffered))
       expect(maxBuffered).toBeLessThanOrEqual(bound)
-      // The sender stalled: nothing more was taken from it in the last second of the pause.
-      const settled = samples.filter((s) => s.at >= 900)
+      // The sender stalled: nothing more was taken from it in the second half of the pause.
+      const settled = samples.filter((s) => s.at >= 1250)
       expect(settled.length).toBeGreaterThan(10)
       expect(settled[settled.length - 1]!.sent).toBe(settled[0]!.sent)
       // And the relay's buffer stopped growing with it.
-      expect(settled[settled.length - 1]!.buffered).toBeLessThanOrEqual(settled[0]!.buffered + CHUNK + MESSAGE_OVERHEAD)
+      expect(settled[settled.length - 1]!.buffered).toBeLessThanOrEqual(
+        settled[0]!.buffered + CHUNK + MESSAGE_OVERHEAD + otherTunnelAllowance
+      )
       // Meanwhile the other tunnel moved data (8 KiB every 5 ms each way when unhindered).
       expect(otherDuring).toBeGreaterThan(256 * KiB)
 
