@@ -537,26 +537,34 @@ export const makeRelayServer = (
         })
 
         // The connection ends when its life ends (client closed, error) or a
-        // close is ordered; the loser of the race is interrupted, and closing
-        // the inner scope stops the channel's fibers and the sends forked for it.
-        const outcome = yield* Effect.scoped(
+        // close is ordered; the loser of the race is interrupted. The close is
+        // reported before the inner scope closes (which may wait to flush the
+        // channel), so the core closes a tunnel's other side without delay;
+        // closing the inner scope then stops the channel's fibers and the
+        // sends forked for it.
+        const reason = yield* Effect.scoped(
           Effect.gen(function*() {
             connection.scope = yield* Effect.scope
-            return yield* Effect.raceFirst(
+            const outcome = yield* Effect.raceFirst(
               Effect.map(Effect.exit(life), (exit) => ({ _tag: "Ended" as const, exit })),
               Effect.map(Deferred.await(connection.closeOrder), (reason) => ({ _tag: "Ordered" as const, reason }))
             )
+            if (outcome._tag === "Ordered") {
+              yield* report(outcome.reason, "")
+              return outcome.reason
+            }
+            const error = failureOf(outcome.exit)
+            if (error !== undefined) {
+              const reason = adapterCloseReason(error, connection.channel !== undefined)
+              yield* report(reason, error.message)
+              return reason
+            }
+            // `life` only ends by failing: anything else is a bug here, made visible.
+            yield* Effect.logError("connection ended unexpectedly", outcome.exit)
+            yield* report("internal-error", "")
+            return "internal-error"
           })
         )
-        let reason: string
-        if (outcome._tag === "Ended") {
-          const error = failureOf(outcome.exit)
-          reason = error === undefined ? "client-closed" : adapterCloseReason(error, connection.channel !== undefined)
-          yield* report(reason, error?.message ?? "")
-        } else {
-          reason = outcome.reason
-          yield* report(reason, "")
-        }
         // A client we merely stop serving gets a graceful close, so nothing
         // written to it is lost to a reset; a hostile or dead one is cut off.
         if (ABRUPT_CLOSE_REASONS.has(reason)) netSocket.destroy()
@@ -634,7 +642,8 @@ export const ADAPTER_CLOSE_REASONS = [
   "frame-too-long",
   "version-mismatch",
   "keepalive-timeout",
-  "connection-lost"
+  "connection-lost",
+  "internal-error"
 ] as const
 
 /**
@@ -665,7 +674,8 @@ const ABRUPT_CLOSE_REASONS: ReadonlySet<string> = new Set([
   "keepalive-timeout",
   "connection-lost",
   "protocol-violation",
-  "adapter-misuse"
+  "adapter-misuse",
+  "internal-error"
 ])
 
 const failureOf = (exit: Exit.Exit<unknown, unknown>): ChannelError | LinkError | undefined => {
