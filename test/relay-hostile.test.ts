@@ -21,7 +21,6 @@ import {
   openClient,
   openTunnel,
   overLimit,
-  RawClient,
   rawConnect,
   rawEnded,
   startRelay,
@@ -29,6 +28,8 @@ import {
   waitUntil
 } from "./support/relay-harness.ts"
 import type { RelayServerOptions } from "../src/adapters/relay-server.ts"
+
+const endpointOf = (server: RelayServer, publicKey: Uint8Array) => ({ publicKey, host: "127.0.0.1", port: server.port })
 
 const live = <A, E>(effect: Effect.Effect<A, E, Scope.Scope | Crypto>) =>
   effect.pipe(Effect.provide(layerNode), Effect.provideService(References.MinimumLogLevel, "Warn"))
@@ -247,6 +248,30 @@ describe("hostile clients while a tunnel flows", () => {
         yield* rawEnded(rogue)
         expect(closes(server, "protocol-violation")).toBe(1)
       })))
-})
 
-void RawClient
+  it.live("a client that never closes after the relay closed it holds its socket no longer than closeLingerMs", () =>
+    withFlowingTunnel({ closeLingerMs: 300 }, (server, port, relayKey) =>
+      Effect.gen(function*() {
+        const squatterId = makeIdentity()
+        const squatter = yield* rawConnect(port, undefined, true)
+        expect(yield* Effect.promise(() => squatter.handshake(relayKey, squatterId))).toBe("authenticated")
+        squatter.sendInit({ _tag: "Listen" })
+        yield* waitUntil("the squatter listening", () => server.stats().core.listeners === 2)
+        const sockets = server.stats().sockets
+        // A newer listen replaces it: a graceful close, so the relay sends
+        // FIN and waits for the squatter's, which never comes.
+        const newer = yield* openClient(endpointOf(server, relayKey), squatterId, { _tag: "Listen" })
+        yield* waitUntil("the replacement", () => closes(server, "replaced") === 1)
+        const started = Date.now()
+        yield* waitUntil("the squatter's socket to go", () => server.stats().sockets === sockets)
+        expect(Date.now() - started).toBeGreaterThanOrEqual(250)
+        // The relay's end is gone for real: what the squatter sends now is
+        // answered with a reset, and its next write fails.
+        squatter.write(new Uint8Array(16))
+        yield* Effect.sleep(100)
+        squatter.write(new Uint8Array(16))
+        const end = yield* rawEnded(squatter)
+        expect(end.error).toMatch(/ECONNRESET|EPIPE/)
+        yield* newer.close
+      })))
+})

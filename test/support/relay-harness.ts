@@ -195,10 +195,14 @@ export class RawClient {
     })
   }
 
-  /** Connects to 127.0.0.1:`port`, optionally from another loopback address (per-IP limits). */
-  static connect(port: number, localAddress?: string): Promise<RawClient> {
+  /**
+   * Connects to 127.0.0.1:`port`, optionally from another loopback address
+   * (per-IP limits). `neverClose` keeps our side open after the relay's FIN
+   * (Node would otherwise answer it with its own).
+   */
+  static connect(port: number, localAddress?: string, neverClose = false): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const socket = Net.connect({ host: "127.0.0.1", port, localAddress, noDelay: true })
+      const socket = Net.connect({ host: "127.0.0.1", port, localAddress, noDelay: true, allowHalfOpen: neverClose })
       socket.once("connect", () => resolve(new RawClient(socket)))
       socket.once("error", reject)
     })
@@ -317,8 +321,8 @@ export class RawClient {
 }
 
 /** Connects a raw client from Effect. */
-export const rawConnect = (port: number, localAddress?: string) =>
-  Effect.acquireRelease(Effect.promise(() => RawClient.connect(port, localAddress)), (client) =>
+export const rawConnect = (port: number, localAddress?: string, neverClose = false) =>
+  Effect.acquireRelease(Effect.promise(() => RawClient.connect(port, localAddress, neverClose)), (client) =>
     Effect.sync(() => client.destroy()))
 
 /** Waits for a raw client's socket to close; dies after `timeoutMs`. */
