@@ -161,6 +161,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
           halfTunnelTicks: int("half-tunnel-ticks"),
           maxPendingHalfTunnelsPerListener: int("max-pending-per-listener"),
           maxUnidentified: int("max-unidentified"),
+          // --drain-ms is the one drain deadline: the core's own must not end it sooner.
+          shutdownDrainTicks: Math.ceil(int("drain-ms") / Math.max(1, int("tick-ms"))) + 1,
           allowList
         },
         rateLimit: rate === undefined
