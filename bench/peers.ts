@@ -31,6 +31,8 @@ export interface PeerOptions {
   readonly crypto: CryptoService
   /** Milliseconds per keepalive tick on every channel (default 1000, as Offset). */
   readonly tickMs?: number
+  /** Milliseconds per tick of end-to-end channels only (default: tickMs). */
+  readonly endToEndTickMs?: number
   /** Random padding per message, end to end and on hops (default 0: bulk transfer). */
   readonly maxPaddingBytes?: number
   readonly handshakeTimeoutMs?: number
@@ -60,7 +62,7 @@ export const endToEnd = (
       expectedRemotePublicKey: peerKey,
       ...channelSettings(options)
     })
-    yield* Effect.forkScoped(ticker(channel, options.tickMs))
+    yield* Effect.forkScoped(ticker(channel, options.endToEndTickMs ?? options.tickMs))
     return channel
   })
 

@@ -51,14 +51,19 @@ afterEach(async () => {
   }
 })
 
-/** A listener that counts what arrives on its tunnels and reports when each tunnel ends. */
+/**
+ * A listener that counts what arrives on its tunnels and reports when each
+ * tunnel ends. Its end-to-end keepalive is slow (32 s), so what closes a
+ * silent tunnel in these tests is the relay's hop keepalive.
+ */
 const countingListener = (relay: RelayProcess, scope: Scope.Scope) => {
   const state = { received: 0, ended: [] as Array<{ readonly at: number; readonly error: ChannelError }> }
   const sink = (channel: MessageChannel) =>
     Effect.forever(Effect.map(channel.receive, (m) => void (state.received += m.length))).pipe(
       Effect.catch((error: ChannelError) => Effect.sync(() => void state.ended.push({ at: Date.now(), error })))
     )
-  return Effect.runPromise(Scope.provide(listen(relay.endpoint, newIdentity(options.crypto), options, sink), scope)).then(
+  const slowEndToEnd: PeerOptions = { ...options, endToEndTickMs: 1000 }
+  return Effect.runPromise(Scope.provide(listen(relay.endpoint, newIdentity(options.crypto), slowEndToEnd, sink), scope)).then(
     (listener) => ({ listener, state })
   )
 }
