@@ -1,8 +1,8 @@
 /**
  * What a client can tell its user when a relay connection fails.
  *
- * 1. KNOWN FAILING: a relay dialed under the wrong key
- * (src/adapters/message-channel.ts, owned elsewhere).
+ * 1. A relay dialed under the wrong key (fixed in message-channel.ts by
+ * d8a6fe9; this test found it).
  * PROTOCOL.md has each side SEND its ExchangeRandNonce first and only then
  * check the peer's. The relay's machine does emit its nonce at Start, but
  * when the client's nonce is already buffered (it names another relay key,

@@ -96,8 +96,9 @@ export const connectToPeer = (
     let finished = 0
     const allFailed = yield* Deferred.make<void>()
 
-    const attempt = (index: number): Effect.Effect<void> =>
-      Effect.gen(function*() {
+    const attempt = (index: number): Effect.Effect<void> => {
+      let scope: Scope.Closeable | undefined
+      return Effect.gen(function*() {
         const relay = relays[index]!
         yield* Deferred.await(starts[index]!)
         slots[index] = "running"
@@ -107,37 +108,37 @@ export const connectToPeer = (
         }
         // Not answered soon: race the next relay too.
         yield* Effect.forkChild(Effect.andThen(Effect.sleep(staggerMs), Effect.sync(startNext)))
-        const scope = yield* Scope.fork(callerScope)
+        const tunnelScope = yield* Scope.fork(callerScope)
+        scope = tunnelScope
         const exit = yield* Effect.exit(
           oneAtATime(
             `${bytesToHex(settings.identity.publicKey)}>${peer}@${names[index]}`,
-            openTunnel(settings, relay, { _tag: "Connect", publicKey: peerKey }, scope, undefined)
+            openTunnel(settings, relay, { _tag: "Connect", publicKey: peerKey }, tunnelScope, undefined)
           )
         )
         yield* Effect.uninterruptible(Effect.gen(function*() {
+          // From here on this code, not the interrupt handler, owns the scope.
+          scope = undefined
           if (Exit.isSuccess(exit)) {
             slots[index] = { _tag: "Connected" }
             // Only one attempt wins; a late success closes its own tunnel.
             if (!(yield* Deferred.succeed(winner, exit.value))) {
               slots[index] = { _tag: "Cancelled", message: "another relay answered first" }
-              yield* Scope.close(scope, Exit.void)
+              closeInBackground(tunnelScope)
             }
             return
           }
-          yield* Scope.close(scope, Exit.void)
           slots[index] = outcomeOf(exit)
+          closeInBackground(tunnelScope)
           startNext()
           if (++finished === relays.length) yield* Deferred.succeed(allFailed, undefined)
         }))
       }).pipe(
-        Effect.onInterrupt(() =>
-          Effect.sync(() => {
-            if (slots[index] === "running") {
-              slots[index] = { _tag: "Cancelled", message: "stopped: another relay answered first or the deadline passed" }
-            }
-          })
-        )
+        // Cancelled (another relay won, or the deadline): the slot stays
+        // "running" so the report says it had not answered yet.
+        Effect.onInterrupt(() => Effect.sync(() => scope !== undefined && closeInBackground(scope)))
       )
+    }
 
     Deferred.doneUnsafe(starts[0]!, Exit.void)
     const outcome = yield* Effect.scoped(
@@ -155,6 +156,12 @@ export const connectToPeer = (
     if (Deferred.isDoneUnsafe(winner)) return yield* Deferred.await(winner)
     return yield* Effect.fail(failure())
   })
+
+// A relay connection closes gracefully (it lingers until the relay closes
+// too, up to a bound); nobody waits for a connection we no longer want.
+const closeInBackground = (scope: Scope.Closeable): void => {
+  Effect.runFork(Scope.close(scope, Exit.void))
+}
 
 const finalOutcome = (slot: AttemptOutcome | "waiting" | "running", timeoutMs: number): AttemptOutcome => {
   if (slot === "waiting") return { _tag: "Cancelled", message: `not tried: the ${timeoutMs} ms deadline passed first` }

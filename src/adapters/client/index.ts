@@ -31,7 +31,7 @@ import { Crypto, nodeCryptoService } from "../crypto.ts"
 import { generateIdentity, type Identity, readIdentityFile } from "../identity.ts"
 import { ConnectError, connectToPeer } from "./connector.ts"
 import { type Listener, type ListenerEvent, makeListener, type RelayStatus } from "./listener.ts"
-import { PeerDuplex } from "./tunnel-stream.ts"
+import { checkMaxMessageBytes, PeerDuplex } from "./tunnel-stream.ts"
 import type { ClientSettings } from "./tunnel.ts"
 
 export { ConnectError } from "./connector.ts"
@@ -174,7 +174,8 @@ const dispatch = (emitter: RelayListener, event: ListenerEvent): void => {
 export const connect = async (options: ConnectOptions): Promise<PeerDuplex> => {
   const relays = options.relays.map(relayOf)
   const peer = keyOf(options.to)
-  const scope = Scope.makeUnsafe()
+  // Parallel: closing a failed connect's relay connections takes one linger, not one each.
+  const scope = Scope.makeUnsafe("parallel")
   const exit = await Effect.runPromiseExit(
     connectToPeer(settingsOf(options), peer, relays, {
       ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
@@ -182,7 +183,7 @@ export const connect = async (options: ConnectOptions): Promise<PeerDuplex> => {
     }).pipe(Scope.provide(scope))
   )
   if (Exit.isFailure(exit)) {
-    await Effect.runPromise(Scope.close(scope, Exit.void))
+    Effect.runFork(Scope.close(scope, Exit.void))
     const failure = exit.cause.reasons.find((reason) => reason._tag === "Fail")
     if (failure?._tag === "Fail" && failure.error instanceof ConnectError) throw failure.error
     throw new Error("connect was interrupted")
@@ -199,13 +200,19 @@ export const readIdentity = (path: string): Promise<Identity> =>
 /** A new random identity (not saved anywhere). */
 export const createIdentity = (): Identity => Effect.runSync(generateIdentity.pipe(Effect.provide(Crypto.layerNode)))
 
-const settingsOf = (options: ClientOptions): ClientSettings => ({
-  crypto: nodeCryptoService,
-  identity: options.identity,
-  tickMs: options.tickMs,
-  handshakeTimeoutMs: options.handshakeTimeoutMs,
-  maxMessageBytes: options.maxMessageBytes
-})
+const settingsOf = (options: ClientOptions): ClientSettings => {
+  if (options.maxMessageBytes !== undefined) {
+    const problem = checkMaxMessageBytes(options.maxMessageBytes)
+    if (problem !== undefined) throw new InvalidArgumentError(problem)
+  }
+  return {
+    crypto: nodeCryptoService,
+    identity: options.identity,
+    tickMs: options.tickMs,
+    handshakeTimeoutMs: options.handshakeTimeoutMs,
+    maxMessageBytes: options.maxMessageBytes
+  }
+}
 
 const relayOf = (relay: RelayInput): RelayAddress => {
   if (typeof relay !== "string") return relay

@@ -33,6 +33,7 @@ import { bytesToHex } from "../../core/keys.ts"
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
   initialStream,
+  MAX_MESSAGE_BYTES_LIMIT,
   stepStream,
   type StreamCommand,
   type StreamConfig,
@@ -86,6 +87,8 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
   Effect.gen(function*() {
     const { channel, scope } = parts
     const config: StreamConfig = { maxMessageBytes: parts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES }
+    const sizeProblem = checkMaxMessageBytes(config.maxMessageBytes)
+    if (sizeProblem !== undefined) return yield* Effect.die(new RangeError(sizeProblem))
     let state: StreamState = initialStream
     const doneDeferred = yield* Deferred.make<void, PeerStreamError>()
     const writeLock = yield* Semaphore.make(1)
@@ -220,6 +223,12 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
       done: Deferred.await(doneDeferred)
     } satisfies PeerStream
   })
+
+/** Why a message size cannot be used, or undefined when it can (1..MAX_MESSAGE_BYTES_LIMIT). */
+export const checkMaxMessageBytes = (value: number): string | undefined =>
+  Number.isSafeInteger(value) && value >= 1 && value <= MAX_MESSAGE_BYTES_LIMIT
+    ? undefined
+    : `maxMessageBytes must be a whole number in 1..${MAX_MESSAGE_BYTES_LIMIT} (frames are at most 1 MiB), got ${value}`
 
 const toError = (error: StreamError): PeerStreamError =>
   new PeerStreamError({ reason: error.reason, message: error.message })

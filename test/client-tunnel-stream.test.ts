@@ -1,0 +1,203 @@
+/**
+ * Peer streams over an in-memory link (no relay): the half-close convention
+ * end to end through two real end-to-end channels, the errors a broken or
+ * vanished peer causes, misuse, and the Node Duplex on top.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Scope from "effect/Scope"
+import { makePeerStream, PeerDuplex, type PeerStream } from "../src/adapters/client/tunnel-stream.ts"
+import { nodeCryptoService } from "../src/adapters/crypto.ts"
+import { LinkError, type FrameLink } from "../src/adapters/frame-link.ts"
+import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
+import { newIdentity, randomData, readAll, sha256, writeAllAndEnd } from "./support/client-harness.ts"
+
+/**
+ * Two frame links joined in memory, each direction holding at most 4 frames
+ * (so a reader that stops holds the writer back, like TCP); `end` ends both
+ * like a dropped connection.
+ */
+const linkPair = Effect.gen(function*() {
+  const aToB = yield* Queue.bounded<Uint8Array, LinkError>(4)
+  const bToA = yield* Queue.bounded<Uint8Array, LinkError>(4)
+  const end = (reason: "Closed" | "Reset") => {
+    const error = new LinkError({ reason, message: `link ${reason}` })
+    return Effect.all([Queue.fail(aToB, error), Queue.fail(bToA, error)], { discard: true })
+  }
+  const link = (incoming: Queue.Queue<Uint8Array, LinkError>, outgoing: Queue.Queue<Uint8Array, LinkError>): FrameLink => ({
+    read: Queue.take(incoming),
+    write: (frames) => Effect.asVoid(Queue.offerAll(outgoing, frames)),
+    bufferedBytes: () => 0,
+    setReadThrottle: () => {}
+  })
+  return { a: link(bToA, aToB), b: link(aToB, bToA), end }
+})
+
+/** Two authenticated channels over a link pair, each in its own scope. */
+const channelPair = Effect.gen(function*() {
+  const pair = yield* linkPair
+  const alice = newIdentity()
+  const bob = newIdentity()
+  const scopeA = yield* Scope.make()
+  const scopeB = yield* Scope.make()
+  // Closing either side's scope drops the connection, as closing a socket would.
+  yield* Scope.addFinalizer(scopeA, pair.end("Closed"))
+  yield* Scope.addFinalizer(scopeB, pair.end("Closed"))
+  const [a, b] = yield* Effect.all([
+    establishChannel(pair.a, { crypto: nodeCryptoService, identity: alice, expectedRemotePublicKey: bob.publicKey }).pipe(
+      Scope.provide(scopeA)
+    ),
+    establishChannel(pair.b, { crypto: nodeCryptoService, identity: bob, expectedRemotePublicKey: alice.publicKey }).pipe(
+      Scope.provide(scopeB)
+    )
+  ], { concurrency: 2 })
+  return { a, b, scopeA, scopeB, end: pair.end }
+})
+
+const streamPair = (maxMessageBytes?: number) =>
+  Effect.gen(function*() {
+    const pair = yield* channelPair
+    const options = maxMessageBytes === undefined ? {} : { maxMessageBytes }
+    const a = yield* makePeerStream({ channel: pair.a, scope: pair.scopeA, relay: "test", ...options })
+    const b = yield* makePeerStream({ channel: pair.b, scope: pair.scopeB, relay: "test", ...options })
+    return { ...pair, streamA: a, streamB: b }
+  })
+
+const bytes = (...values: Array<number>) => new Uint8Array(values)
+
+const readAllEffect = (stream: PeerStream) =>
+  Effect.gen(function*() {
+    const out: Array<number> = []
+    while (true) {
+      const chunk = yield* stream.read
+      if (Option.isNone(chunk)) return out
+      out.push(...chunk.value)
+    }
+  })
+
+describe("peer stream", () => {
+  it.live("half close: each side ends after the other, everything arrives, both finish", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair(3)
+      yield* streamA.write(bytes(1, 2, 3, 4, 5, 6, 7))
+      yield* streamA.end
+      yield* streamA.end // idempotent
+      expect(yield* readAllEffect(streamB)).toEqual([1, 2, 3, 4, 5, 6, 7])
+      // B can still answer after A's end.
+      yield* streamB.write(bytes(9))
+      yield* streamB.end
+      expect(yield* readAllEffect(streamA)).toEqual([9])
+      yield* streamA.done
+      yield* streamB.done
+    }))
+
+  it.live("an empty write sends nothing (it would be a half close); a write after end is refused", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair()
+      yield* streamA.write(new Uint8Array(0))
+      yield* streamA.write(bytes(42))
+      yield* streamA.end
+      const error = yield* Effect.flip(streamA.write(bytes(1)))
+      expect(error.reason).toBe("WriteAfterEnd")
+      expect(yield* readAllEffect(streamB)).toEqual([42])
+    }))
+
+  it.live("bytes a broken peer sends after its end never reach the application", () =>
+    Effect.gen(function*() {
+      const { a, streamB } = yield* streamPair()
+      // A raw channel breaks the convention: an end, then more bytes.
+      yield* a.send(new Uint8Array(0))
+      yield* a.send(bytes(1))
+      expect(Option.isNone(yield* streamB.read)).toBe(true)
+      expect(Option.isNone(yield* streamB.read)).toBe(true)
+    }))
+
+  it.live("a tunnel that closes before the peer finished fails the reader (ClosedEarly), not a clean end", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB, scopeA } = yield* streamPair()
+      yield* streamA.write(bytes(5))
+      yield* Scope.close(scopeA, Exit.void)
+      expect(Option.getOrThrow(yield* streamB.read)).toEqual(bytes(5))
+      const error = yield* Effect.flip(streamB.read)
+      expect(error.reason).toBe("ClosedEarly")
+      expect(error.message).toContain("the peer had not finished sending")
+    }))
+
+  it.live("a failed link fails an idle stream at once, without a read or write", () =>
+    Effect.gen(function*() {
+      const { streamB, end } = yield* streamPair()
+      yield* end("Reset")
+      const error = yield* Effect.flip(streamB.done)
+      expect(error.reason).toBe("ClosedEarly")
+    }))
+
+  it.live("abort closes the tunnel: the peer sees an error", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair()
+      yield* streamA.abort("changed my mind")
+      expect((yield* Effect.flip(streamA.done)).message).toBe("changed my mind")
+      expect((yield* Effect.flip(readAllEffect(streamB))).reason).toBe("ClosedEarly")
+    }))
+})
+
+describe("PeerDuplex", () => {
+  it.live("behaves like a TCP socket with allowHalfOpen: end, then read the answer to its end", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair()
+      const client = new PeerDuplex(streamA)
+      const server = new PeerDuplex(streamB)
+      expect(client.remotePublicKey).toMatch(/^[0-9a-f]{64}$/)
+      // The server answers with the hash of everything it read.
+      const request = randomData(1_000_000)
+      const served = Effect.promise(async () => {
+        const chunks: Array<Buffer> = []
+        for await (const chunk of server) chunks.push(chunk as Buffer)
+        server.end(sha256(Buffer.concat(chunks)))
+      })
+      const [, answer] = yield* Effect.all([
+        served,
+        Effect.promise(() => Promise.all([writeAllAndEnd(client, request), readAll(client)]))
+      ], { concurrency: 2 })
+      expect(answer[1].toString()).toBe(sha256(request))
+      // Both halves ended: the Duplex closes by itself (and its tunnel with it).
+      if (!client.closed) yield* Effect.promise(() => new Promise((resolve) => client.once("close", resolve)))
+      expect(client.destroyed).toBe(true)
+    }))
+
+  it.live("a tunnel error destroys the Duplex with a PeerStreamError", () =>
+    Effect.gen(function*() {
+      const { streamA, end } = yield* streamPair()
+      const socket = new PeerDuplex(streamA)
+      const failed = Effect.promise(() => new Promise<Error>((resolve) => socket.once("error", resolve)))
+      yield* end("Reset")
+      const error = yield* failed
+      expect(error.name).toBe("PeerStreamError")
+      expect(error.message).toContain("Reset")
+    }))
+
+  it.live("writes wait while the peer does not read (backpressure), then all arrive", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair()
+      const writer = new PeerDuplex(streamA)
+      let written = 0
+      const chunk = Buffer.alloc(64 * 1024, 1)
+      const pump = Effect.promise(async () => {
+        for (let i = 0; i < 64; i++) {
+          written += chunk.length
+          if (!writer.write(chunk)) await new Promise((resolve) => writer.once("drain", resolve))
+        }
+        writer.end()
+      })
+      const fiber = yield* Effect.forkChild(pump)
+      yield* Effect.sleep(200)
+      // Nobody reads B: the writer is held back, far below the 4 MiB it wants to send.
+      expect(written).toBeLessThan(2 * 1024 * 1024)
+      const total = (yield* readAllEffect(streamB)).length
+      expect(total).toBe(64 * chunk.length)
+      yield* Fiber.join(fiber)
+    }))
+})
