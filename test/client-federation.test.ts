@@ -62,7 +62,7 @@ describe("federation", () => {
 
     await waitFor(() => stateOf(a) === "listening" && stateOf(b) === "listening", 5000, "A and B listening")
     await waitFor(() => stateOf(c) === "backing-off", 5000, "C backing off")
-    expect(listener.status().find((s) => s.relay === c.address)?.lastError).toMatch(/ECONNREFUSED|connect/i)
+    expect(listener.status().find((s) => s.relay === c.address)?.lastError).toContain("ECONNREFUSED")
 
     // The dead relay first in the list costs the connector nothing but a refused TCP connect.
     expect(await echo([c.address, a.address, b.address])).toBe(a.address)
@@ -70,6 +70,7 @@ describe("federation", () => {
     // A dies during the test: its listen channel backs off, B keeps serving.
     await a.stop()
     await waitFor(() => stateOf(a) === "backing-off", 5000, "A backing off")
+    expect(log.find((line) => line.includes("relay A backing-off"))).toContain("the relay closed the listen channel")
     expect(stateOf(b)).toBe("listening")
     expect(await echo([a.address, b.address])).toBe(b.address)
 
@@ -88,7 +89,6 @@ describe("federation", () => {
     for (const wait of waits) expect(wait).toBeLessThanOrEqual(backoff.maxMs)
     await a.restart()
     await waitFor(() => stateOf(a) === "listening", backoff.maxMs + 1500, "A listening again")
-    console.log(["listener status during the test:", ...log].join("\n"))
   })
 
   it("fails with every relay named when none can reach the peer", async () => {

@@ -24,7 +24,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
-import type { BackoffPolicy } from "../../core/backoff.ts"
+import { type BackoffPolicy, checkBackoffPolicy, defaultBackoffPolicy } from "../../core/backoff.ts"
 import { bytesToHex, parsePublicKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
 import { Crypto, nodeCryptoService } from "../crypto.ts"
@@ -128,6 +128,8 @@ export class RelayListener extends EventEmitter {
 /** Starts listening (see `RelayListener`); throws InvalidArgumentError for a bad relay address or key. */
 export const listen = (options: ListenOptions): RelayListener => {
   const relays = options.relays.map(relayOf)
+  const backoffProblem = checkBackoffPolicy({ ...defaultBackoffPolicy, ...options.backoff })
+  if (backoffProblem !== undefined) throw new InvalidArgumentError(`backoff: ${backoffProblem.message}`)
   const allow = options.allow
   const policy = typeof allow === "function"
     ? (peer: Uint8Array) => Effect.tryPromise(async () => allow(bytesToHex(peer)))

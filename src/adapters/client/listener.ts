@@ -193,7 +193,15 @@ export const makeListener = (
           }
           yield* Effect.forkIn(incoming(relay, name, channel, decoded.value.publicKey), listenerScope)
         }
-      }).pipe(Effect.catch((error: ChannelError) => Effect.succeed(`the listen channel ended: ${error.message}`)))
+      }).pipe(
+        Effect.catch((error: ChannelError) =>
+          Effect.succeed(
+            error.reason === "Closed"
+              ? "the relay closed the listen channel"
+              : `the listen channel ended (${error.detail ?? error.reason}): ${error.message}`
+          )
+        )
+      )
 
     const incoming = (
       relay: RelayAddress,
