@@ -148,10 +148,13 @@ export const makeListener = (
           statuses[index] = status
           emit({ _tag: "StatusChanged", status })
         }
+        const listening = Effect.map(Clock.currentTimeMillis, (at) => {
+          const [next] = stepReconnect(policy, state, { _tag: "Listening", now: at })
+          report(next, at)
+        })
         report(state, yield* Clock.currentTimeMillis)
         while (true) {
-          const error = yield* Effect.scoped(listenOnce(relay, name, () =>
-            Effect.map(Clock.currentTimeMillis, (at) => report(stepReconnect(policy, state, { _tag: "Listening", now: at })[0], at))))
+          const error = yield* Effect.scoped(listenOnce(relay, listening))
           const at = yield* Clock.currentTimeMillis
           const [backingOff, wait] = stepReconnect(policy, state, {
             _tag: "Failed",
@@ -169,8 +172,7 @@ export const makeListener = (
     // One listen channel's life; returns why it ended (it never ends well).
     const listenOnce = (
       relay: RelayAddress,
-      name: string,
-      onListening: () => Effect.Effect<void>
+      onListening: Effect.Effect<void>
     ): Effect.Effect<string, never, Scope.Scope> =>
       Effect.gen(function*() {
         const opened = yield* Effect.result(openRelayConnection(relay, { _tag: "Listen" }, {
@@ -182,7 +184,7 @@ export const makeListener = (
         }))
         if (Result.isFailure(opened)) return describeOutcome(classifyFailure("relay", opened.failure))
         const channel = opened.success
-        yield* onListening()
+        yield* onListening
         while (true) {
           const message = yield* channel.receive
           const decoded = decodeIncomingConnection(message)
@@ -191,7 +193,7 @@ export const makeListener = (
             yield* channel.close
             return `the relay sent a malformed IncomingConnection: ${decoded.error.message}`
           }
-          yield* Effect.forkIn(incoming(relay, name, channel, decoded.value.publicKey), listenerScope)
+          yield* Effect.forkIn(incoming(relay, channel, decoded.value.publicKey), listenerScope)
         }
       }).pipe(
         Effect.catch((error: ChannelError) =>
@@ -205,12 +207,12 @@ export const makeListener = (
 
     const incoming = (
       relay: RelayAddress,
-      name: string,
       listenChannel: MessageChannel,
       peerKey: Uint8Array
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
         const peer = bytesToHex(peerKey)
+        const name = formatRelayAddress(relay)
         emit({ _tag: "Incoming", relay: name, peer })
         const reject = Effect.ignore(listenChannel.send(encodeRejectConnection({ publicKey: peerKey })))
         if (!(yield* allowed(peerKey))) {
