@@ -79,10 +79,58 @@ export const startSinkServer = async (): Promise<SinkServer> => {
   }
 }
 
-/** Starts the baseline proxy process forwarding to 127.0.0.1:`targetPort`. */
+/** Starts the baseline proxy process forwarding to 127.0.0.1:`targetPort` (with the heap probe, for `memory`). */
 export const startProxyProcess = async (targetPort: number): Promise<Child & { readonly port: number }> => {
-  const child = await startChild(Path.join(repoRoot, "bench", "baseline-proxy.ts"), [String(targetPort)])
+  const child = await startChild(Path.join(repoRoot, "bench", "baseline-proxy.ts"), [String(targetPort)], { probe: true })
   return { ...child, port: Number(child.readyLine) }
+}
+
+/** The proxy's memory growth per unit of idle load (bytes). */
+export interface IdleMemory {
+  readonly rssPerUnit: number
+  readonly heapPerUnit: number
+}
+
+/**
+ * The baseline for idle-connection memory: the proxy process holding
+ * `socketsPerUnit × level` idle sockets (half to the clients, half to the
+ * echo server, each connection used once), measured after a full GC, per
+ * unit of `level`. Levels are cumulative, in increasing order.
+ */
+export const proxyIdleMemory = async (
+  levels: ReadonlyArray<number>,
+  socketsPerUnit: number
+): Promise<Map<number, IdleMemory>> => {
+  const echoServer = await startEchoServer()
+  const proxy = await startProxyProcess(echoServer.port)
+  const held: Array<Net.Socket> = []
+  const results = new Map<number, IdleMemory>()
+  try {
+    const base = await proxy.memory(true)
+    for (const level of levels) {
+      const connections = Math.round((level * socketsPerUnit) / 2)
+      while (held.length < connections) {
+        const batch = Math.min(256, connections - held.length)
+        held.push(
+          ...(await Promise.all(
+            Array.from({ length: batch }, async () => {
+              const socket = await tcpConnect(proxy.port)
+              socket.write(Buffer.of(1))
+              await new Promise((resolve) => socket.once("data", resolve))
+              return socket
+            })
+          ))
+        )
+      }
+      const memory = await proxy.memory(true)
+      results.set(level, { rssPerUnit: (memory.rss - base.rss) / level, heapPerUnit: (memory.heapUsed - base.heapUsed) / level })
+    }
+    return results
+  } finally {
+    for (const socket of held) socket.destroy()
+    await proxy.stop()
+    await echoServer.close()
+  }
 }
 
 /** Milliseconds from `connect()` to the first echoed byte, on a fresh connection to 127.0.0.1:`port`. */

@@ -37,11 +37,45 @@ export interface Child {
   readonly stderrTail: () => string
   /** Sends `signal` (default SIGTERM) and waits for the exit, killing it after `graceMs`. */
   readonly stop: (signal?: NodeJS.Signals, graceMs?: number) => Promise<void>
+  /**
+   * Heap and RSS from inside the child, through relay-probe.ts (started with
+   * `probe: true`; rejects otherwise); `gc` runs a full collection first.
+   */
+  readonly memory: (gc: boolean) => Promise<ProcessMemory>
+}
+
+/** A process's heap and resident memory as it sees them (bytes). */
+export type ProcessMemory = Omit<ProbeMemory, "type" | "id">
+
+// Asks a child's relay-probe.ts for its memory over IPC.
+const probeMemory = (child: ChildProcess.ChildProcess): Child["memory"] => {
+  let nextRequest = 1
+  const waiting = new Map<number, (memory: ProbeMemory) => void>()
+  child.on("message", (message: ProbeMemory) => {
+    if (message.type !== "memory") return
+    waiting.get(message.id)?.(message)
+    waiting.delete(message.id)
+  })
+  return (gc) =>
+    new Promise((resolve, reject) => {
+      if (child.channel === undefined || child.channel === null) return reject(new Error("the child has no heap probe"))
+      const id = nextRequest++
+      const timer = setTimeout(() => {
+        waiting.delete(id)
+        reject(new Error("the child's heap probe did not answer"))
+      }, 30_000)
+      waiting.set(id, ({ type: _type, id: _id, ...memory }) => {
+        clearTimeout(timer)
+        resolve(memory)
+      })
+      child.send({ type: "memory", id, gc } satisfies ProbeRequest)
+    })
 }
 
 /**
  * Starts `node [execArgv] script [args]` and waits for its first stdout
- * line. With `ipc` the child gets an IPC channel (process.send).
+ * line. With `ipc` the child gets an IPC channel (process.send); with
+ * `probe` also relay-probe.ts and --expose-gc, for `memory`.
  */
 export const startChild = (
   script: string,
@@ -49,15 +83,17 @@ export const startChild = (
   options: {
     readonly execArgv?: ReadonlyArray<string>
     readonly ipc?: boolean
+    readonly probe?: boolean
     readonly readyTimeoutMs?: number
     /** Also append the child's stderr to this file (debugging). */
     readonly stderrFile?: string
   } = {}
 ): Promise<Child> =>
   new Promise((resolve, reject) => {
-    const child = ChildProcess.spawn(process.execPath, [...(options.execArgv ?? []), script, ...args], {
+    const probe = options.probe === true ? ["--expose-gc", "--import", Path.join(repoRoot, "bench", "relay-probe.ts")] : []
+    const child = ChildProcess.spawn(process.execPath, [...probe, ...(options.execArgv ?? []), script, ...args], {
       cwd: repoRoot,
-      stdio: options.ipc ? ["ignore", "pipe", "pipe", "ipc"] : ["ignore", "pipe", "pipe"]
+      stdio: options.ipc || options.probe ? ["ignore", "pipe", "pipe", "ipc"] : ["ignore", "pipe", "pipe"]
     })
     let stderr = ""
     child.stderr!.setEncoding("utf8")
@@ -69,6 +105,7 @@ export const startChild = (
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
       child.once("exit", (code, signal) => done({ code, signal }))
     )
+    const memory = probeMemory(child)
     let stdout = ""
     let ready = false
     const timer = setTimeout(() => {
@@ -91,6 +128,7 @@ export const startChild = (
         readyLine: stdout.slice(0, newline).trim(),
         exited,
         stderrTail: () => stderr,
+        memory,
         stop: async (signal = "SIGTERM", graceMs = 5000) => {
           if (child.exitCode !== null || child.signalCode !== null) return
           child.kill(signal)
@@ -170,9 +208,6 @@ const httpGet = (port: number, path: string): Promise<string> =>
     request.setTimeout(10_000, () => request.destroy(new Error(`GET ${path} timed out`)))
   })
 
-/** The relay's heap and resident memory as its own process sees them (bytes). */
-export type RelayMemory = Omit<ProbeMemory, "type" | "id">
-
 /** A relay running as a child `offset-relay serve` process. */
 export interface RelayProcess extends Child {
   /** `<public key hex>@127.0.0.1:<port>`, as the relay printed it. */
@@ -183,8 +218,6 @@ export interface RelayProcess extends Child {
   /** Holds the relay's identity.key, so a restart keeps its key. */
   readonly dataDir: string
   readonly scrape: () => Promise<RelayScrape>
-  /** Heap and RSS from inside the relay; `gc` runs a full collection first. */
-  readonly memory: (gc: boolean) => Promise<RelayMemory>
   /** Open file descriptors (/proc/<pid>/fd); undefined where /proc is missing. */
   readonly openFds: () => number | undefined
   /** The soft limit on open files (/proc/<pid>/limits); undefined where /proc is missing. */
@@ -241,13 +274,8 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
       ...(options.args ?? [])
     ],
     {
-      execArgv: [
-        "--expose-gc",
-        "--import",
-        Path.join(repoRoot, "bench", "relay-probe.ts"),
-        ...(options.execArgv ?? process.env.OFFSET_RELAY_BENCH_NODE_FLAGS?.split(" ").filter((f) => f !== "") ?? [])
-      ],
-      ipc: true,
+      execArgv: options.execArgv ?? process.env.OFFSET_RELAY_BENCH_NODE_FLAGS?.split(" ").filter((f) => f !== "") ?? [],
+      probe: true,
       ...(process.env.OFFSET_RELAY_BENCH_RELAY_LOG === undefined ? {} : { stderrFile: process.env.OFFSET_RELAY_BENCH_RELAY_LOG })
     }
   )
@@ -260,12 +288,6 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
   }
   const port = Number(match[3])
 
-  let nextRequest = 1
-  const waiting = new Map<number, (memory: ProbeMemory) => void>()
-  child.process.on("message", (message: ProbeMemory) => {
-    waiting.get(message.id)?.(message)
-    waiting.delete(message.id)
-  })
   const proc = (file: string): string | undefined => {
     try {
       return Fs.readFileSync(`/proc/${child.pid}/${file}`, "utf8")
@@ -281,19 +303,6 @@ export const startRelayProcess = async (options: RelayProcessOptions = {}): Prom
     metricsPort,
     dataDir,
     scrape: async () => parseMetrics(await httpGet(metricsPort, "/metrics")),
-    memory: (gc) =>
-      new Promise((resolve, reject) => {
-        const id = nextRequest++
-        const timer = setTimeout(() => {
-          waiting.delete(id)
-          reject(new Error("the relay's heap probe did not answer"))
-        }, 30_000)
-        waiting.set(id, ({ type: _type, id: _id, ...memory }) => {
-          clearTimeout(timer)
-          resolve(memory)
-        })
-        child.process.send({ type: "memory", id, gc } satisfies ProbeRequest)
-      }),
     openFds: () => {
       try {
         return Fs.readdirSync(`/proc/${child.pid}/fd`).length

@@ -11,7 +11,8 @@
  */
 import type { CryptoBenchRow } from "./crypto.ts"
 import { startLoadWorker, toWireEndpoint, type LoadWorker } from "./load-worker.ts"
-import type { RelayMemory, RelayProcess } from "./relay-process.ts"
+import { proxyIdleMemory } from "./baseline.ts"
+import type { ProcessMemory, RelayProcess } from "./relay-process.ts"
 import { row, type BenchRow } from "./report.ts"
 
 /** Tunnels one worker process holds (3 sockets each, well inside a 20k fd limit). */
@@ -52,7 +53,9 @@ export const benchScale = async (
     const largest = Math.floor((fdLimit - idleFds - 64) / 3 / 500) * 500
     if (largest > (levels[levels.length - 1] ?? 0)) levels.push(largest)
   }
-  const base: RelayMemory = await relay.memory(true)
+  // The baseline: the minimal proxy holding as many idle sockets (3 per tunnel+listener).
+  const proxied = await proxyIdleMemory(levels, 3)
+  const base: ProcessMemory = await relay.memory(true)
   const workers: Array<LoadWorker> = []
   const held: Array<number> = [] // tunnels per worker
   const endpoint = toWireEndpoint(relay.endpoint)
@@ -84,16 +87,16 @@ export const benchScale = async (
       total = level
       await waitForRelay(relay, `${level} tunnels`, (s) => s.tunnels === level && s.listeners === level, 30_000)
       const memory = await relay.memory(true)
-      const rss = relay.residentBytes() ?? memory.rss
       peakFds = Math.max(peakFds, relay.openFds() ?? 0)
       log(`scale: ${level} idle tunnels open (${(openMs / 1000).toFixed(1)} s)`)
+      const proxy = proxied.get(level)!
       rows.push(
-        row("scale", `relay RSS per idle tunnel+listener @${level}`, (rss - base.rss) / level, "bytes", [
-          { to: "RSS with none", baseline: base.rss }
-        ], `RSS ${(rss / 1e6).toFixed(0)} MB with ${level} tunnels, ${level} listeners (${3 * level} connections)`),
+        row("scale", `relay RSS per idle tunnel+listener @${level}`, (memory.rss - base.rss) / level, "bytes", [
+          { to: "proxy, per 3 idle sockets", baseline: proxy.rssPerUnit }
+        ], `RSS ${(memory.rss / 1e6).toFixed(0)} MB (${(base.rss / 1e6).toFixed(0)} MB idle) with ${level} tunnels, ${level} listeners: ${3 * level} connections`),
         row("scale", `relay heap per idle tunnel+listener @${level}`, (memory.heapUsed - base.heapUsed) / level, "bytes", [
-          { to: "heap with none", baseline: base.heapUsed }
-        ], `heap ${(memory.heapUsed / 1e6).toFixed(0)} MB after GC`)
+          { to: "proxy, per 3 idle sockets", baseline: proxy.heapPerUnit }
+        ], `heap ${(memory.heapUsed / 1e6).toFixed(0)} MB after GC (${(base.heapUsed / 1e6).toFixed(0)} MB idle)`)
       )
     }
     if (skipped.length > 0) {
@@ -106,6 +109,8 @@ export const benchScale = async (
     await Promise.all(workers.map((w) => w.request({ type: "close-all" })))
     await waitForRelay(relay, "no connections", (s) => s.connections === 0, 60_000)
     const after = await relay.memory(true)
+    // The last metrics scrape is a connection of its own: give it a moment to close.
+    for (let i = 0; i < 40 && idleFds !== undefined && (relay.openFds() ?? 0) > idleFds; i++) await sleep(50)
     const fdsAfter = relay.openFds()
     if (fdsAfter !== undefined && idleFds !== undefined) {
       rows.push(
