@@ -68,6 +68,7 @@ export const runInfo = (quick: boolean, startedAt: Date): RunInfo => ({
 })
 
 const formatNumber = (value: number): string => {
+  if (Number.isNaN(value)) return "–"
   if (!Number.isFinite(value)) return String(value)
   const abs = Math.abs(value)
   if (abs >= 1000) return Math.round(value).toLocaleString("en-US")

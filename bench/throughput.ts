@@ -19,6 +19,13 @@ import { row, type BenchRow } from "./report.ts"
 /** Message size the senders use: the client library's largest stream message. */
 export const CHUNK_BYTES = 64 * 1024
 
+/** One relayed transfer: MB/s end to end, and the relay's CPU time meanwhile (undefined without /proc). */
+export interface RelayTransfer {
+  readonly mbps: number
+  readonly relayCpuMs: number | undefined
+  readonly megabytes: number
+}
+
 /**
  * MB/s of `totalBytes` split over `tunnels` tunnels from fresh connectors to
  * one listener, from the first byte sent to the last byte received (tunnel
@@ -29,7 +36,7 @@ export const relayThroughput = (
   crypto: CryptoService,
   totalBytes: number,
   tunnels: number
-): Promise<number> =>
+): Promise<RelayTransfer> =>
   Effect.runPromise(
     Effect.scoped(
       Effect.gen(function*() {
@@ -54,6 +61,7 @@ export const relayThroughput = (
           { concurrency: "unbounded" }
         )
         const chunk = crypto.randomBytes(CHUNK_BYTES)
+        const cpuStart = relay.cpuMs()
         const start = performance.now()
         yield* Effect.forEach(
           channels,
@@ -66,7 +74,13 @@ export const relayThroughput = (
           { concurrency: "unbounded", discard: true }
         )
         const end = yield* Deferred.await(allArrived)
-        return (per * tunnels) / 1e6 / ((end - start) / 1000)
+        const cpuEnd = relay.cpuMs()
+        const megabytes = (per * tunnels) / 1e6
+        return {
+          mbps: megabytes / ((end - start) / 1000),
+          relayCpuMs: cpuStart === undefined || cpuEnd === undefined ? undefined : cpuEnd - cpuStart,
+          megabytes
+        }
       })
     )
   )
@@ -88,13 +102,13 @@ export const benchThroughput = async (
       const proxied = await tcpThroughput(proxy.port, sink, volume, tunnels, chunk)
       const direct = await tcpThroughput(sink.port, sink, volume, tunnels, chunk)
       for (const crypto of [nodeCryptoService, nobleCryptoService]) {
-        const value = await relayThroughput(relay, crypto, volume, tunnels)
+        const transfer = await relayThroughput(relay, crypto, volume, tunnels)
         const layerCeiling = ceiling.find((c) => c.layer === crypto.name)?.sealOpenMBps ?? Number.NaN
         rows.push(
           row(
             "throughput",
             `${tunnels === 1 ? "1 tunnel" : `${tunnels} tunnels`}, clients on ${crypto.name}`,
-            value,
+            transfer.mbps,
             "MB/s",
             [
               { to: "proxy", baseline: proxied },
@@ -104,6 +118,20 @@ export const benchThroughput = async (
             crypto === nodeCryptoService ? `${volume / mib} MiB one way in ${CHUNK_BYTES / 1024} KiB messages` : undefined
           )
         )
+        // What the relay itself spends per byte, whatever the clients cost: its capacity per core.
+        if (crypto === nodeCryptoService && transfer.relayCpuMs !== undefined) {
+          const nodeCeiling = ceiling.find((c) => c.layer === "node")?.sealOpenMBps ?? Number.NaN
+          rows.push(
+            row(
+              "throughput",
+              `relay MB per CPU second, ${tunnels === 1 ? "1 tunnel" : `${tunnels} tunnels`}`,
+              transfer.megabytes / (transfer.relayCpuMs / 1000),
+              "MB/s",
+              [{ to: "node seal+open", baseline: nodeCeiling }],
+              "relayed bytes / relay process CPU time (/proc): one hop's open+seal per byte is all the crypto it needs"
+            )
+          )
+        }
       }
     }
     return rows
