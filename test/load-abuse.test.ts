@@ -231,4 +231,34 @@ describe("abuse under load", () => {
       await Effect.runPromise(Scope.close(scope, Exit.void))
     }
   }, 60_000)
+
+  // Every connection here comes from 127.0.0.1 except the hostile ones, which
+  // come from 127.0.0.2 (all of 127/8 is loopback): one host at the default
+  // limits. The per-IP connection cap (256) says "one host cannot take more
+  // than ~1% of the relay", but it equals the global handshake cap (256), so
+  // one host holding 256 silent connections for the handshake timeout (8 s)
+  // makes the relay refuse every other client's handshake, again and again,
+  // at no crypto cost to the attacker.
+  it("one host's silent connections cannot take every handshake slot", async () => {
+    const defaults = await startRelayProcess({ tickMs: TICK_MS })
+    const silent: Array<RawClient> = []
+    try {
+      const slots = 256 // defaultRelayServerOptions: maxConcurrentHandshakes and maxConnectionsPerIp
+      for (let i = 0; i < slots; i += 32) {
+        silent.push(...(await Promise.all(Array.from({ length: Math.min(32, slots - i) }, () => RawClient.connect(defaults.port, "127.0.0.2")))))
+      }
+      const deadline = Date.now() + 5000
+      while ((await defaults.scrape()).handshaking < slots && Date.now() < deadline) await sleep(20)
+      expect((await defaults.scrape()).handshaking).toBe(slots)
+      // Another host's client, meanwhile: it must get its handshake.
+      const exit = await Effect.runPromiseExit(
+        Effect.scoped(openRelayConnection(defaults.endpoint, { _tag: "Listen" }, { crypto: options.crypto, identity: newIdentity(options.crypto), tickMs: TICK_MS }))
+      )
+      expect(Exit.isSuccess(exit), `refused while another host holds the handshake slots: ${Exit.isFailure(exit) ? String(exit.cause) : ""}`).toBe(true)
+    } finally {
+      for (const c of silent) c.destroy()
+      await defaults.stop()
+      defaults.removeDataDir()
+    }
+  }, 30_000)
 })
