@@ -119,7 +119,7 @@ export const benchIsolation = async (relay: RelayProcess, quick: boolean): Promi
       Math.max(...shared.map((r) => r.maxRelayBuffered)),
       "bytes",
       [{ to: "fast alone", baseline: Math.max(1, ...alone.map((r) => r.maxRelayBuffered)) }],
-      "bounded by the per-connection inbox (256 KiB) and one message, whatever the slow side does"
+      "bounded by one 256 KiB inbox (plus a message) per connection, whatever the slow side does"
     )
   ]
 }
