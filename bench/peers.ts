@@ -42,6 +42,14 @@ const channelSettings = (options: PeerOptions) => ({
   machine: { maxPaddingBytes: options.maxPaddingBytes ?? 0 }
 })
 
+const hopOptions = (identity: PeerIdentity, options: PeerOptions) => ({
+  crypto: options.crypto,
+  identity,
+  tickMs: options.tickMs,
+  handshakeTimeoutMs: options.handshakeTimeoutMs,
+  channel: channelSettings(options)
+})
+
 const ticker = (channel: MessageChannel, tickMs: number | undefined): Effect.Effect<void> =>
   Effect.forever(Effect.andThen(Effect.sleep(tickMs ?? 1000), Effect.sync(channel.tick)))
 
@@ -77,24 +85,13 @@ export const openTunnel = (
   options: PeerOptions
 ): Effect.Effect<MessageChannel, ChannelError, Scope.Scope> =>
   Effect.gen(function*() {
-    const hop = yield* openRelayConnection(relay, { _tag: "Connect", publicKey: listenerKey }, {
-      crypto: options.crypto,
-      identity,
-      tickMs: options.tickMs,
-      handshakeTimeoutMs: options.handshakeTimeoutMs,
-      channel: channelSettings(options)
-    })
+    const hop = yield* openRelayConnection(relay, { _tag: "Connect", publicKey: listenerKey }, hopOptions(identity, options))
     return yield* endToEnd(hop, identity, listenerKey, options)
   })
 
 /** A running listener. */
 export interface Listener {
   readonly identity: PeerIdentity
-  /** Tunnels accepted so far, and tunnels whose accept or handshake failed. */
-  readonly accepted: () => number
-  readonly failed: () => number
-  /** Completes with the reason once the listen channel ended. */
-  readonly ended: Effect.Effect<ChannelError>
 }
 
 /**
@@ -111,27 +108,17 @@ export const listen = (
 ): Effect.Effect<Listener, ChannelError, Scope.Scope> =>
   Effect.gen(function*() {
     const scope = yield* Effect.scope
-    const hopOptions = {
-      crypto: options.crypto,
-      identity,
-      tickMs: options.tickMs,
-      handshakeTimeoutMs: options.handshakeTimeoutMs,
-      channel: channelSettings(options)
-    }
-    const listenChannel = yield* openRelayConnection(relay, { _tag: "Listen" }, hopOptions)
-    let accepted = 0
-    let failed = 0
+    const listenChannel = yield* openRelayConnection(relay, { _tag: "Listen" }, hopOptions(identity, options))
     const acceptOne = (connector: Uint8Array) =>
       Effect.gen(function*() {
         const tunnelScope = yield* Scope.fork(scope)
         yield* Effect.gen(function*() {
-          const hop = yield* openRelayConnection(relay, { _tag: "Accept", publicKey: connector }, hopOptions)
-          const channel = yield* endToEnd(hop, identity, connector, options)
-          accepted++
-          yield* serve(channel)
+          const hop = yield* openRelayConnection(relay, { _tag: "Accept", publicKey: connector }, hopOptions(identity, options))
+          yield* serve(yield* endToEnd(hop, identity, connector, options))
         }).pipe(
           Scope.provide(tunnelScope),
-          Effect.catch(() => Effect.sync(() => void failed++)),
+          // A tunnel that fails to open or ends in error concerns only itself.
+          Effect.ignore,
           Effect.ensuring(Scope.close(tunnelScope, Exit.void))
         )
       })
@@ -144,7 +131,7 @@ export const listen = (
         })
       ).pipe(Effect.ignore)
     )
-    return { identity, accepted: () => accepted, failed: () => failed, ended: listenChannel.ended }
+    return { identity }
   })
 
 /** Serves a tunnel by sending every message back. */

@@ -168,9 +168,8 @@ class FuzzClient {
   }
 
   /** Resolves true once the relay closed the connection, false after `timeoutMs`. */
-  async closedWithin(timeoutMs: number): Promise<boolean> {
-    const result = await Promise.race([this.raw.ended.then(() => true), sleep(timeoutMs).then(() => false)])
-    return result
+  closedWithin(timeoutMs: number): Promise<boolean> {
+    return Promise.race([this.raw.ended.then(() => true), sleep(timeoutMs).then(() => false)])
   }
 }
 
