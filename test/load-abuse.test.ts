@@ -75,7 +75,10 @@ describe("abuse under load", () => {
         // Pending flood connections must stay pending until the test ends them.
         "--half-tunnel-ticks",
         "1000",
+        // Every client here is 127.0.0.1: per-host caps would hide the global ones under test.
         "--max-connections-per-ip",
+        "100000",
+        "--max-handshakes-per-ip",
         "100000"
       ]
     })
@@ -234,22 +237,23 @@ describe("abuse under load", () => {
 
   // Every connection here comes from 127.0.0.1 except the hostile ones, which
   // come from 127.0.0.2 (all of 127/8 is loopback): one host at the default
-  // limits. The per-IP connection cap (256) says "one host cannot take more
-  // than ~1% of the relay", but it equals the global handshake cap (256), so
-  // one host holding 256 silent connections for the handshake timeout (8 s)
-  // makes the relay refuse every other client's handshake, again and again,
-  // at no crypto cost to the attacker.
+  // limits. Without a per-IP handshake cap, one host holding 256 silent
+  // connections (the per-IP connection cap, equal to the global handshake
+  // cap) for the handshake timeout would make the relay refuse every other
+  // client's handshake, again and again, at no crypto cost to the attacker.
   it("one host's silent connections cannot take every handshake slot", async () => {
     const defaults = await startRelayProcess({ tickMs: TICK_MS })
     const silent: Array<RawClient> = []
     try {
-      const slots = 256 // defaultRelayServerOptions: maxConcurrentHandshakes and maxConnectionsPerIp
-      for (let i = 0; i < slots; i += 32) {
-        silent.push(...(await Promise.all(Array.from({ length: Math.min(32, slots - i) }, () => RawClient.connect(defaults.port, "127.0.0.2")))))
+      const attempts = 256 // defaultRelayServerOptions: maxConcurrentHandshakes and maxConnectionsPerIp
+      const perIpSlots = 32 // defaultRelayServerOptions: maxHandshakesPerIp
+      for (let i = 0; i < attempts; i += 32) {
+        silent.push(...(await Promise.all(Array.from({ length: Math.min(32, attempts - i) }, () => RawClient.connect(defaults.port, "127.0.0.2")))))
       }
       const deadline = Date.now() + 5000
-      while ((await defaults.scrape()).handshaking < slots && Date.now() < deadline) await sleep(20)
-      expect((await defaults.scrape()).handshaking).toBe(slots)
+      while ((await defaults.scrape()).handshaking < perIpSlots && Date.now() < deadline) await sleep(20)
+      // The host holds its share of the slots and no more.
+      expect((await defaults.scrape()).handshaking).toBe(perIpSlots)
       // Another host's client, meanwhile: it must get its handshake.
       const exit = await Effect.runPromiseExit(
         Effect.scoped(openRelayConnection(defaults.endpoint, { _tag: "Listen" }, { crypto: options.crypto, identity: newIdentity(options.crypto), tickMs: TICK_MS }))

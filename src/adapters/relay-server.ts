@@ -81,6 +81,8 @@ export interface RelayServerOptions {
   readonly maxConnectionsPerIp: number
   /** Handshakes in progress at once (Offset's max_concurrent_encrypt); more are closed at once. */
   readonly maxConcurrentHandshakes: number
+  /** Handshakes in progress at once from one remote IP address; more are closed at once. */
+  readonly maxHandshakesPerIp: number
   /** Wall-clock bound on version prefix + secure channel handshake. */
   readonly handshakeTimeoutMs: number
   /** Keepalive interval in ticks (PROTOCOL.md: 32). */
@@ -117,6 +119,9 @@ export interface RelayServerOptions {
  *   reconnects after a relay restart. A handshake is one X25519 and two
  *   Ed25519 operations (well under a millisecond); a stranger holds a slot for
  *   at most handshakeTimeoutMs and HANDSHAKE_FRAME_LIMIT bytes.
+ * - maxHandshakesPerIp 32: one eighth of the handshake slots, so one host
+ *   holding silent connections cannot refuse every other client's handshake;
+ *   still far above what honest clients behind one NAT start at once.
  * - handshakeTimeoutMs 8000: the core's 8 ticks, in wall time, for clients on
  *   slow links.
  * - maxPaddingBytes 255: PROTOCOL.md (fix) (Offset pads up to 64 KiB).
@@ -136,6 +141,7 @@ export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerO
   maxConnections: 20_000,
   maxConnectionsPerIp: 256,
   maxConcurrentHandshakes: 256,
+  maxHandshakesPerIp: 32,
   handshakeTimeoutMs: 8000,
   keepaliveTicks: 32,
   rekeyIntervalTicks: 3600,
@@ -232,6 +238,7 @@ export const makeRelayServer = (
     const core = new RelayCore(options.core)
     const connections = new Map<ConnectionId, Connection>()
     const perIp = new Map<string, number>()
+    const handshakesPerIp = new Map<string, number>()
     const buckets = new Map<string, { bucket: TokenBucket; users: number }>()
     let nextId = 1
     let sockets = 0
@@ -409,6 +416,8 @@ export const makeRelayServer = (
           ? "max-connections-per-ip"
           : handshaking >= options.maxConcurrentHandshakes
           ? "max-concurrent-handshakes"
+          : (handshakesPerIp.get(ip) ?? 0) >= options.maxHandshakesPerIp
+          ? "max-handshakes-per-ip"
           : undefined
         if (refusal !== undefined) {
           if (refusal !== "shutting-down") overLimit.inc(1, refusal)
@@ -422,11 +431,15 @@ export const makeRelayServer = (
         sockets++
         perIp.set(ip, (perIp.get(ip) ?? 0) + 1)
         handshaking++
+        handshakesPerIp.set(ip, (handshakesPerIp.get(ip) ?? 0) + 1)
         let inHandshake = true
         const endHandshake = () => {
           if (inHandshake) {
             inHandshake = false
             handshaking--
+            const n = (handshakesPerIp.get(ip) ?? 1) - 1
+            if (n === 0) handshakesPerIp.delete(ip)
+            else handshakesPerIp.set(ip, n)
           }
         }
         const connection: Connection = {
@@ -660,6 +673,7 @@ export const OVER_LIMIT_LABELS = [
   "max-connections",
   "max-connections-per-ip",
   "max-concurrent-handshakes",
+  "max-handshakes-per-ip",
   "listener-backlog"
 ] as const
 

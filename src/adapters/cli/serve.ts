@@ -49,6 +49,12 @@ const table: OptionTable = {
     value: "N",
     help: "handshakes in progress at once"
   },
+  "max-handshakes-per-ip": {
+    type: "integer",
+    default: serverDefaults.maxHandshakesPerIp,
+    value: "N",
+    help: "handshakes in progress at once from one IP address"
+  },
   "handshake-timeout-ms": {
     type: "integer",
     default: serverDefaults.handshakeTimeoutMs,
@@ -153,6 +159,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
         maxConnections: int("max-connections"),
         maxConnectionsPerIp: int("max-connections-per-ip"),
         maxConcurrentHandshakes: int("max-handshakes"),
+        maxHandshakesPerIp: int("max-handshakes-per-ip"),
         handshakeTimeoutMs: int("handshake-timeout-ms"),
         keepaliveTicks: int("keepalive-ticks"),
         core: {
