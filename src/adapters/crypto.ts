@@ -10,7 +10,8 @@
  */
 import * as NodeCrypto from "node:crypto"
 import { randomBytes as nobleRandomBytes } from "@noble/hashes/utils.js"
-import { Context, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Layer from "effect/Layer"
 import type { CryptoPrimitives } from "../core/crypto.ts"
 import { nobleCrypto } from "./crypto-noble.ts"
 import { nodeCrypto } from "./crypto-node.ts"

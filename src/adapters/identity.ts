@@ -26,7 +26,9 @@
  * says what to do about it.
  */
 import * as NodePath from "node:path"
-import { Data, Effect, FileSystem } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as FileSystem from "effect/FileSystem"
 import type { PlatformError } from "effect/PlatformError"
 import { bytesToHex, hexToBytes } from "../core/keys.ts"
 import { Crypto } from "./crypto.ts"
