@@ -402,6 +402,21 @@ describe.each(labelled)("%s layer known answers", (_name, layer) => {
 })
 
 describe("the layers agree with each other", () => {
+  it.each(pairs)("AEAD with a prefix: prefix ‖ the same sealed bytes, opened by the other layer (%s)", (_name, sealer, opener) => {
+    for (const [prefixLength, length] of [[12, 0], [12, 1], [1, 70_000], [0, 33]] as const) {
+      const key = randomBytes(32)
+      const nonce = randomBytes(12)
+      const plaintext = randomBytes(length)
+      const prefix = randomBytes(prefixLength)
+      const framed = sealer.aeadSeal(key, nonce, plaintext, prefix)
+      expect(bytesToHex(framed.subarray(0, prefixLength))).toBe(bytesToHex(prefix))
+      const sealed = framed.subarray(prefixLength)
+      expect(bytesToHex(sealed)).toBe(bytesToHex(opener.aeadSeal(key, nonce, plaintext)))
+      const opened = opener.aeadOpen(key, nonce, sealed)
+      expect(opened && bytesToHex(opened)).toBe(bytesToHex(plaintext))
+    }
+  })
+
   it.each(pairs)(
     "AEAD sealed by one opens with the other, sizes 0..70000 (%s)",
     (_name, sealer, opener) => {

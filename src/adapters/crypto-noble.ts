@@ -75,10 +75,15 @@ export const nobleCrypto: CryptoPrimitives = {
 
   hkdfSha512_256: (salt, ikm, info, length) => hkdf(sha512_256, ikm, salt, info, length),
 
-  aeadSeal: (key, nonce, plaintext) => {
+  aeadSeal: (key, nonce, plaintext, prefix) => {
     requireLength("ChaCha20-Poly1305 key", key, 32)
     requireLength("ChaCha20-Poly1305 nonce", nonce, 12)
-    return chacha20poly1305(key, nonce).encrypt(plaintext)
+    if (prefix === undefined || prefix.length === 0) return chacha20poly1305(key, nonce).encrypt(plaintext)
+    // noble writes into a given output, so the prefix costs no extra copy.
+    const sealed = new Uint8Array(prefix.length + plaintext.length + tagLength)
+    sealed.set(prefix, 0)
+    chacha20poly1305(key, nonce).encrypt(plaintext, sealed.subarray(prefix.length))
+    return sealed
   },
 
   aeadOpen: (key, nonce, sealed) => {

@@ -22,6 +22,7 @@ import type { CryptoPrimitives } from "../core/crypto.ts"
 
 type CurveName = "ed25519" | "x25519"
 
+const emptyPrefix = new Uint8Array(0)
 const tagLength = 16
 const pkcs8Prefix: Record<CurveName, Buffer> = {
   ed25519: Buffer.from("302e020100300506032b657004220420", "hex"),
@@ -150,18 +151,21 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
         ? new Uint8Array(0)
         : new Uint8Array(NodeCrypto.hkdfSync("sha512-256", NodeCrypto.createSecretKey(ikm), salt, info, length)),
 
-    aeadSeal: (key, nonce, plaintext) => {
+    aeadSeal: (key, nonce, plaintext, prefix = emptyPrefix) => {
       requireLength("ChaCha20-Poly1305 key", key, 32)
       requireLength("ChaCha20-Poly1305 nonce", nonce, 12)
       const cipher = NodeCrypto.createCipheriv("chacha20-poly1305", NodeCrypto.createSecretKey(key), nonce, {
         authTagLength: tagLength
       })
-      // One allocation for ciphertext ‖ tag: update() must allocate its own
-      // output, so this costs one copy of the ciphertext and no concatenation.
-      const sealed = Buffer.allocUnsafe(plaintext.length + tagLength)
-      sealed.set(cipher.update(plaintext), 0)
+      // One allocation for prefix ‖ ciphertext ‖ tag: update() must allocate
+      // its own output, so this costs one copy of the ciphertext and no
+      // concatenation.
+      const at = prefix.length
+      const sealed = Buffer.allocUnsafe(at + plaintext.length + tagLength)
+      sealed.set(prefix, 0)
+      sealed.set(cipher.update(plaintext), at)
       cipher.final()
-      sealed.set(cipher.getAuthTag(), plaintext.length)
+      sealed.set(cipher.getAuthTag(), at + plaintext.length)
       return asUint8Array(sealed)
     },
 
@@ -186,6 +190,7 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
     }
   }
 }
+
 
 /** CryptoPrimitives backed by node:crypto; see the module header for the length rules. */
 export const nodeCrypto: CryptoPrimitives = makeNodeCrypto({ rawKeyFormats: nodeHasRawKeyFormats })

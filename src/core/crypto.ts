@@ -29,8 +29,12 @@ export interface CryptoPrimitives {
   readonly x25519: (secret: Uint8Array, peerPublicKey: Uint8Array) => Uint8Array | undefined
   /** HKDF (RFC 5869) with SHA-512/256: Expand(Extract(salt, ikm), info, length). */
   readonly hkdfSha512_256: (salt: Uint8Array, ikm: Uint8Array, info: Uint8Array, length: number) => Uint8Array
-  /** ChaCha20-Poly1305 (RFC 8439) seal, no AAD: ciphertext ‖ 16-byte tag. */
-  readonly aeadSeal: (key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array) => Uint8Array
+  /**
+   * ChaCha20-Poly1305 (RFC 8439) seal, no AAD: prefix ‖ ciphertext ‖ 16-byte
+   * tag. The optional prefix (a transport frame's nonce) is written into the
+   * same buffer, saving the data path a copy of every message.
+   */
+  readonly aeadSeal: (key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, prefix?: Uint8Array) => Uint8Array
   /** ChaCha20-Poly1305 open, no AAD: the plaintext, or undefined when the tag does not verify; never throws. */
   readonly aeadOpen: (key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array) => Uint8Array | undefined
 }

@@ -368,11 +368,7 @@ const seal = (settings: SecureChannelSettings, send: DirectionKey, content: Chan
   if (send.counter >= Number.MAX_SAFE_INTEGER) return { _tag: "Exhausted" }
   const plaintext = encodeChannelMessage({ randPadding: makePadding(settings), content })
   const nonce = transportNonce(send.counter)
-  const sealed = settings.crypto.aeadSeal(send.key, nonce, plaintext)
-  // One copy to prepend the nonce: CryptoPrimitives.aeadSeal returns a fresh buffer.
-  const frame = new Uint8Array(TRANSPORT_NONCE_LENGTH + sealed.length)
-  frame.set(nonce, 0)
-  frame.set(sealed, TRANSPORT_NONCE_LENGTH)
+  const frame = settings.crypto.aeadSeal(send.key, nonce, plaintext, nonce)
   return { _tag: "Ok", frame, send: { key: send.key, counter: send.counter + 1 } }
 }
 
