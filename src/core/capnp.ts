@@ -585,10 +585,28 @@ export interface MessageBuilder {
 /** Byte offset of the root pointer in a MessageBuilder. */
 export const rootPointer = 8
 
+// The unpacked form of a message we encode lives only until finishPacked
+// packs it, and encoders never build two messages at once (the core is
+// synchronous), so one scratch buffer serves them all: the data path then
+// allocates only the packed output, not a zeroed copy of every message too.
+// Messages over the retained size get a buffer of their own.
+const scratchRetainedBytes = 1024 * 1024 + 4096
+let scratch = new ArrayBuffer(64 * 1024)
+
 /** A builder for a single-segment message of exactly `segmentWords` words (root pointer included). */
 export const createMessage = (segmentWords: number): MessageBuilder => {
-  const bytes = new Uint8Array(8 + segmentWords * 8)
-  const view = new DataView(bytes.buffer)
+  const size = 8 + segmentWords * 8
+  if (size > scratch.byteLength) {
+    if (size > scratchRetainedBytes) return builderOn(new Uint8Array(size), segmentWords)
+    scratch = new ArrayBuffer(Math.min(scratchRetainedBytes, Math.max(size, scratch.byteLength * 2)))
+  }
+  const bytes = new Uint8Array(scratch, 0, size)
+  bytes.fill(0) // builders rely on zeroed words: defaults, padding, null pointers
+  return builderOn(bytes, segmentWords)
+}
+
+const builderOn = (bytes: Uint8Array, segmentWords: number): MessageBuilder => {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   // Segment count - 1 = 0 stays zero.
   view.setUint32(4, segmentWords, true)
   return { bytes, view, next: 16 }
