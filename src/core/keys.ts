@@ -3,7 +3,8 @@
  * Pure and non-throwing: bad text gives undefined or an error value.
  */
 
-const hexByte: ReadonlyArray<string> = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"))
+const hexDigitCodes = Uint8Array.from("0123456789abcdef", (c) => c.charCodeAt(0))
+const asciiDecoder = new TextDecoder()
 
 // Nibble value per char code, -1 for anything that is not a hex digit.
 const nibble = new Int8Array(128).fill(-1)
@@ -13,12 +14,19 @@ for (let i = 0; i < 6; i++) {
   nibble[97 + i] = 10 + i
 }
 
-/** Lowercase hex of the bytes. */
+/**
+ * Lowercase hex of the bytes. Built as one flat string (not by `+=`, whose
+ * rope of 64 pieces would be what the relay keeps for every key it indexes).
+ */
 export const bytesToHex = (bytes: Uint8Array): string => {
-  let out = ""
-  // Every byte indexes the 256-entry table, so the lookup is defined.
-  for (let i = 0; i < bytes.length; i++) out += hexByte[bytes[i]!]!
-  return out
+  const codes = new Uint8Array(bytes.length * 2)
+  for (let i = 0; i < bytes.length; i++) {
+    const byte = bytes[i]!
+    // A nibble (0..15) always indexes the 16-entry table.
+    codes[2 * i] = hexDigitCodes[byte >>> 4]!
+    codes[2 * i + 1] = hexDigitCodes[byte & 15]!
+  }
+  return asciiDecoder.decode(codes)
 }
 
 /** The bytes of an even-length hex string (either case), or undefined for anything else. */
