@@ -18,8 +18,15 @@ import { row, type BenchRow } from "./report.ts"
 /** Tunnels one worker process holds (3 sockets each, well inside a 20k fd limit). */
 const WORKER_TUNNELS = 2000
 
-/** Flags the scale relay runs with: every connection comes from 127.0.0.1, so the per-IP cap must not apply. */
-export const SCALE_RELAY_ARGS = ["--max-connections", "1000000", "--max-connections-per-ip", "1000000"]
+/** Flags the scale relay runs with: every connection comes from 127.0.0.1, so the per-IP caps must not apply. */
+export const SCALE_RELAY_ARGS = [
+  "--max-connections",
+  "1000000",
+  "--max-connections-per-ip",
+  "1000000",
+  "--max-handshakes-per-ip",
+  "1000000"
+]
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 

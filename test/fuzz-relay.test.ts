@@ -184,6 +184,8 @@ describe("fuzzing a live relay's network input", () => {
         "--init-timeout-ticks",
         String(INIT_TIMEOUT_TICKS),
         "--max-connections-per-ip",
+        "100000",
+        "--max-handshakes-per-ip",
         "100000"
       ]
     })

@@ -93,7 +93,17 @@ describe("churn soak against a relay process", () => {
   beforeAll(async () => {
     relay = await startRelayProcess({
       tickMs: TICK_MS,
-      args: ["--max-connections-per-ip", "100000", "--init-timeout-ticks", "20", "--half-tunnel-ticks", "100"]
+      // All clients are 127.0.0.1, standing in for many hosts: per-host caps lifted.
+      args: [
+        "--max-connections-per-ip",
+        "100000",
+        "--max-handshakes-per-ip",
+        "100000",
+        "--init-timeout-ticks",
+        "20",
+        "--half-tunnel-ticks",
+        "100"
+      ]
     })
   })
   afterAll(async () => {
