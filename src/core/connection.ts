@@ -102,11 +102,12 @@ export const isAuthenticated = (state: ConnectionState): boolean =>
 /** Advances the state by one event; see the module header for the rules. */
 export const step = (state: ConnectionState, event: ConnectionEvent): ConnectionStep => {
   if (state.closed !== undefined) return [state, noCommands]
+  const out: Array<ConnectionCommand> = []
   switch (event._tag) {
     case "Start":
     case "FrameReceived": {
       const [channel, channelCommands] = channelStep(state.channel, event)
-      return absorbChannel({ ...state, channel }, channelCommands, [])
+      return [absorb({ ...state, channel }, channelCommands, out, applyChannel), out]
     }
     case "Send": {
       const keepalive = state.keepalive
@@ -114,83 +115,82 @@ export const step = (state: ConnectionState, event: ConnectionEvent): Connection
         throw new ChannelMisuseError("NotAuthenticated", "Send before the connection is authenticated")
       }
       const [nextKeepalive, kaCommands] = keepaliveStep(keepalive, event)
-      return absorbKeepalive({ ...state, keepalive: nextKeepalive }, kaCommands, [])
+      return [absorb({ ...state, keepalive: nextKeepalive }, kaCommands, out, applyKeepalive), out]
     }
     case "Tick": {
       const [channel, channelCommands] = channelStep(state.channel, { _tag: "Tick" })
-      const out: Array<ConnectionCommand> = []
-      const [afterChannel] = absorbChannel({ ...state, channel }, channelCommands, out)
+      const afterChannel = absorb({ ...state, channel }, channelCommands, out, applyChannel)
       if (afterChannel.closed !== undefined || afterChannel.keepalive === undefined) return [afterChannel, out]
       const [keepalive, kaCommands] = keepaliveStep(afterChannel.keepalive, event)
-      return absorbKeepalive({ ...afterChannel, keepalive }, kaCommands, out)
+      return [absorb({ ...afterChannel, keepalive }, kaCommands, out, applyKeepalive), out]
     }
     default:
       return absurd(event)
   }
 }
 
-/** Runs the channel's commands through the keepalive layer, appending connection commands to `out`. */
-const absorbChannel = (
+// Runs one layer's commands in order, appending connection commands to `out`;
+// stops at a close (a layer's Close is its last command anyway).
+const absorb = <C>(
   initial: ConnectionState,
-  commands: ReadonlyArray<SecureChannelCommand>,
-  out: Array<ConnectionCommand>
-): ConnectionStep => {
+  commands: ReadonlyArray<C>,
+  out: Array<ConnectionCommand>,
+  apply: (state: ConnectionState, command: C, out: Array<ConnectionCommand>) => ConnectionState
+): ConnectionState => {
   let state = initial
   for (const command of commands) {
-    switch (command._tag) {
-      case "SendFrame":
-        out.push(command)
-        break
-      case "Authenticated":
-        state = { ...state, keepalive: makeKeepalive({ keepaliveTicks: state.keepaliveTicks }) }
-        out.push(command)
-        break
-      case "Close":
-        state = { ...state, closed: command.error }
-        out.push(command)
-        return [state, out]
-      case "Deliver": {
-        // A channel Deliver follows Authenticated, so the keepalive layer exists.
-        const [keepalive, kaCommands] = keepaliveStep(state.keepalive!, { _tag: "Received", data: command.data })
-        const [next] = absorbKeepalive({ ...state, keepalive }, kaCommands, out)
-        state = next
-        if (state.closed !== undefined) return [state, out]
-        break
-      }
-      default:
-        return absurd(command)
-    }
+    state = apply(state, command, out)
+    if (state.closed !== undefined) break
   }
-  return [state, out]
+  return state
 }
 
-/** Runs the keepalive layer's commands through the channel, appending connection commands to `out`. */
-const absorbKeepalive = (
-  initial: ConnectionState,
-  commands: ReadonlyArray<KeepaliveCommand>,
+// One secure-channel command: passed on, except that Authenticated starts the
+// keepalive layer and a Deliver (a packed KaMessage) goes up through it.
+const applyChannel = (
+  state: ConnectionState,
+  command: SecureChannelCommand,
   out: Array<ConnectionCommand>
-): ConnectionStep => {
-  let state = initial
-  for (const command of commands) {
-    switch (command._tag) {
-      case "Deliver":
-        out.push(command)
-        break
-      case "Close":
-        state = { ...state, closed: command.error }
-        out.push(command)
-        return [state, out]
-      case "Transmit": {
-        const [channel, channelCommands] = channelStep(state.channel, { _tag: "Send", data: command.data })
-        // The channel answers a Send with exactly one SendFrame, or a Close.
-        const [next] = absorbChannel({ ...state, channel }, channelCommands, out)
-        state = next
-        if (state.closed !== undefined) return [state, out]
-        break
-      }
-      default:
-        return absurd(command)
+): ConnectionState => {
+  switch (command._tag) {
+    case "SendFrame":
+      out.push(command)
+      return state
+    case "Authenticated":
+      out.push(command)
+      return { ...state, keepalive: makeKeepalive({ keepaliveTicks: state.keepaliveTicks }) }
+    case "Close":
+      out.push(command)
+      return { ...state, closed: command.error }
+    case "Deliver": {
+      // A channel Deliver follows Authenticated, so the keepalive layer exists.
+      const [keepalive, kaCommands] = keepaliveStep(state.keepalive!, { _tag: "Received", data: command.data })
+      return absorb({ ...state, keepalive }, kaCommands, out, applyKeepalive)
     }
+    default:
+      return absurd(command)
   }
-  return [state, out]
+}
+
+// One keepalive command: passed on, except that a Transmit goes down through
+// the channel (which answers it with exactly one SendFrame, or a Close).
+const applyKeepalive = (
+  state: ConnectionState,
+  command: KeepaliveCommand,
+  out: Array<ConnectionCommand>
+): ConnectionState => {
+  switch (command._tag) {
+    case "Deliver":
+      out.push(command)
+      return state
+    case "Close":
+      out.push(command)
+      return { ...state, closed: command.error }
+    case "Transmit": {
+      const [channel, channelCommands] = channelStep(state.channel, { _tag: "Send", data: command.data })
+      return absorb({ ...state, channel }, channelCommands, out, applyChannel)
+    }
+    default:
+      return absurd(command)
+  }
 }
