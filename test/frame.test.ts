@@ -116,4 +116,9 @@ describe("version prefix", () => {
     expect(checkVersion(new Uint8Array([0, 0, 0]))?.reason).toBe("WrongLength")
     expect(checkVersion(new Uint8Array([0, 0, 0, 0, 0]))?.reason).toBe("WrongLength")
   })
+
+  it("names both versions without assuming which side we are (clients check the relay's too)", () => {
+    const message = checkVersion(new Uint8Array([0, 0, 0, 7]))?.message
+    expect(message).toBe("peer speaks protocol version 7; we speak 0")
+  })
 })

@@ -20,7 +20,7 @@ export const encodeVersion = (version: number = PROTOCOL_VERSION): Uint8Array =>
   return out
 }
 
-/** Checks the peer's first frame; undefined when it announces our version. */
+/** Checks the peer's first frame (on either side of a hop); undefined when it announces our version. */
 export const checkVersion = (frame: Uint8Array): VersionError | undefined => {
   if (frame.length !== 4) {
     return {
@@ -34,7 +34,7 @@ export const checkVersion = (frame: Uint8Array): VersionError | undefined => {
     return {
       _tag: "VersionError",
       reason: "Unsupported",
-      message: `peer speaks protocol version ${version}; this relay speaks ${PROTOCOL_VERSION}`
+      message: `peer speaks protocol version ${version}; we speak ${PROTOCOL_VERSION}`
     }
   }
   return undefined
