@@ -131,7 +131,7 @@ const splitHostPort = (location: string): Located => {
 
 /** The canonical text of an address (lowercase key; IPv6 hosts in brackets). */
 export const formatRelayAddress = (address: RelayAddress): string =>
-  `${bytesToHex(address.publicKey)}@${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`
+  `${bytesToHex(address.publicKey)}@${relayHostPort(address)}`
 
 /** `host:port` of an address, for messages where the key would only be noise. */
 export const relayHostPort = (address: Pick<RelayAddress, "host" | "port">): string =>
