@@ -8,7 +8,7 @@
  * into the caller's input), so they stay valid after the input is reused.
  *
  * Encoders throw a RangeError only for a caller's bug (a fixed-size field of
- * the wrong length); decoders never throw.
+ * the wrong length).
  */
 import {
   createMessage,
@@ -30,25 +30,31 @@ import {
   writeWordsBigEndian
 } from "./capnp.ts"
 
+/** Bytes of a field; fixed-size fields have their exact length. */
 export type Bytes = Uint8Array
 
+/** A client's first message to a relay: what the connection is for. */
 export type InitConnection =
   | { readonly _tag: "Listen" }
   | { readonly _tag: "Accept"; readonly publicKey: Bytes }
   | { readonly _tag: "Connect"; readonly publicKey: Bytes }
 
+/** Client → relay on a listen channel: close that connector's pending connect channel. */
 export interface RejectConnection {
   readonly publicKey: Bytes
 }
 
+/** Relay → client on a listen channel: `publicKey` wants to connect; answer with accept or RejectConnection. */
 export interface IncomingConnection {
   readonly publicKey: Bytes
 }
 
+/** The keepalive layer's message: a keepalive, or one application message. */
 export type KaMessage =
   | { readonly _tag: "KeepAlive" }
   | { readonly _tag: "Message"; readonly data: Bytes }
 
+/** The first handshake message of the secure channel. */
 export interface ExchangeRandNonce {
   /** 16 bytes. */
   readonly randNonce: Bytes
@@ -58,6 +64,7 @@ export interface ExchangeRandNonce {
   readonly optDestPublicKey: Bytes | undefined
 }
 
+/** The second handshake message: our ephemeral DH key and salt, signed with our identity. */
 export interface ExchangeDh {
   /** 32 bytes. */
   readonly dhPublicKey: Bytes
@@ -69,6 +76,7 @@ export interface ExchangeDh {
   readonly signature: Bytes
 }
 
+/** A fresh ephemeral DH key and salt for new transport keys. */
 export interface Rekey {
   /** 32 bytes. */
   readonly dhPublicKey: Bytes
@@ -76,10 +84,12 @@ export interface Rekey {
   readonly keySalt: Bytes
 }
 
+/** What a transport frame carries: a rekey, or one user message. */
 export type ChannelContent =
   | { readonly _tag: "Rekey"; readonly rekey: Rekey }
   | { readonly _tag: "User"; readonly data: Bytes }
 
+/** The plaintext of a transport frame: padding that hides its length, then the content. */
 export interface ChannelMessage {
   readonly randPadding: Bytes
   readonly content: ChannelContent
@@ -99,6 +109,7 @@ export interface DecodeError {
   readonly message: string
 }
 
+/** A decoded value, or why the bytes are not one. */
 export type DecodeResult<A> =
   | { readonly _tag: "Ok"; readonly value: A }
   | { readonly _tag: "Err"; readonly error: DecodeError }
