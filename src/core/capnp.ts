@@ -74,7 +74,7 @@ export const pack = (src: Uint8Array): Uint8Array => {
   const out = new Uint8Array(packedSizeBound(len))
   // Random payloads (ciphertext) pack as long raw runs: scanning them a u32 at
   // a time is most of the speed. Needs 4-byte alignment, which our builders'
-  // fresh buffers have.
+  // buffers have (each starts at offset 0 of its own ArrayBuffer).
   const words32 = (src.byteOffset & 3) === 0 ? new Uint32Array(src.buffer, src.byteOffset, len >>> 2) : undefined
   let i = 0
   let o = 0
@@ -593,7 +593,11 @@ export const rootPointer = 8
 const scratchRetainedBytes = 1024 * 1024 + 4096
 let scratch = new ArrayBuffer(64 * 1024)
 
-/** A builder for a single-segment message of exactly `segmentWords` words (root pointer included). */
+/**
+ * A builder for a single-segment message of exactly `segmentWords` words
+ * (root pointer included). Its bytes may be the shared scratch buffer: valid
+ * only until the next createMessage, so pack (finishPacked) before building another.
+ */
 export const createMessage = (segmentWords: number): MessageBuilder => {
   const size = 8 + segmentWords * 8
   if (size > scratch.byteLength) {
