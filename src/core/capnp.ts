@@ -298,7 +298,7 @@ export interface MessageReader {
   sizeBits: number
 }
 
-/** Where a struct's sections lie in the message; a null pointer reads as `emptyStruct`. */
+/** Where a struct's sections lie in the message; a null pointer reads as the empty (all-default) struct. */
 export interface StructReader {
   readonly segment: number
   /** Byte offset of the data section. */
@@ -311,7 +311,7 @@ export interface StructReader {
 }
 
 /** The default struct (all fields default), what a null struct pointer reads as. */
-export const emptyStruct: StructReader = { segment: 0, data: 0, dataBytes: 0, pointers: 0, pointerCount: 0 }
+const emptyStruct: StructReader = { segment: 0, data: 0, dataBytes: 0, pointers: 0, pointerCount: 0 }
 
 /**
  * Parses the stream framing of an unpacked message (u32 LE segment count - 1,
@@ -626,7 +626,7 @@ export const initStruct = (builder: MessageBuilder, pointer: number, dataWords: 
 }
 
 /** Largest Data a list pointer can describe (29-bit element count). */
-export const maxDataLength = 2 ** 29 - 1
+const maxDataLength = 2 ** 29 - 1
 
 /**
  * Allocates a Data copy of `data` and points the pointer at byte `pointer`

@@ -238,7 +238,7 @@ const requireTicks = (what: string, value: number): number => {
 }
 
 /** Fills in defaults and checks ranges; a bad value is a configuration bug and throws a RangeError. */
-export const secureChannelSettings = (config: SecureChannelConfig): SecureChannelSettings => {
+const secureChannelSettings = (config: SecureChannelConfig): SecureChannelSettings => {
   const maxPaddingBytes = config.maxPaddingBytes ?? DEFAULT_MAX_PADDING_BYTES
   if (!Number.isSafeInteger(maxPaddingBytes) || maxPaddingBytes < 0 || maxPaddingBytes > MAX_PADDING_LIMIT) {
     throw new RangeError(`maxPaddingBytes must be an integer in 0..${MAX_PADDING_LIMIT}, got ${maxPaddingBytes}`)

@@ -87,9 +87,6 @@ export const MAX_MESSAGE_BYTES_LIMIT = 512 * 1024
 /** A stream with both halves open. */
 export const initialStream: StreamState = { sending: "open", receiving: "open", outcome: undefined }
 
-/** True once the stream finished or failed. */
-export const isDone = (state: StreamState): boolean => state.outcome !== undefined
-
 /** Advances a stream by one event; see the module header. */
 export const stepStream = (
   config: StreamConfig,
