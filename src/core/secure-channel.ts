@@ -57,6 +57,7 @@ import {
   encodeChannelMessage,
   encodeExchangeDh,
   encodeExchangeRandNonce,
+  fixedLengths,
   type Rekey
 } from "./messages.ts"
 
@@ -71,8 +72,9 @@ export const DEFAULT_MAX_PADDING_BYTES = 255
 /** Ticks allowed for the handshake by default (Offset's keepalive_ticks). */
 export const DEFAULT_HANDSHAKE_TIMEOUT_TICKS = 32
 
-const RAND_NONCE_LENGTH = 16
-const SALT_LENGTH = 32
+// Random values we draw are exactly the wire fields they fill.
+const RAND_NONCE_LENGTH = fixedLengths.randValue
+const SALT_LENGTH = fixedLengths.salt
 const DH_SECRET_LENGTH = 32
 const SYMMETRIC_KEY_LENGTH = 32
 // The padding length is drawn from one or two random bytes, so it fits a u16.
