@@ -202,11 +202,16 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
   const server = Net.createServer({ allowHalfOpen: true }, (local) => {
     track(local)
     const from = `${local.remoteAddress ?? "?"}:${local.remotePort ?? "?"}`
+    // Until pipeBothWays takes over, a local reset must not be an unhandled
+    // 'error' event: that would end the process and every other tunnel.
+    const onEarlyError = (error: Error) => say("connect", `${from}: ${error.message}`)
+    local.on("error", onEarlyError)
     // Hold what the local client sends until the tunnel is there.
     local.pause()
     reach(settings, identity).then(
       (tunnel) => {
         track(tunnel)
+        local.off("error", onEarlyError)
         if (local.destroyed) return void tunnel.destroy()
         progress(`${from}: connected to ${tunnel.remotePublicKey} through ${relayName(tunnel.relay)}`)
         pipeBothWays(tunnel, local).then(
