@@ -93,4 +93,18 @@ describe("connect --local-port", () => {
     next.destroy()
     forward.child.kill("SIGKILL")
   }, 20_000)
+
+  it("exits promptly on SIGTERM even while a tunnel is still being set up", async () => {
+    const forward = await startForward()
+    const waiting = await openLocal(forward.port)
+    waiting.on("error", () => {})
+    await sleep(200)
+    const stopped = Date.now()
+    forward.child.kill("SIGTERM")
+    expect(await forward.exited).toBe(0)
+    // The relay never answers: without cancelling the pending connect the
+    // process would wait for the 10 s handshake timeout.
+    expect(Date.now() - stopped).toBeLessThan(5_000)
+    waiting.destroy()
+  }, 30_000)
 })

@@ -73,6 +73,28 @@ describe("closing", () => {
     expect(relay.server().stats().core.listeners).toBe(1)
   })
 
+  it("aborting a pending connect rejects with the signal's reason and drops its half tunnel", async () => {
+    const relay = await relayFor()
+    const server = newIdentity()
+    // The listener never decides, so the connect stays a pending half tunnel.
+    const listener = listen({ identity: server, relays: [relay.address], allow: () => new Promise(() => {}), tickMs: TICK_MS })
+    cleanups.push(() => listener.close())
+    await waitFor(() => listener.status()[0]?.state === "listening", 5000, "listening")
+    const controller = new AbortController()
+    const pending = connect({
+      identity: newIdentity(),
+      relays: [relay.address],
+      to: server.publicKey,
+      tickMs: TICK_MS,
+      signal: controller.signal
+    }).then(() => undefined, (e: unknown) => e)
+    await waitFor(() => relay.server().stats().core.pendingHalfTunnels === 1, 5000, "the half tunnel")
+    const reason = new Error("the user gave up")
+    controller.abort(reason)
+    expect(await pending).toBe(reason)
+    await waitFor(() => relay.server().stats().core.pendingHalfTunnels === 0, 5000, "the half tunnel to close")
+  })
+
   it("the Effect layers: a listener for the life of a layer, streams closed with their scope", async () => {
     const relay = await relayFor()
     const parsed = parseRelayAddress(relay.address)

@@ -126,14 +126,15 @@ const progressOf = (settings: Settings) => (line: string) => {
   if (!settings.quiet) say("connect", line)
 }
 
-const reach = (settings: Settings, identity: Identity): Promise<PeerDuplex> =>
+const reach = (settings: Settings, identity: Identity, signal?: AbortSignal): Promise<PeerDuplex> =>
   connect({
     identity,
     relays: settings.relays,
     to: settings.to,
     timeoutMs: settings.timeoutMs,
     staggerMs: settings.staggerMs,
-    tickMs: settings.tickMs
+    tickMs: settings.tickMs,
+    ...(signal === undefined ? {} : { signal })
   })
 
 // netcat mode: stdin → peer, peer → stdout, with the half close in between.
@@ -199,6 +200,9 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
     open.add(stream)
     stream.once("close", () => open.delete(stream))
   }
+  // Aborted on shutdown: connects still in progress give up instead of
+  // keeping the process alive until their deadline.
+  const shutdown = new AbortController()
   const server = Net.createServer({ allowHalfOpen: true }, (local) => {
     track(local)
     const from = `${local.remoteAddress ?? "?"}:${local.remotePort ?? "?"}`
@@ -208,7 +212,7 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
     local.on("error", onEarlyError)
     // Hold what the local client sends until the tunnel is there.
     local.pause()
-    reach(settings, identity).then(
+    reach(settings, identity, shutdown.signal).then(
       (tunnel) => {
         track(tunnel)
         local.off("error", onEarlyError)
@@ -221,7 +225,7 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
         local.resume()
       },
       (error: unknown) => {
-        say("connect", `${from}: ${error instanceof Error ? error.message : String(error)}`)
+        if (!shutdown.signal.aborted) say("connect", `${from}: ${error instanceof Error ? error.message : String(error)}`)
         local.destroy()
       }
     )
@@ -242,6 +246,7 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
     process.once("SIGTERM", () => resolve("SIGTERM"))
   })
   progress(`${signal}: closing`)
+  shutdown.abort()
   await new Promise<void>((resolve) => {
     server.close(() => resolve())
     for (const stream of open) stream.destroy()

@@ -77,6 +77,8 @@ export interface ConnectOptions extends ClientOptions {
   readonly timeoutMs?: number
   /** Start the next relay if the current one has not answered after this long (default 1 s). */
   readonly staggerMs?: number
+  /** Aborting it gives up: every relay connection opened so far is closed and `connect` rejects with `signal.reason`. */
+  readonly signal?: AbortSignal
 }
 
 /** A bad argument (relay address, key): the caller's mistake, thrown at once. */
@@ -171,7 +173,8 @@ const dispatch = (emitter: RelayListener, event: ListenerEvent): void => {
 
 /**
  * Reaches a peer by its key; resolves once the peer proved its key end to
- * end, rejects with a `ConnectError` that says what happened at each relay.
+ * end, rejects with a `ConnectError` that says what happened at each relay
+ * (or with `signal.reason` once `options.signal` aborts).
  */
 export const connect = async (options: ConnectOptions): Promise<PeerDuplex> => {
   const relays = options.relays.map(relayOf)
@@ -182,12 +185,14 @@ export const connect = async (options: ConnectOptions): Promise<PeerDuplex> => {
     connectToPeer(settingsOf(options), peer, relays, {
       ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
       ...(options.staggerMs === undefined ? {} : { staggerMs: options.staggerMs })
-    }).pipe(Scope.provide(scope))
+    }).pipe(Scope.provide(scope)),
+    { signal: options.signal }
   )
   if (Exit.isFailure(exit)) {
     Effect.runFork(Scope.close(scope, Exit.void))
     const failure = exit.cause.reasons.find((reason) => reason._tag === "Fail")
     if (failure?._tag === "Fail" && failure.error instanceof ConnectError) throw failure.error
+    if (options.signal?.aborted === true) throw options.signal.reason
     throw new Error("connect was interrupted")
   }
   const socket = new PeerDuplex(exit.value)
