@@ -42,7 +42,7 @@ import { decodeIncomingConnection, encodeRejectConnection } from "../../core/mes
 import { formatRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
 import type { ChannelError, MessageChannel } from "../message-channel.ts"
 import { openRelayConnection } from "../relay-connection.ts"
-import { type ClientSettings, DEFAULT_HANDSHAKE_TIMEOUT_MS, openTunnel } from "./tunnel.ts"
+import { type ClientSettings, hopOptions, openTunnel } from "./tunnel.ts"
 import type { PeerStream } from "./tunnel-stream.ts"
 
 /**
@@ -129,6 +129,7 @@ export const makeListener = (
       since: now
     }))
     const allowed = allowFunction(options.allow)
+    const hop = hopOptions(settings)
 
     const serveRelay = (index: number): Effect.Effect<void> =>
       Effect.gen(function*() {
@@ -175,13 +176,7 @@ export const makeListener = (
       onListening: Effect.Effect<void>
     ): Effect.Effect<string, never, Scope.Scope> =>
       Effect.gen(function*() {
-        const opened = yield* Effect.result(openRelayConnection(relay, { _tag: "Listen" }, {
-          crypto: settings.crypto,
-          identity: settings.identity,
-          handshakeTimeoutMs: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
-          tickMs: settings.tickMs ?? 1000,
-          ...(settings.hop === undefined ? {} : { channel: settings.hop })
-        }))
+        const opened = yield* Effect.result(openRelayConnection(relay, { _tag: "Listen" }, hop))
         if (Result.isFailure(opened)) return describeOutcome(classifyFailure("relay", opened.failure))
         const channel = opened.success
         yield* onListening
@@ -226,7 +221,7 @@ export const makeListener = (
             relay,
             { _tag: "Accept", publicKey: peerKey },
             scope,
-            settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS
+            hop.handshakeTimeoutMs
           )
         )
         if (Exit.isFailure(exit)) {

@@ -14,7 +14,7 @@ import { formatRelayAddress, type RelayAddress } from "../../core/relay-address.
 import type { CryptoService } from "../crypto.ts"
 import type { Identity } from "../identity.ts"
 import { ChannelError, establishChannel, tunnelFrameLink, type ChannelOptions, type MessageChannel } from "../message-channel.ts"
-import { openRelayConnection } from "../relay-connection.ts"
+import { openRelayConnection, type RelayConnectionOptions } from "../relay-connection.ts"
 import { makePeerStream, type PeerStream } from "./tunnel-stream.ts"
 
 /** What every client connection needs: who we are, and timing. */
@@ -34,7 +34,25 @@ export interface ClientSettings {
 }
 
 /** Default bound on a relay handshake and on a listener's end-to-end handshake. */
-export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+
+/** Default milliseconds per keepalive tick, as Offset. */
+const DEFAULT_TICK_MS = 1000
+
+/** Options of a connection to a relay (a listen channel or a tunnel's hop), defaults filled in. */
+export interface HopOptions extends RelayConnectionOptions {
+  readonly handshakeTimeoutMs: number
+  readonly tickMs: number
+}
+
+/** The hop options of `settings`: the one place the client's timing defaults are applied. */
+export const hopOptions = (settings: ClientSettings): HopOptions => ({
+  crypto: settings.crypto,
+  identity: settings.identity,
+  handshakeTimeoutMs: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  tickMs: settings.tickMs ?? DEFAULT_TICK_MS,
+  ...(settings.hop === undefined ? {} : { channel: settings.hop })
+})
 
 /** A tunnel that did not open, and in which phase (for src/core/connect-outcome.ts). */
 export class TunnelOpenError extends Data.TaggedError("TunnelOpenError")<{
@@ -59,14 +77,11 @@ export const openTunnel = (
   endToEndTimeoutMs: number | undefined
 ): Effect.Effect<PeerStream, TunnelOpenError> =>
   Effect.gen(function*() {
-    const tickMs = settings.tickMs ?? 1000
-    const relayChannel = yield* openRelayConnection(relay, init, {
-      crypto: settings.crypto,
-      identity: settings.identity,
-      handshakeTimeoutMs: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
-      tickMs,
-      ...(settings.hop === undefined ? {} : { channel: settings.hop })
-    }).pipe(Scope.provide(scope), Effect.mapError(phaseError("relay")))
+    const hop = hopOptions(settings)
+    const relayChannel = yield* openRelayConnection(relay, init, hop).pipe(
+      Scope.provide(scope),
+      Effect.mapError(phaseError("relay"))
+    )
     const endToEnd = yield* establishChannel(tunnelFrameLink(relayChannel), {
       crypto: settings.crypto,
       identity: settings.identity,
@@ -74,7 +89,7 @@ export const openTunnel = (
       ...(endToEndTimeoutMs === undefined ? {} : { handshakeTimeoutMs: endToEndTimeoutMs }),
       ...settings.endToEnd
     }).pipe(Scope.provide(scope), Effect.mapError(phaseError("tunnel")))
-    yield* Effect.forkIn(ticker(endToEnd, tickMs), scope)
+    yield* Effect.forkIn(ticker(endToEnd, hop.tickMs), scope)
     return yield* makePeerStream({
       channel: endToEnd,
       scope,
