@@ -18,7 +18,7 @@ import type { PeerDuplex } from "../client/tunnel-stream.ts"
 import type { Identity } from "../identity.ts"
 import { parsePublicKeyHex, shortKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, relayHostPort, type RelayAddress } from "../../core/relay-address.ts"
-import { UsageError } from "./options.ts"
+import { helpText, type OptionSpec, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
 
 /** Exit codes of the client commands (table in the module header). */
 export const ExitCode = {
@@ -31,8 +31,8 @@ export const ExitCode = {
   Interrupted: 130
 } as const
 
-/** Text for the help of both commands. */
-export const exitCodeHelp = [
+/** The exit code table of both commands' --help. */
+const exitCodeHelp = [
   "exit codes:",
   "  0  done (connect: both sides finished; a signal stopped a long-running command)",
   "  1  a tunnel failed after it was established, or an unexpected error",
@@ -42,6 +42,67 @@ export const exitCodeHelp = [
   "  5  authentication failed: a relay or the peer did not prove its key (possible attack)",
   "  130 interrupted (connect with stdin/stdout)"
 ].join("\n")
+
+/** The --identity flag of both commands. */
+export const identityOption: OptionSpec = {
+  type: "string",
+  value: "FILE",
+  help: "our identity key file (offset-relay keygen --out FILE); required"
+}
+
+/** The --tick-ms flag of both commands. */
+export const tickOption: OptionSpec = { type: "integer", default: 1000, value: "MS", help: "milliseconds per keepalive tick" }
+
+/** The --quiet flag of both commands. */
+export const quietOption: OptionSpec = { type: "boolean", short: "q", help: "print only errors" }
+
+/** What both commands read from the flags above. */
+export interface CommonSettings {
+  readonly identityPath: string
+  readonly tickMs: number
+  readonly quiet: boolean
+}
+
+/**
+ * Parses a client command's arguments. Prints `--help` (with the exit
+ * codes); `read` builds the settings from the parsed flags and may throw
+ * UsageError, which is printed with a hint. Returns the settings, or the
+ * exit code to return at once.
+ */
+export const parseCommand = <S extends object>(
+  command: "listen" | "connect",
+  args: ReadonlyArray<string>,
+  help: { readonly usage: string; readonly description: string; readonly table: OptionTable },
+  read: (options: ParsedOptions, common: CommonSettings) => S
+): S | number => {
+  try {
+    const parsed = parseOptions(args, help.table)
+    if (parsed.help) {
+      process.stdout.write(`${helpText(help.usage, help.description, help.table)}\n\n${exitCodeHelp}\n`)
+      return ExitCode.Ok
+    }
+    if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
+    const o = parsed.options
+    const identityPath = o.identity as string | undefined
+    if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with offset-relay keygen)")
+    const tickMs = o["tick-ms"] as number
+    if (tickMs < 1) throw new UsageError("--tick-ms must be at least 1")
+    return read(o, { identityPath, tickMs, quiet: o.quiet === true })
+  } catch (error) {
+    if (error instanceof UsageError) {
+      say(command, `${error.message}\nRun 'offset-relay ${command} --help' for the options.`)
+      return ExitCode.Usage
+    }
+    throw error
+  }
+}
+
+/** Resolves with the name of the first SIGINT or SIGTERM: how a long-running command is stopped. */
+export const untilStopSignal = (): Promise<string> =>
+  new Promise((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"))
+    process.once("SIGTERM", () => resolve("SIGTERM"))
+  })
 
 /** Parses every --relay value; a bad one is a usage error that quotes it. */
 export const relaysOf = (values: ReadonlyArray<string>): ReadonlyArray<RelayAddress> => {

@@ -17,20 +17,25 @@ import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_STAGGER_MS } from "../client/connec
 import type { Identity } from "../identity.ts"
 import type { RelayAddress } from "../../core/relay-address.ts"
 import {
+  type CommonSettings,
   connectExitCode,
-  exitCodeHelp,
   ExitCode,
+  identityOption,
   keyOf,
   loadIdentity,
+  parseCommand,
   pipeBothWays,
+  quietOption,
   relayName,
   relaysOf,
-  say
+  say,
+  tickOption,
+  untilStopSignal
 } from "./client-common.ts"
-import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
+import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
-  identity: { type: "string", value: "FILE", help: "our identity key file (offset-relay keygen --out FILE); required" },
+  identity: identityOption,
   relay: { type: "list", value: "ADDR", help: "the peer's relay <key hex>@<host>:<port>; repeat for several, in order" },
   to: { type: "string", value: "KEY", help: "the peer's public key (hex); required" },
   "local-port": {
@@ -51,8 +56,8 @@ const table: OptionTable = {
     value: "MS",
     help: "also try the next relay if the current one has not answered after this long"
   },
-  "tick-ms": { type: "integer", default: 1000, value: "MS", help: "milliseconds per keepalive tick" },
-  quiet: { type: "boolean", short: "q", help: "print only errors" }
+  "tick-ms": tickOption,
+  quiet: quietOption
 }
 
 const usage = "offset-relay connect --identity FILE --relay ADDR [--relay ADDR ...] --to KEY [--local-port P]"
@@ -65,58 +70,36 @@ const description = [
   "command exits 0 once the peer has finished too."
 ].join("\n")
 
-interface Settings {
-  readonly identityPath: string
+interface Settings extends CommonSettings {
   readonly relays: ReadonlyArray<RelayAddress>
   readonly to: Uint8Array
   readonly localPort: number | undefined
   readonly localHost: string
   readonly timeoutMs: number
   readonly staggerMs: number
-  readonly tickMs: number
-  readonly quiet: boolean
 }
 
 /** Entry point of `offset-relay connect`. */
 export const run = async (args: ReadonlyArray<string>): Promise<number> => {
-  let settings: Settings
-  try {
-    const parsed = parseOptions(args, table)
-    if (parsed.help) {
-      process.stdout.write(`${helpText(usage, description, table)}\n\n${exitCodeHelp}\n`)
-      return ExitCode.Ok
-    }
-    if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
-    const o = parsed.options
-    const identityPath = o.identity as string | undefined
-    if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with offset-relay keygen)")
+  const settings = parseCommand("connect", args, { usage, description, table }, (o, common): Settings => {
     const relays = relaysOf(o.relay as ReadonlyArray<string>)
     const toText = o.to as string | undefined
     if (toText === undefined) throw new UsageError("--to KEY is required: the public key of the peer to reach")
     const localPort = o["local-port"] as number | undefined
     if (localPort !== undefined && localPort > 65535) throw new UsageError(`--local-port ${localPort} is not a TCP port`)
-    const tickMs = o["tick-ms"] as number
-    if (tickMs < 1) throw new UsageError("--tick-ms must be at least 1")
     const timeoutMs = o["timeout-ms"] as number
     if (timeoutMs < 1) throw new UsageError("--timeout-ms must be at least 1")
-    settings = {
-      identityPath,
+    return {
+      ...common,
       relays,
       to: keyOf("to", toText),
       localPort,
       localHost: o["local-host"] as string,
       timeoutMs,
-      staggerMs: o["stagger-ms"] as number,
-      tickMs,
-      quiet: o.quiet === true
+      staggerMs: o["stagger-ms"] as number
     }
-  } catch (error) {
-    if (error instanceof UsageError) {
-      say("connect", `${error.message}\nRun 'offset-relay connect --help' for the options.`)
-      return ExitCode.Usage
-    }
-    throw error
-  }
+  })
+  if (typeof settings === "number") return settings
   const identity = await loadIdentity("connect", settings.identityPath)
   if (identity === undefined) return ExitCode.Identity
   return settings.localPort === undefined ? carryStdio(settings, identity) : forwardPort(settings, identity, settings.localPort)
@@ -241,10 +224,7 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
   const address = bound.family === "IPv6" ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`
   process.stdout.write(`${address}\n`)
   progress(`listening on ${address}; each connection goes to the peer through its own tunnel`)
-  const signal = await new Promise<string>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"))
-    process.once("SIGTERM", () => resolve("SIGTERM"))
-  })
+  const signal = await untilStopSignal()
   progress(`${signal}: closing`)
   shutdown.abort()
   await new Promise<void>((resolve) => {

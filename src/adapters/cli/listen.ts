@@ -15,19 +15,23 @@ import { hexToBytes } from "../../core/keys.ts"
 import { parseHostPort } from "../../core/relay-address.ts"
 import { listen, type ListenerEvent, type PeerDuplex, type RelayStatus } from "../client/index.ts"
 import {
-  exitCodeHelp,
   ExitCode,
+  identityOption,
   keyOf,
   loadIdentity,
+  parseCommand,
   pipeBothWays,
+  quietOption,
   relayName,
   relaysOf,
-  say
+  say,
+  tickOption,
+  untilStopSignal
 } from "./client-common.ts"
-import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
+import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
-  identity: { type: "string", value: "FILE", help: "our identity key file (offset-relay keygen --out FILE); required" },
+  identity: identityOption,
   relay: {
     type: "list",
     value: "ADDR",
@@ -48,8 +52,8 @@ const table: OptionTable = {
     value: "MS",
     help: "longest wait before reconnecting a relay"
   },
-  "tick-ms": { type: "integer", default: 1000, value: "MS", help: "milliseconds per keepalive tick" },
-  quiet: { type: "boolean", short: "q", help: "print only errors" }
+  "tick-ms": tickOption,
+  quiet: quietOption
 }
 
 const usage = "offset-relay listen --identity FILE --relay ADDR [--relay ADDR ...] --allow KEY [...] --forward HOST:PORT"
@@ -61,17 +65,7 @@ const description = [
 
 /** Entry point of `offset-relay listen`. */
 export const run = async (args: ReadonlyArray<string>): Promise<number> => {
-  let settings
-  try {
-    const parsed = parseOptions(args, table)
-    if (parsed.help) {
-      process.stdout.write(`${helpText(usage, description, table)}\n\n${exitCodeHelp}\n`)
-      return ExitCode.Ok
-    }
-    if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
-    const o = parsed.options
-    const identityPath = o.identity as string | undefined
-    if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with offset-relay keygen)")
+  const settings = parseCommand("listen", args, { usage, description, table }, (o, common) => {
     const relays = relaysOf(o.relay as ReadonlyArray<string>)
     const forwardText = o.forward as string | undefined
     if (forwardText === undefined) throw new UsageError("--forward HOST:PORT is required: the local service to expose")
@@ -85,16 +79,9 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     const initialMs = o["backoff-initial-ms"] as number
     const maxMs = o["backoff-max-ms"] as number
     if (maxMs < initialMs) throw new UsageError("--backoff-max-ms must be at least --backoff-initial-ms")
-    const tickMs = o["tick-ms"] as number
-    if (tickMs < 1) throw new UsageError("--tick-ms must be at least 1")
-    settings = { identityPath, relays, forward: forward.value, allow, allowFile, initialMs, maxMs, tickMs, quiet: o.quiet === true }
-  } catch (error) {
-    if (error instanceof UsageError) {
-      say("listen", `${error.message}\nRun 'offset-relay listen --help' for the options.`)
-      return ExitCode.Usage
-    }
-    throw error
-  }
+    return { ...common, relays, forward: forward.value, allow, allowFile, initialMs, maxMs }
+  })
+  if (typeof settings === "number") return settings
 
   const identity = await loadIdentity("listen", settings.identityPath)
   if (identity === undefined) return ExitCode.Identity
@@ -155,10 +142,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     )
   })
 
-  const signal = await new Promise<string>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"))
-    process.once("SIGTERM", () => resolve("SIGTERM"))
-  })
+  const signal = await untilStopSignal()
   progress(`${signal}: closing every relay and tunnel`)
   await listener.close()
   return ExitCode.Ok
