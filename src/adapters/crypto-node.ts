@@ -191,6 +191,5 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
   }
 }
 
-
 /** CryptoPrimitives backed by node:crypto; see the module header for the length rules. */
 export const nodeCrypto: CryptoPrimitives = makeNodeCrypto({ rawKeyFormats: nodeHasRawKeyFormats })

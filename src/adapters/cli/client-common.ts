@@ -10,7 +10,7 @@
  *   3  the identity file is missing, unreadable or malformed
  *   4  the peer could not be reached: rejected, not listening, relays unreachable, or timed out
  *   5  authentication failed: a relay or the peer did not prove its key (possible attack)
- *   130 interrupted (SIGINT) while `connect` carried stdin/stdout
+ *   130 interrupted (SIGINT or SIGTERM) while `connect` carried stdin/stdout
  */
 import type * as Net from "node:net"
 import { ConnectError, readIdentity } from "../client/index.ts"

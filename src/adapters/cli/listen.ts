@@ -149,7 +149,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
 }
 
 /** One line about a relay's state. */
-export const describeStatus = (status: RelayStatus): string => {
+const describeStatus = (status: RelayStatus): string => {
   const relay = `relay ${relayName(status.relay)}`
   switch (status.state) {
     case "connecting":

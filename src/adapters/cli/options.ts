@@ -18,6 +18,7 @@ export interface OptionSpec {
   readonly short?: string
 }
 
+/** Every flag of a command, by name (without the leading dashes). */
 export type OptionTable = Readonly<Record<string, OptionSpec>>
 
 /** Parsed values: strings, integers, booleans or string lists, by flag name. */
@@ -29,7 +30,7 @@ export class UsageError extends Error {
 }
 
 /** The environment variable a flag falls back to. */
-export const envName = (flag: string): string => `OFFSET_RELAY_${flag.toUpperCase().replace(/-/g, "_")}`
+const envName = (flag: string): string => `OFFSET_RELAY_${flag.toUpperCase().replace(/-/g, "_")}`
 
 /** Help text: usage line, description, then one line per flag. */
 export const helpText = (usage: string, description: string, table: OptionTable): string => {

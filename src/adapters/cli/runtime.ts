@@ -15,9 +15,9 @@ import { layerNode, type Crypto } from "../crypto.ts"
 import { UsageError } from "./options.ts"
 
 /** Log formats the CLI offers. */
-export const LOG_FORMATS = ["pretty", "json"] as const
+const LOG_FORMATS = ["pretty", "json"] as const
 /** Log levels the CLI offers. */
-export const LOG_LEVELS = ["debug", "info", "warn", "error", "none"] as const
+const LOG_LEVELS = ["debug", "info", "warn", "error", "none"] as const
 
 const levels: Record<(typeof LOG_LEVELS)[number], LogLevel.LogLevel> = {
   debug: "Debug",

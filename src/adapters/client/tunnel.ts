@@ -64,7 +64,7 @@ export class TunnelOpenError extends Data.TaggedError("TunnelOpenError")<{
 }> {}
 
 /**
- * Opens a tunnel through `relay` to `peerKey` in `scope` (which the stream
+ * Opens a tunnel through `relay` to the peer `init` names, in `scope` (which the stream
  * closes when it is done; the caller closes it when this fails).
  * `endToEndTimeoutMs` bounds the end-to-end handshake (undefined: no bound
  * here, the caller's deadline applies).
