@@ -59,15 +59,23 @@ export const openRelayConnection = (
       const socket = yield* NodeSocket.fromDuplex(Effect.succeed(conn))
       const link = yield* makeSocketFrameLink(socket)
       // Added before the channel's own finalizer, so it runs after the
-      // channel's fibers have stopped.
-      yield* Effect.addFinalizer(() => closeGracefully(conn, link, options.closeLingerMs ?? DEFAULT_CLOSE_LINGER_MS))
+      // channel's fibers have stopped. A connection that never finished its
+      // handshake carries nothing worth flushing: it is cut at once.
+      let established = false
+      yield* Effect.addFinalizer(() =>
+        established
+          ? closeGracefully(conn, link, options.closeLingerMs ?? DEFAULT_CLOSE_LINGER_MS)
+          : Effect.sync(() => conn.destroy())
+      )
       yield* exchangeVersion(link)
-      return yield* establishChannel(link, {
+      const channel = yield* establishChannel(link, {
         crypto: options.crypto,
         identity: options.identity,
         expectedRemotePublicKey: relay.publicKey,
         ...options.channel
       })
+      established = true
+      return channel
     }).pipe(
       Effect.mapError((error) =>
         error instanceof LinkError ? new ChannelError({ reason: error.reason, message: error.message }) : error
