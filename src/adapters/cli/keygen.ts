@@ -21,7 +21,9 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   let parsed
   try {
     parsed = parseOptions(args, table)
-    if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
+    if (!parsed.help && parsed.positionals.length > 0) {
+      throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
+    }
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`offset-relay keygen: ${error.message}\nRun 'offset-relay keygen --help' for the options.\n`)
