@@ -124,6 +124,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
         return progress(`peer ${event.peer}: denied (not on the allow list), through ${relayName(event.relay)}`)
       case "AcceptFailed":
         return say("listen", `peer ${event.peer}: could not accept through ${relayName(event.relay)}: ${event.message}`)
+      case "Busy":
+        return say("listen", `peer ${event.peer}: refused, too many accepts already under way through ${relayName(event.relay)}`)
       case "Incoming":
       case "Accepted":
       case "StatusChanged":

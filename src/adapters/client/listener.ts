@@ -74,6 +74,8 @@ export type ListenerEvent =
   | { readonly _tag: "StatusChanged"; readonly status: RelayStatus }
   | { readonly _tag: "Incoming"; readonly relay: string; readonly peer: string }
   | { readonly _tag: "Denied"; readonly relay: string; readonly peer: string }
+  /** Refused unasked: MAX_ACCEPTS_IN_PROGRESS accepts were already under way on that relay. */
+  | { readonly _tag: "Busy"; readonly relay: string; readonly peer: string }
   | { readonly _tag: "Accepted"; readonly relay: string; readonly peer: string }
   | { readonly _tag: "AcceptFailed"; readonly relay: string; readonly peer: string; readonly message: string }
 
@@ -90,6 +92,14 @@ export interface ListenerOptions {
   /** Hears status changes and incoming connections (synchronously; must not throw). */
   readonly onEvent?: ((event: ListenerEvent) => void) | undefined
 }
+
+/**
+ * Accepts (policy check, accept connection, end-to-end handshake) under way
+ * at once per listen channel; IncomingConnections beyond it are rejected, so
+ * a relay (or a flood through it) cannot make the listener open connections
+ * without bound.
+ */
+export const MAX_ACCEPTS_IN_PROGRESS = 32
 
 /** The listener was closed; no more streams will come. */
 export class ListenerClosedError extends Data.TaggedError("ListenerClosedError")<{ readonly message: string }> {}
@@ -180,6 +190,7 @@ export const makeListener = (
         if (Result.isFailure(opened)) return describeOutcome(classifyFailure("relay", opened.failure))
         const channel = opened.success
         yield* onListening
+        let inProgress = 0
         while (true) {
           const message = yield* channel.receive
           const decoded = decodeIncomingConnection(message)
@@ -188,7 +199,17 @@ export const makeListener = (
             yield* channel.close
             return `the relay sent a malformed IncomingConnection: ${decoded.error.message}`
           }
-          yield* Effect.forkIn(incoming(relay, channel, decoded.value.publicKey), listenerScope)
+          const peerKey = decoded.value.publicKey
+          if (inProgress >= MAX_ACCEPTS_IN_PROGRESS) {
+            emit({ _tag: "Busy", relay: formatRelayAddress(relay), peer: bytesToHex(peerKey) })
+            yield* Effect.ignore(channel.send(encodeRejectConnection({ publicKey: peerKey })))
+            continue
+          }
+          inProgress++
+          yield* Effect.forkIn(
+            incoming(relay, channel, peerKey).pipe(Effect.ensuring(Effect.sync(() => inProgress--))),
+            listenerScope
+          )
         }
       }).pipe(
         Effect.catch((error: ChannelError) =>
