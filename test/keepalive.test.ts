@@ -39,18 +39,28 @@ const ticks = (n: number, event: KeepaliveEvent = tick): Array<KeepaliveEvent> =
 
 describe("keepalive", () => {
   it("wraps sent messages in KaMessage.message and unwraps received ones; keepAlive is consumed", () => {
+    const packedIn = encodeKaMessage({ _tag: "Message", data: utf8("in") })
+    const packedEmpty = encodeKaMessage({ _tag: "Message", data: new Uint8Array(0) })
     const { log } = run(makeKeepalive(), [
       { _tag: "Send", data: utf8("out") },
-      { _tag: "Received", data: encodeKaMessage({ _tag: "Message", data: utf8("in") }) },
+      { _tag: "Received", data: packedIn },
       { _tag: "Received", data: keepAlive },
-      { _tag: "Received", data: encodeKaMessage({ _tag: "Message", data: new Uint8Array(0) }) }
+      { _tag: "Received", data: packedEmpty }
     ])
     expect(log).toEqual([
       [0, { _tag: "Transmit", data: encodeKaMessage({ _tag: "Message", data: utf8("out") }) }],
-      [1, { _tag: "Deliver", data: utf8("in") }],
-      [3, { _tag: "Deliver", data: new Uint8Array(0) }]
+      // Each Deliver carries the KaMessage it came in, for a relay to forward.
+      [1, { _tag: "Deliver", data: utf8("in"), packed: packedIn }],
+      [3, { _tag: "Deliver", data: new Uint8Array(0), packed: packedEmpty }]
     ])
     expect(decodeKaMessage(encodedKeepAlive())).toEqual({ _tag: "Ok", value: { _tag: "KeepAlive" } })
+  })
+
+  it("a Send that brings its packed KaMessage (a forwarded Deliver) transmits exactly those bytes", () => {
+    const packed = encodeKaMessage({ _tag: "Message", data: utf8("relayed") })
+    const { log } = run(makeKeepalive(), [{ _tag: "Send", data: utf8("relayed"), packed }])
+    expect(log).toEqual([[0, { _tag: "Transmit", data: packed }]])
+    expect(log[0]![1]._tag === "Transmit" && log[0]![1].data).toBe(packed)
   })
 
   it("closes an idle peer on exactly the keepaliveTicks-th tick, pinging every half", () => {

@@ -56,8 +56,15 @@ export interface MessageChannel {
   readonly remotePublicKey: Uint8Array
   /** The next message, in order; fails once the channel has ended and every earlier message was taken. */
   readonly receive: Effect.Effect<Uint8Array, ChannelError>
+  /** Like `receive`, with the packed KaMessage the message arrived in, for `forward`. */
+  readonly receiveForwardable: Effect.Effect<ForwardableMessage, ChannelError>
   /** Sends one message; completes once the transport took it (waits while the peer is slow). */
   readonly send: (data: Uint8Array) => Effect.Effect<void, ChannelError>
+  /**
+   * Sends a message received on another channel, reusing its packed
+   * KaMessage instead of encoding it again (the relay's data path).
+   */
+  readonly forward: (message: ForwardableMessage) => Effect.Effect<void, ChannelError>
   /** Advances the channel's clock by one tick (keepalive, rekey); never waits. */
   readonly tick: () => void
   /** Ends the channel with LocalClose (idempotent); messages already sent stay sent. */
@@ -66,6 +73,12 @@ export interface MessageChannel {
   readonly ended: Effect.Effect<ChannelError>
   /** Bytes received and not yet taken by `receive` (memory accounting). */
   readonly bufferedBytes: () => number
+}
+
+/** A received message together with the packed KaMessage it came in. */
+export interface ForwardableMessage {
+  readonly data: Uint8Array
+  readonly packed: Uint8Array
 }
 
 /** What a channel needs beyond the link. */
@@ -113,7 +126,8 @@ export const establishChannel = (
     let ended: ChannelError | undefined
 
     // Inbox: messages delivered by the machine, waiting for `receive`.
-    const inbox: Array<Uint8Array> = []
+    // An entry keeps its packed KaMessage alive too, so both count toward the bound.
+    const inbox: Array<ForwardableMessage> = []
     let inboxHead = 0
     let inboxBytes = 0
     let readerBlocked = false
@@ -152,8 +166,8 @@ export const establishChannel = (
             queuedSeq++
             break
           case "Deliver":
-            inbox.push(command.data)
-            inboxBytes += command.data.length
+            inbox.push(command)
+            inboxBytes += command.data.length + command.packed.length
             receiveSignal.wake()
             break
           case "Authenticated":
@@ -248,20 +262,20 @@ export const establishChannel = (
         })
       ))
 
-    const receive: Effect.Effect<Uint8Array, ChannelError> = Effect.suspend(() => {
+    const receiveForwardable: Effect.Effect<ForwardableMessage, ChannelError> = Effect.suspend(() => {
       if (inboxHead < inbox.length) {
-        const data = inbox[inboxHead]!
-        inbox[inboxHead++] = EMPTY
-        inboxBytes -= data.length
+        const message = inbox[inboxHead]!
+        inbox[inboxHead++] = TAKEN
+        inboxBytes -= message.data.length + message.packed.length
         if (inboxHead === inbox.length) {
           inbox.length = 0
           inboxHead = 0
         }
         if (inboxBytes < inboxLimit) spaceSignal.wake()
-        return Effect.succeed(data)
+        return Effect.succeed(message)
       }
       if (ended !== undefined) return Effect.fail(ended)
-      return Effect.flatMap(receiveSignal.wait, () => receive)
+      return Effect.flatMap(receiveSignal.wait, () => receiveForwardable)
     })
 
     // Waits until the outbox has written up to `seq`, or the channel ended.
@@ -274,7 +288,12 @@ export const establishChannel = (
 
     return {
       remotePublicKey,
-      receive,
+      receive: Effect.map(receiveForwardable, (message) => message.data),
+      receiveForwardable,
+      forward: (message) =>
+        Effect.suspend(() =>
+          ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data: message.data, packed: message.packed }))
+        ),
       send: (data) =>
         Effect.suspend(() => (ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data })))),
       tick: () => {
@@ -288,6 +307,7 @@ export const establishChannel = (
   })
 
 const EMPTY = new Uint8Array(0)
+const TAKEN: ForwardableMessage = { data: EMPTY, packed: EMPTY }
 
 /**
  * A wake-up for fibers waiting on a condition they re-check themselves

@@ -386,15 +386,16 @@ export const makeRelayServer = (
         const channel = from.channel!
         const to = from.peer!.channel! // set by Splice, before mode became "tunnel"
         while (true) {
-          const message = yield* channel.receive
+          // Forwarded in the KaMessage it came in: one encoding less per message.
+          const message = yield* channel.receiveForwardable
           // A failed send means the peer's channel ended. The peer's own fiber
           // reports that, and the core then orders this side closed; until
           // then what arrives here has nowhere to go. Waiting instead would
           // deadlock two sides that end at once, each stuck sending to the other.
-          const sent = yield* Effect.exit(to.send(message))
+          const sent = yield* Effect.exit(to.forward(message))
           if (Exit.isSuccess(sent)) {
-            bytesRelayed += message.length
-            relayedBytes.inc(message.length)
+            bytesRelayed += message.data.length
+            relayedBytes.inc(message.data.length)
           }
         }
       })

@@ -59,13 +59,15 @@ export type ConnectionError = SecureChannelError | KeepaliveError
 export type ConnectionEvent =
   | { readonly _tag: "Start" }
   | { readonly _tag: "FrameReceived"; readonly frame: Uint8Array }
-  | { readonly _tag: "Send"; readonly data: Uint8Array }
+  /** `packed`: see keepalive.ts (a Deliver's `packed`, forwarded as is). */
+  | { readonly _tag: "Send"; readonly data: Uint8Array; readonly packed?: Uint8Array | undefined }
   | { readonly _tag: "Tick"; readonly receivePaused?: boolean | undefined }
 
 /** What the driver of a connection must do, in order. */
 export type ConnectionCommand =
   | { readonly _tag: "SendFrame"; readonly frame: Uint8Array }
-  | { readonly _tag: "Deliver"; readonly data: Uint8Array }
+  /** `packed`: the KaMessage `data` arrived in (see keepalive.ts). */
+  | { readonly _tag: "Deliver"; readonly data: Uint8Array; readonly packed: Uint8Array }
   | { readonly _tag: "Authenticated"; readonly remotePublicKey: Uint8Array }
   | { readonly _tag: "Close"; readonly error: ConnectionError }
 

@@ -50,13 +50,19 @@ export interface KeepaliveError {
 /** What happened to the keepalive layer. */
 export type KeepaliveEvent =
   | { readonly _tag: "Received"; readonly data: Uint8Array }
-  | { readonly _tag: "Send"; readonly data: Uint8Array }
+  /**
+   * `packed`, when given, is `data` already as a packed KaMessage (the
+   * `packed` of a Deliver: a relay forwarding what one side sent); it is
+   * sent as is instead of being encoded again.
+   */
+  | { readonly _tag: "Send"; readonly data: Uint8Array; readonly packed?: Uint8Array | undefined }
   | { readonly _tag: "Tick"; readonly receivePaused?: boolean | undefined }
 
 /** What the driver of the keepalive layer must do, in order. */
 export type KeepaliveCommand =
   | { readonly _tag: "Transmit"; readonly data: Uint8Array }
-  | { readonly _tag: "Deliver"; readonly data: Uint8Array }
+  /** `packed`: the KaMessage `data` arrived in, which a relay can forward without encoding it again. */
+  | { readonly _tag: "Deliver"; readonly data: Uint8Array; readonly packed: Uint8Array }
   | { readonly _tag: "Close"; readonly error: KeepaliveError }
 
 /** The keepalive countdowns. */
@@ -122,7 +128,7 @@ export const step = (state: KeepaliveState, event: KeepaliveEvent): KeepaliveSte
         case "KeepAlive":
           return [next, noCommands]
         case "Message":
-          return [next, [{ _tag: "Deliver", data: message.data }]]
+          return [next, [{ _tag: "Deliver", data: message.data, packed: event.data }]]
         default:
           return absurd(message)
       }
@@ -130,7 +136,7 @@ export const step = (state: KeepaliveState, event: KeepaliveEvent): KeepaliveSte
     case "Send":
       return [
         { ...state, ticksUntilKeepalive: sendInterval(state.keepaliveTicks) },
-        [{ _tag: "Transmit", data: encodeKaMessage({ _tag: "Message", data: event.data }) }]
+        [{ _tag: "Transmit", data: event.packed ?? encodeKaMessage({ _tag: "Message", data: event.data }) }]
       ]
     case "Tick": {
       const ticksUntilClose = event.receivePaused === true ? state.ticksUntilClose : state.ticksUntilClose - 1
