@@ -68,10 +68,12 @@ export const packedSizeBound = (unpackedBytes: number): number => unpackedBytes 
  * copy on the data path). Throws a RangeError when the length is not a
  * multiple of 8: that is a caller's bug, not a peer's input.
  */
-export const pack = (src: Uint8Array): Uint8Array => {
+export const pack = (src: Uint8Array, into?: Uint8Array): Uint8Array => {
   const len = src.length
   if ((len & 7) !== 0) throw new RangeError(`pack: ${len} bytes is not a whole number of words`)
-  const out = new Uint8Array(packedSizeBound(len))
+  const bound = packedSizeBound(len)
+  if (into !== undefined && into.length < bound) throw new RangeError(`pack: output of ${into.length} bytes is under ${bound}`)
+  const out = into ?? new Uint8Array(bound)
   // Random payloads (ciphertext) pack as long raw runs: scanning them a u32 at
   // a time is most of the speed. Needs 4-byte alignment, which our builders'
   // buffers have (each starts at offset 0 of its own ArrayBuffer).
@@ -651,10 +653,23 @@ export const writeWordsBigEndian = (builder: MessageBuilder, at: number, bytes: 
   }
 }
 
-/** Packs the finished message. Throws if fewer or more words were allocated than declared (an encoder bug). */
-export const finishPacked = (builder: MessageBuilder): Uint8Array => {
+/**
+ * Packs the finished message. Throws if fewer or more words were allocated
+ * than declared (an encoder bug). With `transient`, the result is a view of
+ * a buffer the next transient pack reuses: for bytes consumed at once.
+ */
+export const finishPacked = (builder: MessageBuilder, transient = false): Uint8Array => {
   if (builder.next !== builder.bytes.length) {
     throw new Error(`capnp builder: allocated ${builder.next} of ${builder.bytes.length} bytes (encoder size bug)`)
   }
-  return pack(builder.bytes)
+  if (!transient) return pack(builder.bytes)
+  const bound = packedSizeBound(builder.bytes.length)
+  if (bound > packScratch.length) {
+    if (bound > scratchRetainedBytes) return pack(builder.bytes)
+    packScratch = new Uint8Array(Math.min(scratchRetainedBytes, Math.max(bound, packScratch.length * 2)))
+  }
+  return pack(builder.bytes, packScratch)
 }
+
+// The output of transient packs (see finishPacked).
+let packScratch = new Uint8Array(64 * 1024)

@@ -294,7 +294,15 @@ export const encodeRekey = (value: Rekey): Uint8Array => {
 }
 
 /** Packed bytes of a ChannelMessage (data path: one message buffer, one packed buffer). */
-export const encodeChannelMessage = (value: ChannelMessage): Uint8Array => {
+export const encodeChannelMessage = (value: ChannelMessage): Uint8Array => encodeChannel(value, false)
+
+/**
+ * Packed bytes of a ChannelMessage in a buffer the next call reuses: for the
+ * secure channel, which seals them at once (one allocation less per message).
+ */
+export const encodeChannelMessageTransient = (value: ChannelMessage): Uint8Array => encodeChannel(value, true)
+
+const encodeChannel = (value: ChannelMessage, transient: boolean): Uint8Array => {
   const content = value.content
   const contentWords = words(L.ChannelContent) + (content._tag === "User" ? dataWords(content.data) : rekeyWords)
   const builder = createMessage(rootWords + words(L.ChannelMessage) + dataWords(value.randPadding) + contentWords)
@@ -313,7 +321,7 @@ export const encodeChannelMessage = (value: ChannelMessage): Uint8Array => {
     default:
       return absurd(content)
   }
-  return finishPacked(builder)
+  return finishPacked(builder, transient)
 }
 
 const absurd = (value: never): never => {

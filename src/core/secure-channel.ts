@@ -54,7 +54,7 @@ import {
   decodeChannelMessage,
   decodeExchangeDh,
   decodeExchangeRandNonce,
-  encodeChannelMessage,
+  encodeChannelMessageTransient,
   encodeExchangeDh,
   encodeExchangeRandNonce,
   fixedLengths,
@@ -368,7 +368,8 @@ type SealResult =
 /** Encrypts one ChannelMessage under `send`: the frame and the advanced counter. */
 const seal = (settings: SecureChannelSettings, send: DirectionKey, content: ChannelContent): SealResult => {
   if (send.counter >= Number.MAX_SAFE_INTEGER) return { _tag: "Exhausted" }
-  const plaintext = encodeChannelMessage({ randPadding: makePadding(settings), content })
+  // Transient: sealed right here, before anything else is encoded.
+  const plaintext = encodeChannelMessageTransient({ randPadding: makePadding(settings), content })
   const nonce = transportNonce(send.counter)
   const frame = settings.crypto.aeadSeal(send.key, nonce, plaintext, nonce)
   return { _tag: "Ok", frame, send: { key: send.key, counter: send.counter + 1 } }
