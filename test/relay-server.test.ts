@@ -506,5 +506,9 @@ describe("relay server on real sockets", () => {
       expect(closed).toBe(9)
       expect(metricValue(text, `offset_relay_connections{state="open"}`)).toBe(0)
       expect(metricValue(text, "offset_relay_buffered_bytes")).toBe(0)
+      // The process gauges operators expect beside the relay's own.
+      expect(metricValue(text, "process_resident_memory_bytes")).toBeGreaterThan(0)
+      expect(metricValue(text, "nodejs_heap_used_bytes")).toBeGreaterThan(0)
+      expect(metricValue(text, "process_open_fds")).toBeGreaterThan(0)
     })))
 })

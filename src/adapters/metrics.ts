@@ -3,6 +3,7 @@
  * server increments, and gauges read from callbacks at scrape time, rendered
  * in the Prometheus text exposition format (version 0.0.4).
  */
+import { existsSync, readdirSync } from "node:fs"
 
 /** A monotonically increasing count, optionally split by one label. */
 export interface Counter {
@@ -63,3 +64,17 @@ export class Metrics {
 }
 
 const escapeLabel = (value: string): string => value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")
+
+/**
+ * The process gauges operators expect beside the relay's own: resident
+ * memory, V8 heap and open file descriptors (Linux: counted in /proc/self/fd
+ * at scrape time; left out where /proc is missing).
+ */
+export const registerProcessMetrics = (metrics: Metrics): void => {
+  metrics.gauge("process_resident_memory_bytes", "Resident memory size in bytes.", () => process.memoryUsage.rss())
+  metrics.gauge("nodejs_heap_used_bytes", "V8 heap in use, in bytes.", () => process.memoryUsage().heapUsed)
+  metrics.gauge("nodejs_heap_total_bytes", "V8 heap reserved, in bytes.", () => process.memoryUsage().heapTotal)
+  if (existsSync("/proc/self/fd")) {
+    metrics.gauge("process_open_fds", "Open file descriptors.", () => readdirSync("/proc/self/fd").length)
+  }
+}

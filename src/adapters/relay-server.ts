@@ -57,7 +57,7 @@ import {
 import { Crypto } from "./crypto.ts"
 import { closeGracefully, exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
 import { ChannelError, establishChannel, type MessageChannel } from "./message-channel.ts"
-import { Metrics } from "./metrics.ts"
+import { Metrics, registerProcessMetrics } from "./metrics.ts"
 
 /** An Ed25519 identity: the 32-byte secret seed and its public key. */
 export interface RelayIdentity {
@@ -287,6 +287,7 @@ export const makeRelayServer = (
       "state"
     )
     metrics.gauge("offset_relay_buffered_bytes", "Bytes held in channel buffers.", () => bufferedBytes())
+    registerProcessMetrics(metrics)
 
     const bufferedBytes = (): number => {
       let total = 0
