@@ -146,6 +146,26 @@ export const startChild = (
   })
 
 /** A free TCP port on 127.0.0.1 (free when asked: another process could take it before we bind it). */
+/**
+ * Relay flags that lift every per-prefix and per-key cap: load generators
+ * and benches run all their clients from 127.0.0.1, standing in for many
+ * hosts, so those caps would measure the cap instead of the relay.
+ */
+export const ONE_HOST_AS_MANY_ARGS: ReadonlyArray<string> = [
+  "--max-connections-per-prefix",
+  "1000000",
+  "--max-connections-per-key",
+  "1000000",
+  "--max-handshakes-per-prefix",
+  "1000000",
+  "--max-unidentified-per-prefix",
+  "1000000",
+  "--handshake-rate-per-prefix",
+  "1000000",
+  "--handshake-burst-per-prefix",
+  "1000000"
+]
+
 export const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
     const server = Net.createServer()

@@ -14,7 +14,7 @@
 import * as Path from "node:path"
 import process from "node:process"
 import { benchCrypto, type CryptoBenchRow } from "./crypto.ts"
-import { repoRoot, startRelayProcess, type RelayProcess } from "./relay-process.ts"
+import { ONE_HOST_AS_MANY_ARGS, repoRoot, startRelayProcess, type RelayProcess } from "./relay-process.ts"
 import { formatTable, row, runInfo, writeResults, type BenchRow } from "./report.ts"
 import { benchIsolation } from "./isolation.ts"
 import { benchScale, SCALE_RELAY_ARGS } from "./scale.ts"
@@ -73,7 +73,7 @@ const cryptoRows = (rows: ReadonlyArray<CryptoBenchRow>): Array<BenchRow> => {
 
 /** Runs the chosen scenarios; returns every row. */
 /** Relay flags for bench relays: lift the per-host caps (see withRelay). */
-const MANY_HOSTS_ARGS = ["--max-connections-per-ip", "1000000", "--max-handshakes-per-ip", "1000000"]
+const MANY_HOSTS_ARGS = ONE_HOST_AS_MANY_ARGS
 
 export const runBench = async (args: BenchArgs, log: (line: string) => void): Promise<Array<BenchRow>> => {
   const rows: Array<BenchRow> = []

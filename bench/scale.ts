@@ -12,7 +12,7 @@
 import type { CryptoBenchRow } from "./crypto.ts"
 import { startLoadWorker, toWireEndpoint, type LoadWorker } from "./load-worker.ts"
 import { proxyIdleMemory } from "./baseline.ts"
-import type { ProcessMemory, RelayProcess } from "./relay-process.ts"
+import { ONE_HOST_AS_MANY_ARGS, type ProcessMemory, type RelayProcess } from "./relay-process.ts"
 import { row, type BenchRow } from "./report.ts"
 
 /** Tunnels one worker process holds (3 sockets each, well inside a 20k fd limit). */
@@ -22,10 +22,7 @@ const WORKER_TUNNELS = 2000
 export const SCALE_RELAY_ARGS = [
   "--max-connections",
   "1000000",
-  "--max-connections-per-ip",
-  "1000000",
-  "--max-handshakes-per-ip",
-  "1000000"
+  ...ONE_HOST_AS_MANY_ARGS
 ]
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))

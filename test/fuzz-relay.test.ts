@@ -34,7 +34,7 @@ import {
 import { transportNonce } from "../src/core/secure-channel.ts"
 import { encodeVersion } from "../src/core/version.ts"
 import { echo, listen, newIdentity, openTunnel, type PeerOptions } from "../bench/peers.ts"
-import { startRelayProcess, type RelayProcess } from "../bench/relay-process.ts"
+import { ONE_HOST_AS_MANY_ARGS, startRelayProcess, type RelayProcess } from "../bench/relay-process.ts"
 import { patternBytes, RawClient } from "./support/relay-harness.ts"
 
 const TICK_MS = 50
@@ -183,10 +183,7 @@ describe("fuzzing a live relay's network input", () => {
         String(HANDSHAKE_TIMEOUT_MS),
         "--init-timeout-ticks",
         String(INIT_TIMEOUT_TICKS),
-        "--max-connections-per-ip",
-        "100000",
-        "--max-handshakes-per-ip",
-        "100000"
+        ...ONE_HOST_AS_MANY_ARGS
       ]
     })
   })

@@ -10,9 +10,10 @@
  *
  * | hostile client                                  | closed by                      | reason                         |
  * |-------------------------------------------------|--------------------------------|--------------------------------|
- * | silent after connect, beyond --max-handshakes   | at once                        | over-limit (limit max-concurrent-handshakes) |
- * | silent after connect, or stalled mid-handshake  | --handshake-timeout-ms         | timeout-handshake              |
- * | version frame trickled a byte per 150 ms        | --handshake-timeout-ms         | timeout-handshake              |
+ * | silent after connect, beyond --max-handshakes   | at once                        | over-limit (limit max-handshakes) |
+ * | silent after connect                            | --hello-timeout-ms             | timeout-handshake              |
+ * | stalled mid-handshake                           | --handshake-timeout-ms         | timeout-handshake              |
+ * | version frame trickled a byte per 150 ms        | --hello-timeout-ms             | timeout-handshake              |
  * | frame length > 1 MiB, first frame or later      | at once, nothing buffered      | frame-too-long                 |
  * | InitConnection trickled a byte per 150 ms       | --init-timeout-ticks           | timeout-init                   |
  * | connect flood at one listener                   | --max-pending-per-listener     | over-limit (then listener-gone for those pending when the listener leaves) |
@@ -28,7 +29,7 @@ import { openRelayConnection } from "../src/adapters/relay-connection.ts"
 import { encodeFrameHeader } from "../src/core/frame.ts"
 import { encodeVersion } from "../src/core/version.ts"
 import { echo, listen, newIdentity, openTunnel, type PeerOptions } from "../bench/peers.ts"
-import { startRelayProcess, type RelayProcess, type RelayScrape } from "../bench/relay-process.ts"
+import { ONE_HOST_AS_MANY_ARGS, startRelayProcess, type RelayProcess, type RelayScrape } from "../bench/relay-process.ts"
 import { patternBytes, RawClient } from "./support/relay-harness.ts"
 
 const TICK_MS = 100
@@ -66,6 +67,9 @@ describe("abuse under load", () => {
       args: [
         "--handshake-timeout-ms",
         String(HANDSHAKE_TIMEOUT_MS),
+        // Silent connections must hold their slots as long as stalled ones, for the counts below.
+        "--hello-timeout-ms",
+        String(HANDSHAKE_TIMEOUT_MS),
         "--max-handshakes",
         String(MAX_HANDSHAKES),
         "--init-timeout-ticks",
@@ -76,10 +80,7 @@ describe("abuse under load", () => {
         "--half-tunnel-ticks",
         "1000",
         // Every client here is 127.0.0.1: per-host caps would hide the global ones under test.
-        "--max-connections-per-ip",
-        "100000",
-        "--max-handshakes-per-ip",
-        "100000"
+        ...ONE_HOST_AS_MANY_ARGS
       ]
     })
   })
@@ -128,7 +129,7 @@ describe("abuse under load", () => {
         const silent = await Promise.all(Array.from({ length: silentCount }, () => RawClient.connect(relay.port)))
         expect(await allClosed(silent, HANDSHAKE_TIMEOUT_MS + 3000)).toBe(0)
       })
-      const refused = (await relay.scrape()).overLimit("max-concurrent-handshakes") - before.overLimit("max-concurrent-handshakes")
+      const refused = (await relay.scrape()).overLimit("max-handshakes") - before.overLimit("max-handshakes")
       expect(refused).toBe(silentCount - MAX_HANDSHAKES)
       expect(await delta("timeout-handshake")).toBe(MAX_HANDSHAKES)
 
@@ -237,16 +238,18 @@ describe("abuse under load", () => {
 
   // Every connection here comes from 127.0.0.1 except the hostile ones, which
   // come from 127.0.0.2 (all of 127/8 is loopback): one host at the default
-  // limits. Without a per-IP handshake cap, one host holding 256 silent
-  // connections (the per-IP connection cap, equal to the global handshake
-  // cap) for the handshake timeout would make the relay refuse every other
-  // client's handshake, again and again, at no crypto cost to the attacker.
+  // limits. Without a per-prefix handshake cap, one host holding 256 silent
+  // connections (the global handshake cap) for the handshake timeout would
+  // make the relay refuse every other client's handshake, again and again,
+  // at no crypto cost to the attacker.
   it("one host's silent connections cannot take every handshake slot", async () => {
-    const defaults = await startRelayProcess({ tickMs: TICK_MS })
+    // Default limits; the hello deadline as long as the handshake's, so the
+    // silent connections hold their slots while the test looks.
+    const defaults = await startRelayProcess({ tickMs: TICK_MS, args: ["--hello-timeout-ms", "5000"] })
     const silent: Array<RawClient> = []
     try {
-      const attempts = 256 // defaultRelayServerOptions: maxConcurrentHandshakes and maxConnectionsPerIp
-      const perIpSlots = 32 // defaultRelayServerOptions: maxHandshakesPerIp
+      const attempts = 256 // defaultRelayConfig.maxHandshakes
+      const perIpSlots = 32 // defaultRelayConfig.maxHandshakesPerPrefix
       for (let i = 0; i < attempts; i += 32) {
         silent.push(...(await Promise.all(Array.from({ length: Math.min(32, attempts - i) }, () => RawClient.connect(defaults.port, "127.0.0.2")))))
       }

@@ -24,7 +24,7 @@ import { encodeInitConnection } from "../src/core/messages.ts"
 import { bytesToHex } from "../src/core/keys.ts"
 import { startLoadWorker, toWireEndpoint } from "../bench/load-worker.ts"
 import { echo, endToEnd, listen, newIdentity, openTunnel, type PeerIdentity, type PeerOptions } from "../bench/peers.ts"
-import { startRelayProcess, type RelayProcess } from "../bench/relay-process.ts"
+import { ONE_HOST_AS_MANY_ARGS, startRelayProcess, type RelayProcess } from "../bench/relay-process.ts"
 import { patternBytes, RawClient } from "./support/relay-harness.ts"
 
 /** Tunnels in the measured round (the warm-up adds WARM_UP more). */
@@ -95,10 +95,7 @@ describe("churn soak against a relay process", () => {
       tickMs: TICK_MS,
       // All clients are 127.0.0.1, standing in for many hosts: per-host caps lifted.
       args: [
-        "--max-connections-per-ip",
-        "100000",
-        "--max-handshakes-per-ip",
-        "100000",
+        ...ONE_HOST_AS_MANY_ARGS,
         "--init-timeout-ticks",
         "20",
         "--half-tunnel-ticks",

@@ -1,8 +1,10 @@
 /**
  * Model-based test of the relay core: fast-check generates random sequences
- * of adapter events (opens, handshakes from a pool of three keys, first
- * messages, rejects, garbage, closes, ticks, allow-list changes, shutdown)
- * under a random small config, and after every event compares the core with
+ * of adapter events (opens from a pool of three address prefixes, hellos,
+ * handshakes from a pool of three keys, first messages, rejects, garbage,
+ * usage reports, closes, ticks, allow-list changes, shutdown) under a random
+ * small config (so admission caps, evictions, the handshake rate, the memory
+ * budget and stuck tunnels are all hit), and after every event compares the core with
  * a deliberately naive reference model (one flat map of connections, found by
  * scanning; no indexes, counters or deadline buckets).
  *
@@ -49,7 +51,8 @@ import {
   RelayCore,
   type RelayCommand,
   type RelayConfig,
-  type RelayEvent
+  type RelayEvent,
+  type RelayLimit
 } from "../src/core/relay-core.ts"
 
 const KEYS: ReadonlyArray<Uint8Array> = [0xa0, 0xb0, 0xc0].map((n) => new Uint8Array(32).fill(n))
@@ -61,12 +64,24 @@ const MAX_TARGET = 16
 
 // ---------------------------------------------------------------- the model
 
-type ModelConnection =
-  | { readonly phase: "handshaking"; readonly deadline: number }
+// Every connection has its prefix and `since`: when it entered its current
+// stage (a global step counter), which orders eviction victims.
+type ModelConnection = { readonly prefix: number; readonly since: number } & (
+  | { readonly phase: "handshaking"; readonly opened: number; readonly hello: boolean; readonly deadline: number }
   | { readonly phase: "awaiting-init"; readonly key: number; readonly deadline: number }
   | { readonly phase: "listen"; readonly key: number }
   | { readonly phase: "pending-connect"; readonly key: number; readonly listener: number; readonly deadline: number }
-  | { readonly phase: "tunnel"; readonly peer: number }
+  | { readonly phase: "tunnel"; readonly key: number; readonly peer: number; readonly counted: boolean }
+)
+
+interface ModelUsage {
+  held: number
+  delivered: number
+  progressAt: number
+  paused: boolean
+}
+
+const PREFIXES = ["p0", "p1", "p2"]
 
 /** The reference model: what the relay should know, kept as plainly as possible. */
 interface Model {
@@ -76,7 +91,33 @@ interface Model {
   now: number
   allow: ReadonlySet<number> | undefined
   shutdownAt: number | undefined
+  /** Handshake tokens per prefix index (absent = full). */
+  readonly tokens: Map<number, number>
+  readonly usage: Map<number, ModelUsage>
+  pressure: boolean
+  /** Stage changes so far (ModelConnection.since). */
+  stage: number
 }
+
+const emptyModel = (config: RelayConfig): Model => ({
+  config,
+  connections: new Map(),
+  opened: 0,
+  now: 0,
+  allow: undefined,
+  shutdownAt: undefined,
+  tokens: new Map(),
+  usage: new Map(),
+  pressure: false,
+  stage: 0
+})
+
+// Sets connection `id`'s state, stamping a new stage when its phase (or hello) changes.
+const setM = (model: Model, id: number, c: DistributiveOmit<ModelConnection, "since">): void => {
+  model.connections.set(id, { ...c, since: ++model.stage } as ModelConnection)
+}
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never
+
 
 /** The system under test plus what a correct adapter would remember. */
 interface Real {
@@ -93,9 +134,9 @@ const find = (model: Model, pred: (c: ModelConnection) => boolean): number | und
   return undefined
 }
 
-const closeM = (model: Model, id: number, reason: CloseReason, out: Array<string>): void => {
+const closeM = (model: Model, id: number, reason: CloseReason, out: Array<string>, limit?: RelayLimit): void => {
   if (!model.connections.has(id)) return
-  out.push(`close ${id} ${reason}`)
+  out.push(`close ${id} ${reason}${limit === undefined ? "" : ` (${limit})`}`)
   releaseM(model, id, out)
 }
 
@@ -111,6 +152,100 @@ const releaseM = (model: Model, id: number, out: Array<string>): void => {
   if (c.phase === "tunnel" && model.connections.delete(c.peer)) out.push(`close ${c.peer} peer-closed`)
 }
 
+// Usage entries of connections the model no longer has are gone (the core forgets them on close).
+const forgetUsageM = (model: Model): void => {
+  for (const id of [...model.usage.keys()]) if (!model.connections.has(id)) model.usage.delete(id)
+}
+
+const heldM = (model: Model): number => {
+  let total = 0
+  for (const [id, u] of model.usage) if (model.connections.has(id)) total += u.held
+  return total
+}
+
+const usageM = (model: Model, id: number): ModelUsage => {
+  let u = model.usage.get(id)
+  if (u === undefined) {
+    u = { held: 0, delivered: 0, progressAt: model.now, paused: false }
+    model.usage.set(id, u)
+  }
+  return u
+}
+
+const pressureM = (model: Model, out: Array<string>): void => {
+  forgetUsageM(model)
+  const held = heldM(model)
+  if (!model.pressure) {
+    if (held >= model.config.maxBufferedBytes) model.pressure = true
+    return
+  }
+  if (held > Math.floor((model.config.maxBufferedBytes * 3) / 4)) return
+  model.pressure = false
+  for (const [id, u] of model.usage) {
+    if (u.paused) out.push(`resume ${id}`)
+    u.paused = false
+  }
+}
+
+const countM = (model: Model, pred: (c: ModelConnection) => boolean): number =>
+  [...model.connections.values()].filter(pred).length
+
+const isUnidentified = (c: ModelConnection): boolean => c.phase === "handshaking" || c.phase === "awaiting-init"
+const isHandshaking = (c: ModelConnection): boolean => c.phase === "handshaking"
+// Listen and connect channels, and the connect sides of tunnels, count toward prefix and key caps.
+const isCounted = (c: ModelConnection): boolean =>
+  c.phase === "listen" || c.phase === "pending-connect" || (c.phase === "tunnel" && c.counted)
+
+// The eviction victim for a full table: the longest-waiting connection of the
+// prefix holding the most (ties: the smaller prefix name), when that prefix
+// holds more than the newcomer's would after admission.
+const victimM = (model: Model, prefix: number, inTable: (c: ModelConnection) => boolean): number | undefined => {
+  const counts = PREFIXES.map((_, p) => countM(model, (c) => c.prefix === p && inTable(c)))
+  let largest = 0
+  for (let p = 1; p < PREFIXES.length; p++) if (counts[p]! > counts[largest]!) largest = p
+  if (counts[largest]! <= counts[prefix]! + 1) return undefined
+  let victim: number | undefined
+  for (const [id, c] of model.connections) {
+    if (c.prefix !== largest || !inTable(c)) continue
+    if (victim === undefined || c.since < model.connections.get(victim)!.since) victim = id
+  }
+  return victim
+}
+
+const openM = (model: Model, id: number, prefix: number, out: Array<string>): void => {
+  const config = model.config
+  const refuse = (limit: RelayLimit): void => void out.push(`close ${id} over-limit (${limit})`)
+  if (model.shutdownAt !== undefined) return void out.push(`close ${id} shutting-down`)
+  if (model.connections.size >= config.maxConnections) return refuse("max-connections")
+  if (model.pressure) return refuse("max-buffered-bytes")
+  const tokens = model.tokens.get(prefix) ?? config.handshakeBurstPerPrefix
+  if (tokens < 1) return refuse("handshake-rate")
+  model.tokens.set(prefix, tokens - 1)
+  if (countM(model, (c) => c.prefix === prefix && isUnidentified(c)) >= config.maxUnidentifiedPerPrefix) {
+    return refuse("max-unidentified-per-prefix")
+  }
+  if (countM(model, (c) => c.prefix === prefix && isHandshaking(c)) >= config.maxHandshakesPerPrefix) {
+    return refuse("max-handshakes-per-prefix")
+  }
+  if (countM(model, isUnidentified) >= config.maxUnidentified) {
+    const victim = victimM(model, prefix, isUnidentified)
+    if (victim === undefined) return refuse("max-unidentified")
+    closeM(model, victim, "over-limit", out, "unidentified-evicted")
+  }
+  if (countM(model, isHandshaking) >= config.maxHandshakes) {
+    const victim = victimM(model, prefix, isHandshaking)
+    if (victim === undefined) return refuse("max-handshakes")
+    closeM(model, victim, "over-limit", out, "handshake-evicted")
+  }
+  setM(model, id, {
+    phase: "handshaking",
+    prefix,
+    opened: model.now,
+    hello: false,
+    deadline: model.now + Math.min(config.helloTimeoutTicks, config.handshakeTimeoutTicks)
+  })
+}
+
 const closeTunnelsM = (model: Model, out: Array<string>): void => {
   for (const [id, c] of [...model.connections]) {
     if (c.phase === "tunnel") {
@@ -123,13 +258,21 @@ const closeTunnelsM = (model: Model, out: Array<string>): void => {
 const unidentifiedM = (model: Model): number =>
   [...model.connections.values()].filter((c) => c.phase === "handshaking" || c.phase === "awaiting-init").length
 
-const initM = (model: Model, id: number, key: number, init: ModelInit, out: Array<string>): void => {
+const initM = (model: Model, id: number, prefix: number, key: number, init: ModelInit, out: Array<string>): void => {
   if (model.allow !== undefined && !model.allow.has(key)) return closeM(model, id, "not-allowed", out)
+  if (init.kind !== "accept") {
+    if (countM(model, (c) => c.prefix === prefix && isCounted(c)) >= model.config.maxConnectionsPerPrefix) {
+      return closeM(model, id, "over-limit", out, "max-connections-per-prefix")
+    }
+    if (countM(model, (c) => "key" in c && c.key === key && isCounted(c)) >= model.config.maxConnectionsPerKey) {
+      return closeM(model, id, "over-limit", out, "max-connections-per-key")
+    }
+  }
   switch (init.kind) {
     case "listen": {
       const older = find(model, (c) => c.phase === "listen" && c.key === key)
       if (older !== undefined) closeM(model, older, "replaced", out)
-      model.connections.set(id, { phase: "listen", key })
+      setM(model, id, { phase: "listen", prefix, key })
       return
     }
     case "connect": {
@@ -139,9 +282,12 @@ const initM = (model: Model, id: number, key: number, init: ModelInit, out: Arra
         (c) => c.phase === "pending-connect" && c.listener === listener
       )
       if (pending.some((c) => c.phase === "pending-connect" && c.key === key)) return closeM(model, id, "duplicate", out)
-      if (pending.length >= model.config.maxPendingHalfTunnelsPerListener) return closeM(model, id, "over-limit", out)
-      model.connections.set(id, {
+      if (pending.length >= model.config.maxPendingHalfTunnelsPerListener) {
+        return closeM(model, id, "over-limit", out, "max-pending-per-listener")
+      }
+      setM(model, id, {
         phase: "pending-connect",
+        prefix,
         key,
         listener,
         deadline: model.now + model.config.halfTunnelTicks
@@ -156,8 +302,11 @@ const initM = (model: Model, id: number, key: number, init: ModelInit, out: Arra
         (c) => c.phase === "pending-connect" && c.listener === listener && c.key === init.key
       )
       if (connect === undefined) return closeM(model, id, "no-pending", out)
-      model.connections.set(connect, { phase: "tunnel", peer: id })
-      model.connections.set(id, { phase: "tunnel", peer: connect })
+      const c = model.connections.get(connect)!
+      setM(model, connect, { phase: "tunnel", prefix: c.prefix, key: init.key, peer: id, counted: true })
+      setM(model, id, { phase: "tunnel", prefix, key, peer: connect, counted: false })
+      usageM(model, connect).progressAt = model.now
+      usageM(model, id).progressAt = model.now
       out.push(`splice ${connect}+${id}`)
       return
     }
@@ -167,6 +316,20 @@ const initM = (model: Model, id: number, key: number, init: ModelInit, out: Arra
 const tickM = (model: Model, out: Array<string>): void => {
   model.now++
   if (model.shutdownAt === model.now) closeTunnelsM(model, out)
+  const { handshakeRatePerPrefix: rate, handshakeBurstPerPrefix: burst } = model.config
+  for (const [p, t] of model.tokens) model.tokens.set(p, Math.min(burst, t + rate))
+  if (model.pressure) {
+    for (const [id, c] of [...model.connections]) {
+      if (c.phase !== "tunnel" || !c.counted || !model.connections.has(id)) continue
+      const mine = usageM(model, id)
+      const theirs = usageM(model, c.peer)
+      if (mine.held + theirs.held === 0) continue
+      if (model.now - Math.max(mine.progressAt, theirs.progressAt) < model.config.stuckTunnelTicks) continue
+      model.connections.delete(id)
+      model.connections.delete(c.peer)
+      out.push(`close ${id} over-limit (stuck-tunnel)`, `close ${c.peer} over-limit (stuck-tunnel)`)
+    }
+  }
   for (const [id, c] of [...model.connections]) {
     if (!("deadline" in c) || c.deadline !== model.now) continue
     const reason: CloseReason = c.phase === "handshaking"
@@ -197,7 +360,11 @@ const describeCommand = (command: RelayCommand): string => {
     case "Splice":
       return `splice ${command.connectId}+${command.acceptId}`
     case "Close":
-      return `close ${command.id} ${command.reason}`
+      return `close ${command.id} ${command.reason}${command.limit === undefined ? "" : ` (${command.limit})`}`
+    case "PauseReading":
+      return `pause ${command.id}`
+    case "ResumeReading":
+      return `resume ${command.id}`
   }
 }
 
@@ -205,6 +372,8 @@ const namedIds = (command: RelayCommand): ReadonlyArray<number> => {
   switch (command._tag) {
     case "SendIncomingConnection":
     case "Close":
+    case "PauseReading":
+    case "ResumeReading":
       return [command.id]
     case "HoldConnect":
       return [command.id, command.listener]
@@ -234,6 +403,7 @@ const step = (
   const commands = real.core.handle(event)
   const expected: Array<string> = []
   predict(expected)
+  pressureM(model, expected)
   expect([...commands.map(describeCommand)].sort()).toEqual([...expected].sort())
 
   const closedInBatch = new Set<number>()
@@ -260,6 +430,10 @@ const step = (
         break
       case "SendIncomingConnection":
         break
+      case "PauseReading":
+      case "ResumeReading":
+        expect(real.core.isPaused(command.id)).toBe(command._tag === "PauseReading")
+        break
     }
   }
   for (const n of closedInBatch) real.closed.add(n)
@@ -272,10 +446,14 @@ const step = (
   const count = (phase: ConnectionRole): number => phases.filter((p) => p === phase).length
   expect(real.core.stats()).toEqual({
     unidentified: count("handshaking") + count("awaiting-init"),
+    handshaking: count("handshaking"),
     listeners: count("listen"),
     pendingHalfTunnels: count("pending-connect"),
     tunnels: count("tunnel") / 2,
-    connections: model.connections.size
+    connections: model.connections.size,
+    heldBytes: heldM(model),
+    memoryPressure: model.pressure ? 1 : 0,
+    pausedReading: [...model.usage.values()].filter((u) => u.paused).length
   })
   expect(real.core.checkInvariants()).toEqual([])
 }
@@ -288,16 +466,72 @@ const receivable = (real: Real, id: number): boolean => real.authenticated.has(i
 type RelayModelCommand = fc.Command<Model, Real>
 
 class Open implements RelayModelCommand {
+  readonly prefix: number
+  constructor(prefix: number) {
+    this.prefix = prefix
+  }
   check = (): boolean => true
   run(model: Model, real: Real): void {
     const id = ++model.opened
-    step(model, real, { _tag: "Opened", id: ConnectionId(id) }, (out) => {
-      if (model.shutdownAt !== undefined) out.push(`close ${id} shutting-down`)
-      else if (unidentifiedM(model) >= model.config.maxUnidentified) out.push(`close ${id} over-limit`)
-      else model.connections.set(id, { phase: "handshaking", deadline: model.now + model.config.handshakeTimeoutTicks })
+    step(model, real, { _tag: "Opened", id: ConnectionId(id), prefix: PREFIXES[this.prefix]! }, (out) =>
+      openM(model, id, this.prefix, out))
+  }
+  toString = (): string => `Open(${PREFIXES[this.prefix]})`
+}
+
+class Hello implements RelayModelCommand {
+  readonly target: number
+  constructor(target: number) {
+    this.target = target
+  }
+  check = (model: Readonly<Model>): boolean => this.target <= model.opened
+  run(model: Model, real: Real): void {
+    step(model, real, { _tag: "HelloReceived", id: ConnectionId(this.target) }, () => {
+      const c = model.connections.get(this.target)
+      if (c?.phase !== "handshaking" || c.hello) return
+      setM(model, this.target, { ...c, hello: true, deadline: c.opened + model.config.handshakeTimeoutTicks })
     })
   }
-  toString = (): string => "Open"
+  toString = (): string => `Hello(#${this.target})`
+}
+
+/** A usage report: `held` bytes now, and `delivered` more bytes written to the connection. */
+class Report implements RelayModelCommand {
+  readonly target: number
+  readonly held: number
+  readonly delivered: number
+  constructor(target: number, held: number, delivered: number) {
+    this.target = target
+    this.held = held
+    this.delivered = delivered
+  }
+  check = (model: Readonly<Model>): boolean => this.target <= model.opened
+  run(model: Model, real: Real): void {
+    const c = model.connections.get(this.target)
+    const before = c === undefined ? 0 : usageM(model, this.target).delivered
+    if (c === undefined) model.usage.delete(this.target)
+    const event: RelayEvent = {
+      _tag: "Usage",
+      id: ConnectionId(this.target),
+      heldBytes: this.held,
+      deliveredBytes: before + this.delivered
+    }
+    step(model, real, event, (out) => {
+      if (c === undefined) return
+      const u = usageM(model, this.target)
+      u.held = this.held
+      if (this.delivered > 0) {
+        u.delivered += this.delivered
+        u.progressAt = model.now
+      }
+      pressureM(model, out)
+      if (model.pressure && !u.paused && this.held >= model.config.maxBufferedBytes / model.connections.size) {
+        u.paused = true
+        out.push(`pause ${this.target}`)
+      }
+    })
+  }
+  toString = (): string => `Usage(#${this.target} holds ${this.held}${this.delivered > 0 ? `, +${this.delivered} delivered` : ""})`
 }
 
 class Authenticate implements RelayModelCommand {
@@ -314,9 +548,14 @@ class Authenticate implements RelayModelCommand {
     if (real.authenticated.has(this.target)) return
     real.authenticated.add(this.target)
     step(model, real, { _tag: "Authenticated", id: ConnectionId(this.target), publicKey: keyOf(this.key) }, () => {
+      if (c?.phase === "handshaking") {
+        const burst = model.config.handshakeBurstPerPrefix
+        model.tokens.set(c.prefix, Math.min(burst, (model.tokens.get(c.prefix) ?? burst) + 1))
+      }
       if (c !== undefined) {
-        model.connections.set(this.target, {
+        setM(model, this.target, {
           phase: "awaiting-init",
+          prefix: c.prefix,
           key: this.key,
           deadline: model.now + model.config.initTimeoutTicks
         })
@@ -346,7 +585,7 @@ class Init implements RelayModelCommand {
       ? { _tag: "Listen" }
       : { _tag: this.init.kind === "connect" ? "Connect" : "Accept", publicKey: keyOf(this.init.key) }
     step(model, real, { _tag: "Received", id: ConnectionId(this.target), message: encodeInitConnection(init) }, (out) => {
-      if (c !== undefined) initM(model, this.target, c.key, this.init, out)
+      if (c !== undefined) initM(model, this.target, c.prefix, c.key, this.init, out)
     })
   }
   toString = (): string => `Init(#${this.target} ${describeInit(this.init)})`
@@ -380,19 +619,22 @@ class Reject implements RelayModelCommand {
 class Client implements RelayModelCommand {
   readonly key: number
   readonly init: ModelInit
-  constructor(key: number, init: ModelInit) {
+  readonly prefix: number
+  constructor(key: number, init: ModelInit, prefix: number) {
     this.key = key
     this.init = init
+    this.prefix = prefix
   }
   check = (): boolean => true
   run(model: Model, real: Real): void {
-    new Open().run(model, real)
+    new Open(this.prefix).run(model, real)
     const id = model.opened
     if (!model.connections.has(id)) return // refused: over-limit or shutting down
+    new Hello(id).run(model, real)
     new Authenticate(id, this.key).run(model, real)
     new Init(id, this.init).run(model, real)
   }
-  toString = (): string => `Client(${keyName(this.key)} ${describeInit(this.init)})`
+  toString = (): string => `Client(${keyName(this.key)} ${describeInit(this.init)} from ${PREFIXES[this.prefix]})`
 }
 
 /** A listener's owner accepts the oldest half tunnel offered to it, as a client answering IncomingConnection. */
@@ -412,7 +654,8 @@ class AcceptOffered implements RelayModelCommand {
       }
     }
     if (connector === undefined) return
-    new Client(this.key, { kind: "accept", key: connector }).run(model, real)
+    // The listener's host accepts from its own prefix (the key's index).
+    new Client(this.key, { kind: "accept", key: connector }, this.key).run(model, real)
   }
   toString = (): string => `AcceptOffered(${keyName(this.key)})`
 }
@@ -459,6 +702,24 @@ class Ticks implements RelayModelCommand {
   toString = (): string => `Tick(x${this.count})`
 }
 
+/** A usage report for the `index`-th open connection (mod their count), so reports land on live ones. */
+class ReportLive implements RelayModelCommand {
+  readonly index: number
+  readonly held: number
+  readonly delivered: number
+  constructor(index: number, held: number, delivered: number) {
+    this.index = index
+    this.held = held
+    this.delivered = delivered
+  }
+  check = (model: Readonly<Model>): boolean => model.connections.size > 0
+  run(model: Model, real: Real): void {
+    const ids = [...model.connections.keys()]
+    new Report(ids[this.index % ids.length]!, this.held, this.delivered).run(model, real)
+  }
+  toString = (): string => `UsageLive(${this.index} holds ${this.held}${this.delivered > 0 ? `, +${this.delivered} delivered` : ""})`
+}
+
 class SetAllowList implements RelayModelCommand {
   readonly keys: ReadonlyArray<number> | undefined
   constructor(keys: ReadonlyArray<number> | undefined) {
@@ -497,17 +758,30 @@ const initArb: fc.Arbitrary<ModelInit> = fc.oneof(
   fc.record({ kind: fc.constant("accept" as const), key: keyIndex })
 )
 
+const prefixIndex = fc.integer({ min: 0, max: PREFIXES.length - 1 })
+const clientArb = fc.tuple(keyIndex, initArb, prefixIndex).map(([k, i, p]) => new Client(k, i, p))
+// Held sizes around the small budgets below, so pressure comes and goes.
+const heldArb = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 40 }), fc.integer({ min: 40, max: 120 }))
+
 const commandArbs: Array<fc.Arbitrary<RelayModelCommand>> = [
-  fc.constant(new Open()),
-  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
-  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
-  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
-  fc.tuple(keyIndex, initArb).map(([k, i]) => new Client(k, i)),
+  prefixIndex.map((p) => new Open(p)),
+  clientArb,
+  clientArb,
+  clientArb,
+  clientArb,
   keyIndex.map((k) => new AcceptOffered(k)),
   keyIndex.map((k) => new AcceptOffered(k)),
+  target.map((t) => new Hello(t)),
   fc.tuple(target, keyIndex).map(([t, k]) => new Authenticate(t, k)),
   fc.tuple(target, initArb).map(([t, i]) => new Init(t, i)),
   fc.tuple(keyIndex, keyIndex).map(([l, k]) => new Reject(l, k)),
+  fc.tuple(target, heldArb, fc.oneof(fc.constant(0), fc.constant(0), fc.integer({ min: 1, max: 9 }))).map(
+    ([t, h, d]) => new Report(t, h, d)
+  ),
+  fc.tuple(target, heldArb).map(([t, h]) => new Report(t, h, 0)),
+  fc.tuple(fc.nat(20), heldArb, fc.integer({ min: 0, max: 3 })).map(([i, h, d]) => new ReportLive(i, h, d)),
+  fc.tuple(fc.nat(20), heldArb).map(([i, h]) => new ReportLive(i, h, 0)),
+  fc.tuple(fc.nat(20), heldArb).map(([i, h]) => new ReportLive(i, h, 0)),
   target.map((t) => new Garbage(t)),
   target.map((t) => new Close(t)),
   fc.integer({ min: 1, max: 8 }).map((n) => new Ticks(n)),
@@ -520,10 +794,21 @@ const commandArbs: Array<fc.Arbitrary<RelayModelCommand>> = [
 // Small values, so caps and timeouts are hit often.
 const configArb: fc.Arbitrary<RelayConfig> = fc.record({
   handshakeTimeoutTicks: fc.integer({ min: 1, max: 4 }),
+  helloTimeoutTicks: fc.integer({ min: 1, max: 3 }),
   initTimeoutTicks: fc.integer({ min: 1, max: 4 }),
   halfTunnelTicks: fc.integer({ min: 1, max: 8 }),
   maxPendingHalfTunnelsPerListener: fc.integer({ min: 1, max: 3 }),
+  maxConnections: fc.integer({ min: 3, max: 12 }),
   maxUnidentified: fc.integer({ min: 2, max: 6 }),
+  maxUnidentifiedPerPrefix: fc.integer({ min: 1, max: 5 }),
+  maxHandshakes: fc.integer({ min: 1, max: 5 }),
+  maxHandshakesPerPrefix: fc.integer({ min: 1, max: 4 }),
+  handshakeRatePerPrefix: fc.integer({ min: 1, max: 3 }),
+  handshakeBurstPerPrefix: fc.integer({ min: 1, max: 8 }),
+  maxConnectionsPerPrefix: fc.integer({ min: 1, max: 8 }),
+  maxConnectionsPerKey: fc.integer({ min: 1, max: 8 }),
+  maxBufferedBytes: fc.integer({ min: 50, max: 300 }),
+  stuckTunnelTicks: fc.integer({ min: 1, max: 4 }),
   shutdownDrainTicks: fc.integer({ min: 0, max: 3 }),
   allowList: fc.constant(undefined)
 })
@@ -544,7 +829,7 @@ describe("relay core against its reference model", () => {
         ...(replay.replayPath === undefined ? {} : { replayPath: replay.replayPath })
       }),
       (config, commands) => {
-        const model: Model = { config, connections: new Map(), opened: 0, now: 0, allow: undefined, shutdownAt: undefined }
+        const model = emptyModel(config)
         const real: Real = {
           core: new RelayCore(config),
           closed: new Set(),
@@ -561,12 +846,18 @@ describe("relay core against its reference model", () => {
         expect([...real.held].filter((id) => !real.ended.has(id))).toEqual([])
         expect(real.core.stats()).toEqual({
           unidentified: 0,
+          handshaking: 0,
           listeners: 0,
           pendingHalfTunnels: 0,
           tunnels: 0,
-          connections: 0
+          connections: 0,
+          heldBytes: 0,
+          memoryPressure: 0,
+          pausedReading: 0
         })
-        expect(real.core.internalSizes()).toEqual({ connections: 0, listeners: 0, deadlines: 0 })
+        // Prefixes stay only while their handshake buckets refill: enough ticks empty the tables.
+        new Ticks(Math.ceil(config.handshakeBurstPerPrefix / config.handshakeRatePerPrefix)).run(model, real)
+        expect(real.core.internalSizes()).toEqual({ connections: 0, listeners: 0, deadlines: 0, prefixes: 0, keys: 0, usage: 0 })
       }
     )
     fc.assert(property, {

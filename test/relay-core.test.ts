@@ -22,6 +22,7 @@ import {
   RelayCore,
   type RelayCommand,
   type RelayConfig,
+  type RelayLimit,
   type RelayEvent
 } from "../src/core/relay-core.ts"
 
@@ -43,8 +44,14 @@ class Harness {
     expect(this.core.checkInvariants()).toEqual([])
     return commands
   }
-  opened(n: number): ReadonlyArray<RelayCommand> {
-    return this.feed({ _tag: "Opened", id: id(n) })
+  opened(n: number, prefix = "203.0.113.1"): ReadonlyArray<RelayCommand> {
+    return this.feed({ _tag: "Opened", id: id(n), prefix })
+  }
+  hello(n: number): ReadonlyArray<RelayCommand> {
+    return this.feed({ _tag: "HelloReceived", id: id(n) })
+  }
+  usage(n: number, heldBytes: number, deliveredBytes = 0): ReadonlyArray<RelayCommand> {
+    return this.feed({ _tag: "Usage", id: id(n), heldBytes, deliveredBytes })
   }
   authenticated(n: number, publicKey: Uint8Array): ReadonlyArray<RelayCommand> {
     return this.feed({ _tag: "Authenticated", id: id(n), publicKey })
@@ -101,11 +108,29 @@ const summary = (commands: ReadonlyArray<RelayCommand>): Array<string> =>
       case "Splice":
         return `splice ${command.connectId}+${command.acceptId}`
       case "Close":
-        return `close ${command.id} ${command.reason}`
+        return `close ${command.id} ${command.reason}${command.limit === undefined ? "" : ` (${command.limit})`}`
+      case "PauseReading":
+        return `pause ${command.id}`
+      case "ResumeReading":
+        return `resume ${command.id}`
     }
   })
 
-const close = (n: number, reason: CloseReason): RelayCommand => ({ _tag: "Close", id: id(n), reason })
+const close = (n: number, reason: CloseReason, limit?: RelayLimit): RelayCommand =>
+  limit === undefined ? { _tag: "Close", id: id(n), reason } : { _tag: "Close", id: id(n), reason, limit }
+
+const emptyStats = {
+  unidentified: 0,
+  handshaking: 0,
+  listeners: 0,
+  pendingHalfTunnels: 0,
+  tunnels: 0,
+  connections: 0,
+  heldBytes: 0,
+  memoryPressure: 0,
+  pausedReading: 0
+}
+const emptySizes = { connections: 0, listeners: 0, deadlines: 0, prefixes: 0, keys: 0, usage: 0 }
 
 describe("the seed's diagrams", () => {
   it("connect and accept: listen, connect → IncomingConnection, accept → relayed tunnel", () => {
@@ -125,13 +150,7 @@ describe("the seed's diagrams", () => {
     expect(relay.core.stats()).toMatchObject({ pendingHalfTunnels: 1, listeners: 1 })
     // D: InitConnection::accept(C) on a new connection.
     expect(relay.accept(3, D, C)).toEqual([{ _tag: "Splice", connectId: id(2), acceptId: id(3) }])
-    expect(relay.core.stats()).toEqual({
-      unidentified: 0,
-      listeners: 1,
-      pendingHalfTunnels: 0,
-      tunnels: 1,
-      connections: 3
-    })
+    expect(relay.core.stats()).toEqual({ ...emptyStats, listeners: 1, tunnels: 1, connections: 3 })
     expect([relay.core.roleOf(id(2)), relay.core.roleOf(id(3))]).toEqual(["tunnel", "tunnel"])
   })
 
@@ -222,7 +241,7 @@ describe("connect", () => {
     relay.listen(1, D)
     relay.pending(2, key(0x01), D, 1)
     relay.pending(3, key(0x02), D, 1)
-    expect(relay.connect(4, key(0x03), D)).toEqual([close(4, "over-limit")])
+    expect(relay.connect(4, key(0x03), D)).toEqual([close(4, "over-limit", "max-pending-per-listener")])
     // The cap is per listener: E still takes connects.
     relay.listen(5, E)
     relay.pending(6, key(0x03), E, 5)
@@ -293,14 +312,32 @@ describe("timeouts", () => {
   it("no Authenticated within handshakeTimeoutTicks of Opened → timeout-handshake", () => {
     const relay = new Harness({ handshakeTimeoutTicks: 8 })
     relay.opened(1)
-    expect(relay.ticks(7)).toEqual([])
+    expect(relay.ticks(1)).toEqual([])
+    relay.hello(1) // the deadline counts from Opened, not from the hello
+    expect(relay.ticks(6)).toEqual([])
     expect(relay.ticks(1)).toEqual([close(1, "timeout-handshake")])
     expect(relay.core.stats().unidentified).toBe(0)
+  })
+
+  it("no HelloReceived within helloTimeoutTicks of Opened → timeout-handshake", () => {
+    const relay = new Harness({ helloTimeoutTicks: 2, handshakeTimeoutTicks: 8 })
+    relay.opened(1)
+    expect(relay.ticks(1)).toEqual([])
+    expect(relay.ticks(1)).toEqual([close(1, "timeout-handshake")])
+    // A second hello is harmless, and Authenticated without one is fine.
+    relay.opened(2)
+    relay.hello(2)
+    expect(relay.hello(2)).toEqual([])
+    expect(relay.authenticated(2, C)).toEqual([])
+    relay.opened(3)
+    expect(relay.authenticated(3, D)).toEqual([])
+    expect(relay.core.stats()).toMatchObject({ handshaking: 0, unidentified: 2 })
   })
 
   it("no first message within initTimeoutTicks of Authenticated → timeout-init", () => {
     const relay = new Harness()
     relay.opened(1)
+    relay.hello(1)
     relay.ticks(5) // the handshake's ticks do not count toward the init timeout
     relay.authenticated(1, C)
     expect(relay.ticks(3)).toEqual([])
@@ -350,13 +387,7 @@ describe("closes", () => {
     relay.accept(3, D, C)
     relay.pending(4, E, D, 1)
     expect(relay.closed(1)).toEqual([close(4, "listener-gone")])
-    expect(relay.core.stats()).toEqual({
-      unidentified: 0,
-      listeners: 0,
-      pendingHalfTunnels: 0,
-      tunnels: 1,
-      connections: 2
-    })
+    expect(relay.core.stats()).toEqual({ ...emptyStats, tunnels: 1, connections: 2 })
   })
 
   it("(fix) a pending connect channel closes → its half tunnel is dropped at once", () => {
@@ -406,7 +437,7 @@ describe("closes", () => {
     expect(relay.authenticated(9, C)).toEqual([])
     expect(relay.received(9, encodeInitConnection({ _tag: "Listen" }))).toEqual([])
     expect(relay.closed(9)).toEqual([])
-    expect(relay.core.internalSizes()).toEqual({ connections: 0, listeners: 0, deadlines: 0 })
+    expect(relay.core.internalSizes()).toEqual(emptySizes)
   })
 
   it("once every connection has closed the core holds nothing", () => {
@@ -418,14 +449,10 @@ describe("closes", () => {
     relay.authed(5, E)
     relay.opened(6)
     for (const n of [1, 2, 5, 6]) relay.closed(n)
-    expect(relay.core.stats()).toEqual({
-      unidentified: 0,
-      listeners: 0,
-      pendingHalfTunnels: 0,
-      tunnels: 0,
-      connections: 0
-    })
-    expect(relay.core.internalSizes()).toEqual({ connections: 0, listeners: 0, deadlines: 0 })
+    expect(relay.core.stats()).toEqual(emptyStats)
+    // The prefix's handshake bucket refills within a tick; then nothing is left.
+    relay.ticks(1)
+    expect(relay.core.internalSizes()).toEqual(emptySizes)
   })
 })
 
@@ -583,11 +610,177 @@ describe("caps", () => {
     const relay = new Harness({ maxUnidentified: 2 })
     relay.opened(1)
     relay.authed(2, D)
-    expect(relay.opened(3)).toEqual([close(3, "over-limit")])
+    expect(relay.opened(3)).toEqual([close(3, "over-limit", "max-unidentified")])
     expect(relay.core.stats().unidentified).toBe(2)
     relay.received(2, encodeInitConnection({ _tag: "Listen" }))
     expect(relay.opened(4)).toEqual([])
     expect(relay.closed(3)).toEqual([]) // the adapter's late Closed for the refused one
+  })
+})
+
+describe("admission by address prefix", () => {
+  it("maxConnections tracked → over-limit (max-connections)", () => {
+    const relay = new Harness({ maxConnections: 2 })
+    relay.listen(1, D)
+    relay.opened(2, "b")
+    expect(relay.opened(3, "c")).toEqual([close(3, "over-limit", "max-connections")])
+  })
+
+  it("an Authenticated gives its token back: finished handshakes are not rate-limited", () => {
+    const relay = new Harness({ handshakeBurstPerPrefix: 2, handshakeRatePerPrefix: 1 })
+    for (let n = 1; n <= 10; n++) {
+      expect(relay.opened(n, "a")).toEqual([])
+      relay.authenticated(n, key(n))
+    }
+    relay.opened(11, "a")
+    relay.opened(12, "a")
+    expect(relay.opened(13, "a")).toEqual([close(13, "over-limit", "handshake-rate")])
+  })
+
+  it("every Opened spends a prefix token; none left → handshake-rate, refilled per tick", () => {
+    const relay = new Harness({ handshakeBurstPerPrefix: 3, handshakeRatePerPrefix: 1 })
+    for (const n of [1, 2, 3]) {
+      relay.opened(n, "a")
+      relay.closed(n)
+    }
+    expect(relay.opened(4, "a")).toEqual([close(4, "over-limit", "handshake-rate")])
+    expect(relay.opened(5, "b")).toEqual([]) // another prefix has its own bucket
+    relay.ticks(1)
+    expect(relay.opened(6, "a")).toEqual([])
+    expect(relay.opened(7, "a")).toEqual([close(7, "over-limit", "handshake-rate")])
+  })
+
+  it("maxUnidentifiedPerPrefix and maxHandshakesPerPrefix refuse the prefix's newcomer", () => {
+    const relay = new Harness({ maxUnidentifiedPerPrefix: 3, maxHandshakesPerPrefix: 2 })
+    relay.opened(1, "a")
+    relay.opened(2, "a")
+    expect(relay.opened(3, "a")).toEqual([close(3, "over-limit", "max-handshakes-per-prefix")])
+    relay.authenticated(1, C)
+    relay.opened(4, "a")
+    relay.authenticated(4, E)
+    expect(relay.opened(5, "a")).toEqual([close(5, "over-limit", "max-unidentified-per-prefix")])
+    expect(relay.opened(6, "b")).toEqual([])
+  })
+
+  it("maxHandshakes full: the oldest handshake of the prefix holding the most is evicted", () => {
+    const relay = new Harness({ maxHandshakes: 4 })
+    for (const n of [1, 2, 3]) relay.opened(n, "attacker")
+    relay.opened(4, "other")
+    expect(relay.opened(5, "honest")).toEqual([close(1, "over-limit", "handshake-evicted")])
+    expect(relay.core.roleOf(id(5))).toBe("handshaking")
+    // The attacker cannot evict anyone: no prefix holds more than it would.
+    expect(relay.opened(6, "attacker")).toEqual([close(6, "over-limit", "max-handshakes")])
+    // Nor can a prefix evict when the largest holds only one more than it would.
+    relay.opened(7, "other")
+    expect(relay.core.stats().handshaking).toBe(4)
+  })
+
+  it("maxUnidentified full: the oldest unidentified of the prefix holding the most is evicted", () => {
+    const relay = new Harness({ maxUnidentified: 3 })
+    relay.authed(1, C)
+    relay.feed({ _tag: "Opened", id: id(2), prefix: "203.0.113.1" })
+    expect(relay.opened(3, "honest")).toEqual([])
+    expect(relay.opened(4, "honest2")).toEqual([close(1, "over-limit", "unidentified-evicted")])
+  })
+
+  it("listen and connect count per prefix and per key; accepts do not", () => {
+    const relay = new Harness({ maxConnectionsPerPrefix: 2, maxConnectionsPerKey: 10 })
+    relay.listen(1, D)
+    relay.pending(2, D, D, 1) // the listener host connecting to itself
+    expect(relay.accept(3, D, D)).toEqual([{ _tag: "Splice", connectId: id(2), acceptId: id(3) }])
+    expect(relay.connect(4, C, D)).toEqual([close(4, "over-limit", "max-connections-per-prefix")])
+    // Another prefix may connect; the listener host's accept is not refused.
+    expect(relay.opened(5, "b")).toEqual([])
+    relay.authenticated(5, C)
+    expect(summary(relay.received(5, encodeInitConnection({ _tag: "Connect", publicKey: D })))).toEqual([
+      "hold 5 on 1",
+      `incoming ${publicKeyHex(C).slice(0, 4)} on 1`
+    ])
+    expect(relay.accept(6, D, C)).toEqual([{ _tag: "Splice", connectId: id(5), acceptId: id(6) }])
+  })
+
+  it("maxConnectionsPerKey bounds one key across prefixes", () => {
+    const relay = new Harness({ maxConnectionsPerKey: 2 })
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.accept(3, D, C)
+    relay.opened(4, "elsewhere")
+    relay.authenticated(4, C)
+    relay.received(4, encodeInitConnection({ _tag: "Listen" }))
+    relay.opened(5, "third")
+    relay.authenticated(5, C)
+    expect(relay.received(5, encodeInitConnection({ _tag: "Connect", publicKey: D }))).toEqual([
+      close(5, "over-limit", "max-connections-per-key")
+    ])
+  })
+})
+
+describe("memory budget", () => {
+  it("pressure from maxBufferedBytes: new connections refused, heavy holders paused, all resumed at low water", () => {
+    const relay = new Harness({ maxBufferedBytes: 1000 })
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.accept(3, D, C)
+    relay.authed(4, E)
+    expect(relay.usage(2, 600)).toEqual([])
+    // 900 of 1000: no pressure yet. 1000 reached by the accept side: paused (holds ≥ 1000/4).
+    expect(relay.usage(3, 300)).toEqual([])
+    expect(relay.usage(3, 400)).toEqual([{ _tag: "PauseReading", id: id(3) }])
+    expect(relay.core.stats()).toMatchObject({ memoryPressure: 1, pausedReading: 1, heldBytes: 1000 })
+    // A light holder keeps reading; a heavy one reporting again is paused.
+    expect(relay.usage(4, 10)).toEqual([])
+    expect(relay.usage(2, 600)).toEqual([{ _tag: "PauseReading", id: id(2) }])
+    expect(relay.opened(5, "b")).toEqual([close(5, "over-limit", "max-buffered-bytes")])
+    // 760 > low water 750: still under pressure; 750: both resume.
+    expect(relay.usage(2, 350)).toEqual([])
+    expect(relay.usage(4, 0)).toEqual([{ _tag: "ResumeReading", id: id(2) }, { _tag: "ResumeReading", id: id(3) }])
+    expect(relay.opened(6, "b")).toEqual([])
+  })
+
+  it("a close that frees enough memory ends the pressure", () => {
+    const relay = new Harness({ maxBufferedBytes: 1000 })
+    relay.authed(1, C)
+    relay.authed(2, E)
+    relay.usage(1, 300)
+    expect(relay.usage(2, 700)).toEqual([{ _tag: "PauseReading", id: id(2) }])
+    expect(relay.closed(1)).toEqual([{ _tag: "ResumeReading", id: id(2) }])
+    expect(relay.core.stats()).toMatchObject({ memoryPressure: 0, heldBytes: 700 })
+  })
+
+  it("under pressure a tunnel holding bytes with no delivery for stuckTunnelTicks closes stuck-tunnel", () => {
+    const relay = new Harness({ maxBufferedBytes: 1000, stuckTunnelTicks: 3 })
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.accept(3, D, C)
+    relay.pending(4, E, D, 1)
+    relay.accept(5, D, E)
+    relay.usage(2, 500)
+    relay.usage(3, 500) // pressure; tunnel 2+3 stuck from now on
+    relay.usage(4, 0, 10)
+    expect(relay.ticks(2)).toEqual([])
+    relay.usage(5, 0, 20) // tunnel 4+5 delivers, and holds nothing anyway
+    expect(relay.core.isPaused(id(3))).toBe(true)
+    expect(relay.ticks(1)).toEqual([close(2, "over-limit", "stuck-tunnel"), close(3, "over-limit", "stuck-tunnel")])
+    expect(relay.core.stats()).toMatchObject({ tunnels: 1, memoryPressure: 0, heldBytes: 0 })
+  })
+
+  it("without pressure a tunnel that stopped moving is left alone", () => {
+    const relay = new Harness({ maxBufferedBytes: 1000, stuckTunnelTicks: 3 })
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.accept(3, D, C)
+    relay.usage(2, 700)
+    expect(relay.ticks(10)).toEqual([])
+    expect(relay.core.stats().tunnels).toBe(1)
+  })
+
+  it("Usage for unknown or closed connections is ignored", () => {
+    const relay = new Harness({ maxBufferedBytes: 1000 })
+    expect(relay.usage(9, 5000)).toEqual([])
+    relay.authed(1, C)
+    relay.closed(1)
+    expect(relay.usage(1, 5000)).toEqual([])
+    expect(relay.core.stats()).toMatchObject({ heldBytes: 0, memoryPressure: 0 })
   })
 })
 
@@ -610,7 +803,7 @@ describe("shutdown", () => {
     expect(relay.feed({ _tag: "Shutdown" })).toEqual([])
     expect(relay.ticks(4)).toEqual([])
     expect(relay.ticks(1)).toEqual([close(2, "shutting-down"), close(3, "shutting-down")])
-    expect(relay.core.internalSizes()).toEqual({ connections: 0, listeners: 0, deadlines: 0 })
+    expect(relay.core.internalSizes()).toEqual(emptySizes)
   })
 
   it("a tunnel that ends during the drain closes as usual", () => {

@@ -4,6 +4,7 @@
  * reason (offset_relay_closes_total, offset_relay_over_limit_total), the
  * server keeps serving, and the tunnel's bytes arrive intact at the end.
  */
+import { defaultRelayConfig } from "../src/core/relay-core.ts"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as References from "effect/References"
@@ -195,37 +196,54 @@ describe("hostile clients while a tunnel flows", () => {
         expect(server.stats().core.listeners).toBe(1)
       })))
 
-  it.live("more connections from one IP than allowed are refused at once; other IPs are not affected", () =>
-    // 127.0.0.1 holds the tunnel's three connections and, at the end, a probe: 4.
-    withFlowingTunnel({ maxConnectionsPerIp: 4 }, (server, port) =>
+  it.live("more unidentified connections from one address than allowed are refused at once; other addresses are not affected", () =>
+    withFlowingTunnel({ core: { ...defaultRelayConfig, maxUnidentifiedPerPrefix: 4 } }, (server, port) =>
       Effect.gen(function*() {
         const allowed = yield* Effect.all(Array.from({ length: 4 }, () => rawConnect(port, "127.0.0.2")))
         yield* waitUntil("four admitted", () => server.stats().sockets === 7)
         const refused = yield* rawConnect(port, "127.0.0.2")
         yield* rawEnded(refused)
-        expect(overLimit(server, "max-connections-per-ip")).toBe(1)
+        expect(overLimit(server, "max-unidentified-per-prefix")).toBe(1)
         expect(closes(server, "over-limit")).toBe(1)
         expect(allowed.every((c) => !c.closed)).toBe(true)
-        for (const c of allowed) c.destroy()
+        // Another address is admitted meanwhile.
+        const other = yield* rawConnect(port, "127.0.0.3")
+        yield* waitUntil("the other address admitted", () => server.stats().sockets === 8)
+        expect(other.closed).toBe(false)
+        for (const c of [...allowed, other]) c.destroy()
         yield* waitUntil("the admitted ones to go", () => server.stats().sockets === 3)
       })))
 
   it.live("more concurrent handshakes than allowed are refused, even when they arrive in one burst", () =>
-    withFlowingTunnel({ maxConcurrentHandshakes: 3 }, (server, port) =>
+    withFlowingTunnel({ core: { ...defaultRelayConfig, maxHandshakes: 3, helloTimeoutTicks: 8 } }, (server, port) =>
       Effect.gen(function*() {
-        // Ten dials at once that never start their handshake.
+        // Ten dials at once from one address that never start their handshake:
+        // the address cannot evict its own, so seven are refused.
         const burst = yield* Effect.all(Array.from({ length: 10 }, () => rawConnect(port)), { concurrency: "unbounded" })
         yield* waitUntil("seven refusals", () => burst.filter((c) => c.closed).length === 7, 2000)
-        expect(overLimit(server, "max-concurrent-handshakes")).toBe(7)
+        expect(overLimit(server, "max-handshakes")).toBe(7)
         expect(server.stats().handshaking).toBe(3)
-        // The three admitted ones are closed by the handshake timeout (8 ticks).
+        // The three admitted ones are closed by the handshake timeout (8 ticks),
+        // which counts as a handshake failure.
         yield* Effect.all(burst.map((c) => rawEnded(c)))
         expect(closes(server, "timeout-handshake")).toBe(3)
         expect(server.stats().handshaking).toBe(0)
+        expect(server.metrics.render()).toContain('offset_relay_handshake_failures_total{reason="HandshakeTimeout"} 3')
+      })))
+
+  it.live("a connection that sends no version and ExchangeRandNonce within the hello deadline is closed", () =>
+    withFlowingTunnel({ core: { ...defaultRelayConfig, helloTimeoutTicks: 2, handshakeTimeoutTicks: 40 } }, (server, port) =>
+      Effect.gen(function*() {
+        const silent = yield* rawConnect(port, "127.0.0.2")
+        const started = Date.now()
+        yield* rawEnded(silent, 5000)
+        // Two ticks of 50 ms, far before the 40-tick handshake deadline.
+        expect(Date.now() - started).toBeLessThan(20 * TEST_TICK_MS)
+        expect(closes(server, "timeout-handshake")).toBe(1)
       })))
 
   it.live("more connections in total than allowed are refused at once", () =>
-    withFlowingTunnel({ maxConnections: 5 }, (server, port) =>
+    withFlowingTunnel({ core: { ...defaultRelayConfig, maxConnections: 5 } }, (server, port) =>
       Effect.gen(function*() {
         const two = yield* Effect.all([rawConnect(port), rawConnect(port)])
         yield* waitUntil("two admitted", () => server.stats().sockets === 5)

@@ -65,7 +65,17 @@ const expectEnded = (channel: MessageChannel, timeoutMs = 5000) =>
 const expectIdle = (server: RelayServer, clients: ReadonlyArray<TestClient>) =>
   Effect.gen(function*() {
     yield* harnessExpectIdle(server, clients)
-    expect(server.stats().core).toEqual({ unidentified: 0, listeners: 0, pendingHalfTunnels: 0, tunnels: 0, connections: 0 })
+    expect(server.stats().core).toEqual({
+      unidentified: 0,
+      handshaking: 0,
+      listeners: 0,
+      pendingHalfTunnels: 0,
+      tunnels: 0,
+      connections: 0,
+      heldBytes: 0,
+      memoryPressure: 0,
+      pausedReading: 0
+    })
   })
 
 /** listen + connect + IncomingConnection + accept: a tunnel between two fresh identities. */

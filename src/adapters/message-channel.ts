@@ -71,7 +71,11 @@ export interface MessageChannel {
   readonly close: Effect.Effect<void>
   /** Completes with the reason once the channel has ended. */
   readonly ended: Effect.Effect<ChannelError>
-  /** Bytes received and not yet taken by `receive` (memory accounting). */
+  /**
+   * Bytes this channel holds (memory accounting): received messages not yet
+   * taken by `receive` (their whole backing buffers), the link's partial
+   * and decoded-ahead frames, and frames queued for the link.
+   */
   readonly bufferedBytes: () => number
 }
 
@@ -92,7 +96,9 @@ export interface ChannelOptions {
   /** Inbox bound in bytes before the reader stops reading the link (default 256 KiB). */
   readonly inboxBytes?: number
   /** Machine settings (padding, rekey interval, keepalive ticks). */
-  readonly machine?: Partial<Pick<ConnectionConfig, "maxPaddingBytes" | "rekeyIntervalTicks" | "keepaliveTicks">>
+  readonly machine?: Partial<
+    Pick<ConnectionConfig, "maxPaddingBytes" | "rekeyIntervalTicks" | "keepaliveTicks" | "maxExpansion" | "peerRekeyLimit">
+  >
 }
 
 /** How long closing a channel waits for frames already queued to reach the transport. */
@@ -126,7 +132,9 @@ export const establishChannel = (
     let ended: ChannelError | undefined
 
     // Inbox: messages delivered by the machine, waiting for `receive`.
-    // An entry keeps its packed KaMessage alive too, so both count toward the bound.
+    // An entry keeps the buffers it views alive (the unpacked KaMessage and
+    // ChannelMessage), so their whole size counts toward the bound, not just
+    // the payload: a small payload in a large unpacked message costs what it holds.
     const inbox: Array<ForwardableMessage> = []
     let inboxHead = 0
     let inboxBytes = 0
@@ -137,6 +145,7 @@ export const establishChannel = (
     // Outbox: frames in machine order; `queuedSeq` counts frames queued,
     // `writtenSeq` frames the link has taken.
     let outbox: Array<Uint8Array> = []
+    let outboxBytes = 0
     let queuedSeq = 0
     let writtenSeq = 0
     const outboxSignal = new Signal()
@@ -163,11 +172,12 @@ export const establishChannel = (
         switch (command._tag) {
           case "SendFrame":
             outbox.push(command.frame)
+            outboxBytes += command.frame.length
             queuedSeq++
             break
           case "Deliver":
             inbox.push(command)
-            inboxBytes += command.data.length + command.packed.length
+            inboxBytes += heldBy(command)
             receiveSignal.wake()
             break
           case "Authenticated":
@@ -194,6 +204,8 @@ export const establishChannel = (
         }
         const frames = outbox
         outbox = []
+        // Handed to the link: from here the socket's own buffer holds them.
+        outboxBytes = 0
         yield* link.write(frames)
         writtenSeq += frames.length
         writtenSignal.wake()
@@ -266,7 +278,7 @@ export const establishChannel = (
       if (inboxHead < inbox.length) {
         const message = inbox[inboxHead]!
         inbox[inboxHead++] = TAKEN
-        inboxBytes -= message.data.length + message.packed.length
+        inboxBytes -= heldBy(message)
         if (inboxHead === inbox.length) {
           inbox.length = 0
           inboxHead = 0
@@ -302,9 +314,13 @@ export const establishChannel = (
       },
       close: Effect.sync(() => end(new ChannelError({ reason: "LocalClose", message: "channel closed locally" }))),
       ended: Deferred.await(endedDeferred),
-      bufferedBytes: () => inboxBytes + link.bufferedBytes()
+      bufferedBytes: () => inboxBytes + outboxBytes + link.bufferedBytes()
     } satisfies MessageChannel
   })
+
+// The bytes a delivered message keeps alive: the buffers its views point into.
+const heldBy = (message: ForwardableMessage): number =>
+  message.data.buffer.byteLength + (message.packed.buffer === message.data.buffer ? 0 : message.packed.buffer.byteLength)
 
 const EMPTY = new Uint8Array(0)
 const TAKEN: ForwardableMessage = { data: EMPTY, packed: EMPTY }

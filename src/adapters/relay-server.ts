@@ -12,10 +12,12 @@
  * inbox, so a slow reader stops the relay reading from its peer and TCP
  * pushes back.
  *
- * Limits are checked and counted in the same synchronous step as the accept
- * (connections, per IP, handshakes in progress); a refused socket costs no
- * handshake and no core state. Before a client is authenticated its frames
- * are capped at HANDSHAKE_FRAME_LIMIT.
+ * Admission is the core's (relay-core.ts "Admission"): every accepted socket
+ * is an `Opened` with its address prefix, in the same synchronous step as
+ * the accept, and a refusal closes it before any handshake work. Before a
+ * client is authenticated its frames are capped at HANDSHAKE_FRAME_LIMIT.
+ * Hop channels refuse messages that unpack to more than HOP_MAX_EXPANSION
+ * times their wire size, and peers that rekey more than HOP_PEER_REKEY_LIMIT.
  *
  * Every close is reported once: to the core (`Closed`, harmless when the core
  * ordered it), to `offset_relay_closes_total` under one reason, to the log.
@@ -24,11 +26,13 @@
  * drain until the client's FIN, bounded by closeLingerMs), because a reset
  * can make the client lose bytes we wrote to it.
  *
- * Memory per connection: its inbox (≤ inboxBytes + one message), frames
- * decoded ahead and a partial frame (≤ 1 MiB + header; ≤ 4 KiB before
- * authentication), which is what `stats().bufferedBytes` adds up; not
- * counted are outboxes (one relayed message per tunnel direction, keepalives,
- * IncomingConnection messages) and Node's and the kernel's socket buffers.
+ * Memory: what a connection holds (`heldBytes`) is its inbox (whole unpacked
+ * buffers, ≤ inboxBytes + one message), its link's partial and decoded-ahead
+ * frames (≤ 1 MiB + header; ≤ 4 KiB before authentication), its outbox, and
+ * what Node's socket has not handed to the kernel yet. The adapter reports
+ * it to the core (`Usage`) after every read and every tick; the core's
+ * memory budget answers with PauseReading / ResumeReading, which the read
+ * gate carries out (the socket is not read, so TCP pushes back).
  *
  * One timer drives the whole server: each tick goes to the core and to every
  * channel (keepalive, rekey), so idle connections cost no timers.
@@ -44,18 +48,29 @@ import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as Clock from "effect/Clock"
 import { publicKeyHex as keyHex } from "../core/keys.ts"
 import * as Option from "effect/Option"
+import * as NodeOs from "node:os"
+import { addressPrefix, defaultPrefixLengths, type PrefixLengths } from "../core/address-prefix.ts"
 import { makeTokenBucket, takeTokens, type TokenBucket } from "../core/token-bucket.ts"
 import {
   CLOSE_REASONS,
   ConnectionId,
   defaultRelayConfig,
+  RELAY_LIMITS,
   RelayCore,
   type RelayCommand,
   type RelayConfig,
-  type RelayEvent
+  type RelayEvent,
+  type RelayLimit
 } from "../core/relay-core.ts"
 import { Crypto } from "./crypto.ts"
-import { closeGracefully, exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
+import {
+  closeGracefully,
+  exchangeVersion,
+  type FrameLink,
+  LinkError,
+  makeSocketFrameLink,
+  type SocketFrameLink
+} from "./frame-link.ts"
 import { ChannelError, establishChannel, type MessageChannel } from "./message-channel.ts"
 import { Metrics, registerProcessMetrics } from "./metrics.ts"
 
@@ -73,18 +88,10 @@ export interface RelayServerOptions {
   readonly identity: RelayIdentity
   /** Milliseconds per tick (Offset: 1000). */
   readonly tickMs: number
-  /** The relay core's timeouts and caps (ticks, counts) and the allow-list. */
+  /** The relay core's timeouts (ticks), admission caps, memory budget and allow-list. */
   readonly core: RelayConfig
-  /** Open TCP connections in total; more are closed at once. */
-  readonly maxConnections: number
-  /** Open TCP connections from one remote IP address; more are closed at once. */
-  readonly maxConnectionsPerIp: number
-  /** Handshakes in progress at once (Offset's max_concurrent_encrypt); more are closed at once. */
-  readonly maxConcurrentHandshakes: number
-  /** Handshakes in progress at once from one remote IP address; more are closed at once. */
-  readonly maxHandshakesPerIp: number
-  /** Wall-clock bound on version prefix + secure channel handshake. */
-  readonly handshakeTimeoutMs: number
+  /** Which address prefix a client counts under for the core's per-prefix caps. */
+  readonly prefixLengths: PrefixLengths
   /** Keepalive interval in ticks (PROTOCOL.md: 32). */
   readonly keepaliveTicks: number
   /** Rekey interval in ticks (PROTOCOL.md: 3600). */
@@ -108,22 +115,9 @@ export interface RelayServerOptions {
  * relay on one machine.
  * - tickMs 1000, keepaliveTicks 32, rekeyIntervalTicks 3600, core timeouts:
  *   Offset's values (PROTOCOL.md "Constants").
- * - maxConnections 20,000: below a typical 65k file-descriptor limit with room
- *   for the process; an idle connection costs a few KiB, a busy one up to its
- *   inbox.
- * - maxConnectionsPerIp 256: a client needs one listen channel plus two
- *   connections per tunnel, and many clients share one NAT address; one host
- *   still cannot take more than ~1% of the relay.
- * - maxConcurrentHandshakes 256: Offset allows 8 and queues the rest; we
- *   refuse instead of queueing, so the cap is higher for the burst of honest
- *   reconnects after a relay restart. A handshake is one X25519 and two
- *   Ed25519 operations (well under a millisecond); a stranger holds a slot for
- *   at most handshakeTimeoutMs and HANDSHAKE_FRAME_LIMIT bytes.
- * - maxHandshakesPerIp 32: one eighth of the handshake slots, so one host
- *   holding silent connections cannot refuse every other client's handshake;
- *   still far above what honest clients behind one NAT start at once.
- * - handshakeTimeoutMs 8000: the core's 8 ticks, in wall time, for clients on
- *   slow links.
+ * - core: relay-core.ts's defaults (which say why), with maxBufferedBytes
+ *   min(1 GiB, a quarter of the machine's memory).
+ * - prefixLengths: one IPv4 address, one IPv6 /64.
  * - maxPaddingBytes 255: PROTOCOL.md (fix) (Offset pads up to 64 KiB).
  * - inboxBytes 256 KiB: keeps a fast link busy for a few milliseconds of
  *   round trip; the bound a slow reader can make the relay hold per direction.
@@ -137,12 +131,8 @@ export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerO
   port: 4747,
   identity,
   tickMs: 1000,
-  core: defaultRelayConfig,
-  maxConnections: 20_000,
-  maxConnectionsPerIp: 256,
-  maxConcurrentHandshakes: 256,
-  maxHandshakesPerIp: 32,
-  handshakeTimeoutMs: 8000,
+  core: { ...defaultRelayConfig, maxBufferedBytes: defaultMaxBufferedBytes() },
+  prefixLengths: defaultPrefixLengths,
   keepaliveTicks: 32,
   rekeyIntervalTicks: 3600,
   maxPaddingBytes: 255,
@@ -150,6 +140,20 @@ export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerO
   closeLingerMs: 10_000,
   rateLimit: undefined
 })
+
+/** min(1 GiB, a quarter of this machine's memory): the default memory budget. */
+export const defaultMaxBufferedBytes = (): number =>
+  Math.min(defaultRelayConfig.maxBufferedBytes, Math.floor(NodeOs.totalmem() / 4))
+
+/**
+ * Hop channels (client ↔ relay) carry small relay messages and ciphertext,
+ * which do not compress: a message may unpack to at most this many times its
+ * wire size (plus a small slack), so a few packed bytes cannot claim megabytes.
+ */
+export const HOP_MAX_EXPANSION = 2
+
+/** Rekeys a client may start on its hop: 4 at once, then one a minute (honest clients: one an hour). */
+export const HOP_PEER_REKEY_LIMIT = { burst: 4, refillTicks: 60 } as const
 
 /** Counts beyond the core's, for tests and metrics. */
 export interface RelayServerStats {
@@ -159,9 +163,9 @@ export interface RelayServerStats {
   /** Admitted connections whose version prefix and secure-channel handshake are not done. */
   readonly handshaking: number
   /**
-   * Bytes the relay holds for connections: inboxes, frames decoded ahead and
-   * partial frames (the module header gives the bound; outboxes and socket
-   * buffers are not counted).
+   * Bytes the relay holds for connections now: inboxes (whole unpacked
+   * buffers), partial and decoded-ahead frames, outboxes, and what Node's
+   * sockets have not handed to the kernel.
    */
   readonly bufferedBytes: number
   /** Tunnel payload bytes written to the far side so far. */
@@ -207,6 +211,18 @@ interface Connection {
   readonly spliced: Deferred.Deferred<void>
   /** IncomingConnection messages handed to the channel and not yet written to the socket. */
   unsentIncoming: number
+  /** What this connection holds now (module header, "Memory"). */
+  readonly held: () => number
+  /** Tunnel payload bytes written to this connection so far. */
+  delivered: number
+  /** Told by the core not to read (PauseReading), until ResumeReading. */
+  paused: boolean
+  /** Wakes the read gate waiting on `paused`. */
+  resume: (() => void) | undefined
+  /** The limit an "over-limit" close ordered by the core names. */
+  limit: RelayLimit | "listener-backlog" | "rekey-rate" | undefined
+  /** The client key's rate-limit bucket, once authenticated (with --rate-limit). */
+  bucket: TokenBucket | undefined
 }
 
 /**
@@ -237,12 +253,9 @@ export const makeRelayServer = (
     const boundPort = server.address._tag === "UnixPathAddress" ? options.port : server.address.port
     const core = new RelayCore(options.core)
     const connections = new Map<ConnectionId, Connection>()
-    const perIp = new Map<string, number>()
-    const handshakesPerIp = new Map<string, number>()
     const buckets = new Map<string, { bucket: TokenBucket; users: number }>()
     let nextId = 1
     let sockets = 0
-    let handshaking = 0
     let bytesRelayed = 0
     let draining = false
     let drainOver = false
@@ -257,10 +270,11 @@ export const makeRelayServer = (
     const accepted = metrics.counter("offset_relay_connections_accepted_total", "TCP connections accepted.")
     const overLimit = metrics.counter(
       "offset_relay_over_limit_total",
-      "Connections refused at once by a limit, by limit.",
+      "Connections refused, evicted or closed by a limit, by limit.",
       "limit"
     )
     for (const limit of OVER_LIMIT_LABELS) overLimit.inc(0, limit)
+    const refusalLog = makeRefusalLog()
     const handshakeFailures = metrics.counter(
       "offset_relay_handshake_failures_total",
       "Version or secure-channel handshakes that failed, by reason.",
@@ -276,7 +290,7 @@ export const makeRelayServer = (
       () => {
         const s = core.stats()
         return new Map([
-          ["handshaking", handshaking],
+          ["handshaking", s.handshaking],
           ["unidentified", s.unidentified],
           ["listen", s.listeners],
           ["pending-connect", s.pendingHalfTunnels],
@@ -286,14 +300,25 @@ export const makeRelayServer = (
       },
       "state"
     )
-    metrics.gauge("offset_relay_buffered_bytes", "Bytes held in channel buffers.", () => bufferedBytes())
+    metrics.gauge(
+      "offset_relay_buffered_bytes",
+      "Bytes the relay holds for connections: inboxes, frames, outboxes, unsent socket buffers.",
+      () => bufferedBytes()
+    )
+    metrics.gauge("offset_relay_max_buffered_bytes", "The memory budget (--max-buffered-bytes).", () => options.core.maxBufferedBytes)
+    metrics.gauge("offset_relay_memory_pressure", "1 while over the memory budget, until its low water mark.", () => core.stats().memoryPressure)
+    metrics.gauge("offset_relay_paused_connections", "Connections not read because of memory pressure.", () => core.stats().pausedReading)
     registerProcessMetrics(metrics)
 
     const bufferedBytes = (): number => {
       let total = 0
-      for (const c of connections.values()) total += c.channel?.bufferedBytes() ?? 0
+      for (const c of connections.values()) total += c.held()
       return total
     }
+
+    // What the core needs to judge memory: held bytes now, and delivery progress.
+    const reportUsage = (c: Connection): void =>
+      dispatch({ _tag: "Usage", id: c.id, heldBytes: c.held(), deliveredBytes: c.delivered })
 
     // Runs one core event and every command it gives, in order.
     const dispatch = (event: RelayEvent): void => {
@@ -309,7 +334,7 @@ export const makeRelayServer = (
           if (c.unsentIncoming >= maxUnsentIncoming) {
             // Closing the listener closes its half tunnels "listener-gone" once
             // its fiber reports the close; the core needs no new event now.
-            overLimit.inc(1, "listener-backlog")
+            c.limit = "listener-backlog"
             Deferred.doneUnsafe(c.closeOrder, Exit.succeed("over-limit"))
             return
           }
@@ -346,9 +371,23 @@ export const makeRelayServer = (
         }
         case "Close": {
           const c = connections.get(command.id)
+          if (c === undefined) return
+          if (command.limit !== undefined) c.limit = command.limit
           // Past the drain deadline every close is the shutdown's, even the
           // "peer-closed" the core gives one tunnel side when the other goes first.
-          if (c !== undefined) Deferred.doneUnsafe(c.closeOrder, Exit.succeed(drainOver ? "shutting-down" : command.reason))
+          Deferred.doneUnsafe(c.closeOrder, Exit.succeed(drainOver ? "shutting-down" : command.reason))
+          return
+        }
+        case "PauseReading": {
+          const c = connections.get(command.id)
+          if (c !== undefined) c.paused = true
+          return
+        }
+        case "ResumeReading": {
+          const c = connections.get(command.id)
+          if (c === undefined) return
+          c.paused = false
+          c.resume?.()
           return
         }
         default:
@@ -356,7 +395,8 @@ export const makeRelayServer = (
       }
     }
 
-    const throttleFor = (clientKey: string) => {
+    // The rate limit's token bucket for a client key, shared by its connections.
+    const bucketFor = (clientKey: string): TokenBucket | undefined => {
       const rate = options.rateLimit
       if (rate === undefined) return undefined
       let entry = buckets.get(clientKey)
@@ -366,13 +406,37 @@ export const makeRelayServer = (
         buckets.set(clientKey, entry)
       }
       entry.users++
-      const bucket = entry.bucket
-      return (bytes: number) =>
-        Effect.flatMap(Clock.currentTimeMillis, (now) => {
-          const waitMs = takeTokens(bucket, bytes, now)
-          return waitMs > 0 ? Effect.sleep(waitMs) : Effect.void
-        })
+      return entry.bucket
     }
+
+    // Runs after every read of `bytes` from `c`'s socket, before the next:
+    // reports what `c` holds (the core may pause it), waits while paused,
+    // then waits out the client's rate limit. A wait here stops reading, so
+    // TCP slows the sender; nothing is dropped.
+    const readGate = (c: Connection) => (bytes: number): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        reportUsage(c)
+        const bucket = c.bucket
+        const rateWait = bucket === undefined
+          ? Effect.void
+          : Effect.flatMap(Clock.currentTimeMillis, (now) => {
+            const waitMs = takeTokens(bucket, bytes, now)
+            return waitMs > 0 ? Effect.sleep(waitMs) : Effect.void
+          })
+        return c.paused ? Effect.andThen(untilResumed(c), rateWait) : rateWait
+      })
+
+    const untilResumed = (c: Connection): Effect.Effect<void> =>
+      Effect.callback<void>((resume) => {
+        if (!c.paused) return resume(Effect.void)
+        c.resume = () => {
+          c.resume = undefined
+          resume(Effect.void)
+        }
+        return Effect.sync(() => {
+          c.resume = undefined
+        })
+      })
 
     const releaseThrottle = (clientKey: string) => {
       const entry = buckets.get(clientKey)
@@ -397,11 +461,12 @@ export const makeRelayServer = (
           if (Exit.isSuccess(sent)) {
             bytesRelayed += message.data.length
             relayedBytes.inc(message.data.length)
+            from.peer!.delivered += message.data.length
           }
         }
       })
 
-    // The life of one accepted socket, from limits to close.
+    // The life of one accepted socket, from admission to close.
     const serveConnection = (socket: Socket.Socket) =>
       Effect.gen(function*() {
         // The socket server provides the Node socket to every handler.
@@ -409,41 +474,7 @@ export const makeRelayServer = (
         const ip = netSocket.remoteAddress ?? "unknown"
         const id = ConnectionId(nextId++)
         accepted.inc()
-        // Limits cost nothing beyond the accept: no handshake, no core state.
-        const refusal = draining
-          ? "shutting-down"
-          : sockets >= options.maxConnections
-          ? "max-connections"
-          : (perIp.get(ip) ?? 0) >= options.maxConnectionsPerIp
-          ? "max-connections-per-ip"
-          : handshaking >= options.maxConcurrentHandshakes
-          ? "max-concurrent-handshakes"
-          : (handshakesPerIp.get(ip) ?? 0) >= options.maxHandshakesPerIp
-          ? "max-handshakes-per-ip"
-          : undefined
-        if (refusal !== undefined) {
-          if (refusal !== "shutting-down") overLimit.inc(1, refusal)
-          closes.inc(1, refusal === "shutting-down" ? "shutting-down" : "over-limit")
-          yield* Effect.logDebug("connection refused").pipe(Effect.annotateLogs({ connection: id, ip, limit: refusal }))
-          netSocket.destroy()
-          return
-        }
-        // Counted here, in the same synchronous step as the checks above, so a
-        // burst of connections cannot all pass a check before any is counted.
-        sockets++
-        perIp.set(ip, (perIp.get(ip) ?? 0) + 1)
-        handshaking++
-        handshakesPerIp.set(ip, (handshakesPerIp.get(ip) ?? 0) + 1)
-        let inHandshake = true
-        const endHandshake = () => {
-          if (inHandshake) {
-            inHandshake = false
-            handshaking--
-            const n = (handshakesPerIp.get(ip) ?? 1) - 1
-            if (n === 0) handshakesPerIp.delete(ip)
-            else handshakesPerIp.set(ip, n)
-          }
-        }
+        let link: SocketFrameLink | undefined
         const connection: Connection = {
           id,
           ip,
@@ -454,7 +485,13 @@ export const makeRelayServer = (
           peer: undefined,
           closeOrder: Deferred.makeUnsafe<string>(),
           spliced: Deferred.makeUnsafe<void>(),
-          unsentIncoming: 0
+          unsentIncoming: 0,
+          held: () => (connection.channel?.bufferedBytes() ?? link?.bufferedBytes() ?? 0) + netSocket.writableLength,
+          delivered: 0,
+          paused: false,
+          resume: undefined,
+          limit: undefined,
+          bucket: undefined
         }
         let reported = false
         // Reports the close once: to the core (harmless when the core ordered
@@ -466,25 +503,46 @@ export const makeRelayServer = (
             connections.delete(id)
             dispatch({ _tag: "Closed", id })
             closes.inc(1, reason)
+            if (reason === "timeout-handshake") handshakeFailures.inc(1, "HandshakeTimeout")
+            const limit = connection.limit
+            if (limit !== undefined) {
+              overLimit.inc(1, limit)
+              const line = refusalLog(limit)
+              if (line !== undefined) {
+                return Effect.logWarning(`connection closed by a limit: ${line.limit}; ${LIMIT_ADVICE[line.limit]}`).pipe(
+                  Effect.annotateLogs({ connection: id, ip, limit: line.limit, alsoSuppressed: line.suppressed })
+                )
+              }
+              return Effect.void
+            }
             return Effect.logInfo("connection closed").pipe(
               Effect.annotateLogs({ connection: id, ip, client: connection.clientKey ?? "-", reason, detail })
             )
           })
+        // Admission is the core's, in this synchronous step with the accept,
+        // so a burst of connections cannot all pass a check before any counts.
+        sockets++
+        connections.set(id, connection)
+        dispatch({ _tag: "Opened", id, prefix: addressPrefix(ip, options.prefixLengths) })
         // Last to run: the socket is gone (or being destroyed) by then.
         yield* Effect.addFinalizer(() =>
           Effect.andThen(
             report("shutting-down", "the relay stopped"),
             Effect.sync(() => {
-              endHandshake()
               sockets--
-              const n = (perIp.get(ip) ?? 1) - 1
-              if (n === 0) perIp.delete(ip)
-              else perIp.set(ip, n)
-              if (connection.clientKey !== undefined && options.rateLimit !== undefined) releaseThrottle(connection.clientKey)
+              if (connection.clientKey !== undefined && connection.bucket !== undefined) releaseThrottle(connection.clientKey)
               netSocket.destroy()
             })
           )
         )
+        const refused = Deferred.isDoneUnsafe(connection.closeOrder)
+        if (refused) {
+          // Refused at once: no handshake, no core state, no lingering.
+          const reason = yield* Deferred.await(connection.closeOrder)
+          yield* report(reason, "refused on accept")
+          netSocket.destroy()
+          return
+        }
         // The link lives in this outer scope, so the socket stays open while
         // it lingers after the channel (inner scope) is gone.
         const linkExit = yield* Effect.exit(makeSocketFrameLink(socket))
@@ -493,45 +551,45 @@ export const makeRelayServer = (
           yield* report(error === undefined ? "connection-lost" : adapterCloseReason(error, false), error?.message ?? "")
           return
         }
-        const link = linkExit.value
+        const socketLink = linkExit.value
+        link = socketLink
+        socketLink.setReadThrottle(readGate(connection))
         // Version, ExchangeRandNonce, ExchangeDh: the frames before the client is authenticated.
-        link.limitNextFrames(3, HANDSHAKE_FRAME_LIMIT)
-        connections.set(id, connection)
-        dispatch({ _tag: "Opened", id })
+        socketLink.limitNextFrames(3, HANDSHAKE_FRAME_LIMIT)
+        // The second frame is the ExchangeRandNonce: the client is really
+        // starting a handshake (the core's hello deadline).
+        let framesRead = 0
+        const handshakeLink: FrameLink = {
+          ...socketLink,
+          read: Effect.map(socketLink.read, (frame) => {
+            if (++framesRead === 2) dispatch({ _tag: "HelloReceived", id })
+            return frame
+          })
+        }
 
         const life = Effect.gen(function*() {
           const channel = yield* Effect.gen(function*() {
-            yield* exchangeVersion(link)
-            return yield* establishChannel(link, {
+            yield* exchangeVersion(handshakeLink)
+            return yield* establishChannel(handshakeLink, {
               crypto,
               identity: options.identity,
               inboxBytes: options.inboxBytes,
               machine: {
                 keepaliveTicks: options.keepaliveTicks,
                 rekeyIntervalTicks: options.rekeyIntervalTicks,
-                maxPaddingBytes: options.maxPaddingBytes
+                maxPaddingBytes: options.maxPaddingBytes,
+                maxExpansion: HOP_MAX_EXPANSION,
+                peerRekeyLimit: HOP_PEER_REKEY_LIMIT
               }
             })
           }).pipe(
-            Effect.timeoutOrElse({
-              duration: options.handshakeTimeoutMs,
-              orElse: () =>
-                Effect.fail(
-                  new ChannelError({
-                    reason: "HandshakeTimeout",
-                    message: `handshake did not finish within ${options.handshakeTimeoutMs} ms`
-                  })
-                )
-            }),
             Effect.tapError((error) =>
               Effect.sync(() => handshakeFailures.inc(1, error instanceof LinkError ? error.reason : error.detail ?? error.reason))
-            ),
-            Effect.ensuring(Effect.sync(endHandshake))
+            )
           )
           connection.channel = channel
           connection.clientKey = keyHex(channel.remotePublicKey)
-          const throttle = throttleFor(connection.clientKey)
-          if (throttle !== undefined) link.setReadThrottle(throttle)
+          connection.bucket = bucketFor(connection.clientKey)
           dispatch({ _tag: "Authenticated", id, publicKey: channel.remotePublicKey })
 
           // Until the core makes it a connect or accept channel, every message goes to the core.
@@ -571,6 +629,7 @@ export const makeRelayServer = (
             const error = failureOf(outcome.exit)
             if (error !== undefined) {
               const reason = adapterCloseReason(error, connection.channel !== undefined)
+              if (error instanceof ChannelError && error.detail === "RekeyFlood") connection.limit = "rekey-rate"
               yield* report(reason, error.message)
               return reason
             }
@@ -582,8 +641,9 @@ export const makeRelayServer = (
         )
         // A client we merely stop serving gets a graceful close, so nothing
         // written to it is lost to a reset; a hostile or dead one is cut off.
-        if (ABRUPT_CLOSE_REASONS.has(reason)) netSocket.destroy()
-        else yield* closeGracefully(netSocket, link, options.closeLingerMs)
+        if (ABRUPT_CLOSE_REASONS.has(reason) || (reason === "over-limit" && connection.limit !== "listener-backlog")) {
+          netSocket.destroy()
+        } else yield* closeGracefully(netSocket, socketLink, options.closeLingerMs)
       }).pipe(Effect.scoped)
 
     const serverFiber = yield* Effect.forkIn(server.run(serveConnection), scope)
@@ -593,6 +653,8 @@ export const makeRelayServer = (
         Effect.andThen(
           Effect.sleep(options.tickMs),
           Effect.sync(() => {
+            // Fresh usage first, so the core judges stuck tunnels on this tick's figures.
+            for (const c of connections.values()) reportUsage(c)
             dispatch({ _tag: "Tick" })
             for (const c of connections.values()) c.channel?.tick()
           })
@@ -632,7 +694,7 @@ export const makeRelayServer = (
       stats: () => ({
         core: core.stats(),
         sockets,
-        handshaking,
+        handshaking: core.stats().handshaking,
         bufferedBytes: bufferedBytes(),
         bytesRelayed
       }),
@@ -670,14 +732,44 @@ export const ADAPTER_CLOSE_REASONS = [
  */
 export const HANDSHAKE_FRAME_LIMIT = 4096
 
-/** Labels of offset_relay_over_limit_total: which limit refused or closed a connection. */
-export const OVER_LIMIT_LABELS = [
-  "max-connections",
-  "max-connections-per-ip",
-  "max-concurrent-handshakes",
-  "max-handshakes-per-ip",
-  "listener-backlog"
-] as const
+/** Labels of offset_relay_over_limit_total: the core's limits, the listener backlog and the rekey rate. */
+export const OVER_LIMIT_LABELS = [...RELAY_LIMITS, "listener-backlog", "rekey-rate"] as const
+
+/** What each limit is and which flag raises it, for the refusal log line. */
+export const LIMIT_ADVICE: Readonly<Record<(typeof OVER_LIMIT_LABELS)[number], string>> = {
+  "max-connections": "connections in all; raise with --max-connections",
+  "max-buffered-bytes": "the relay holds its memory budget; raise with --max-buffered-bytes",
+  "handshake-rate": "handshakes per second from one address prefix; raise with --handshake-rate-per-prefix or --handshake-burst-per-prefix",
+  "max-unidentified-per-prefix": "connections from one prefix that have not said what they are for; raise with --max-unidentified-per-prefix",
+  "max-handshakes-per-prefix": "handshakes in progress from one prefix; raise with --max-handshakes-per-prefix",
+  "max-unidentified": "connections that have not said what they are for; raise with --max-unidentified",
+  "unidentified-evicted": "the oldest unidentified connection of the busiest prefix made room; raise with --max-unidentified",
+  "max-handshakes": "handshakes in progress; raise with --max-handshakes",
+  "handshake-evicted": "the oldest handshake of the busiest prefix made room; raise with --max-handshakes",
+  "max-connections-per-prefix": "listen and connect channels from one prefix; raise with --max-connections-per-prefix",
+  "max-connections-per-key": "listen and connect channels of one client key; raise with --max-connections-per-key",
+  "max-pending-per-listener": "connects waiting on one listener; raise with --max-pending-per-listener",
+  "stuck-tunnel": "a tunnel whose ends both stopped reading while the relay was at its memory budget; raise --max-buffered-bytes or --stuck-tunnel-ticks",
+  "listener-backlog": "a listener that does not read its IncomingConnection messages; raise with --max-pending-per-listener",
+  "rekey-rate": "a client rekeying far more often than once an hour (not configurable)"
+}
+
+// One log line per limit per REFUSAL_LOG_INTERVAL_MS at most; the next line
+// says how many were not logged in between, so a flood cannot flood the log.
+const REFUSAL_LOG_INTERVAL_MS = 10_000
+const makeRefusalLog = () => {
+  const last = new Map<string, { at: number; suppressed: number }>()
+  return (limit: (typeof OVER_LIMIT_LABELS)[number]) => {
+    const now = Date.now()
+    const entry = last.get(limit)
+    if (entry !== undefined && now - entry.at < REFUSAL_LOG_INTERVAL_MS) {
+      entry.suppressed++
+      return undefined
+    }
+    last.set(limit, { at: now, suppressed: 0 })
+    return { limit, suppressed: entry?.suppressed ?? 0 }
+  }
+}
 
 // Closes caused by a hostile or dead peer: destroyed at once, no lingering
 // for a FIN (there is nothing it should still read from us).

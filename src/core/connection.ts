@@ -77,6 +77,8 @@ export interface ConnectionState {
   /** Undefined until authenticated: keepalive starts with the channel (as in Offset). */
   readonly keepalive: KeepaliveState | undefined
   readonly keepaliveTicks: number
+  /** As ConnectionConfig's maxExpansion, for the keepalive layer made at authentication. */
+  readonly maxExpansion: number | undefined
   readonly closed: ConnectionError | undefined
 }
 
@@ -94,7 +96,13 @@ const absurd = (value: never): never => {
 /** A connection that has not started; bad settings throw a RangeError here, not later. */
 export const makeConnection = (config: ConnectionConfig): ConnectionState => {
   const keepaliveTicks = makeKeepalive({ keepaliveTicks: config.keepaliveTicks }).keepaliveTicks
-  return { channel: makeSecureChannel(config), keepalive: undefined, keepaliveTicks, closed: undefined }
+  return {
+    channel: makeSecureChannel(config),
+    keepalive: undefined,
+    keepaliveTicks,
+    maxExpansion: config.maxExpansion,
+    closed: undefined
+  }
 }
 
 /** True once `Send` is allowed: authenticated and not closed. */
@@ -160,7 +168,7 @@ const applyChannel = (
       return state
     case "Authenticated":
       out.push(command)
-      return { ...state, keepalive: makeKeepalive({ keepaliveTicks: state.keepaliveTicks }) }
+      return { ...state, keepalive: makeKeepalive({ keepaliveTicks: state.keepaliveTicks, maxExpansion: state.maxExpansion }) }
     case "Close":
       out.push(command)
       return { ...state, closed: command.error }

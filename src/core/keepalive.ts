@@ -24,7 +24,8 @@
  * still count toward sending our own keepalives, since writing is not
  * paused). When reading resumes, whatever the peer sent meanwhile arrives.
  */
-import { type DecodeError, decodeKaMessage, encodeKaMessage } from "./messages.ts"
+import { type DecodeError, decodeKaMessage, defaultMaxUnpackedBytes, encodeKaMessage } from "./messages.ts"
+import { unpackBound } from "./unpack-bound.ts"
 
 /** Offset's keepalive_ticks: close after this many quiet ticks, ping after half. */
 export const DEFAULT_KEEPALIVE_TICKS = 32
@@ -33,6 +34,8 @@ export const DEFAULT_KEEPALIVE_TICKS = 32
 export interface KeepaliveConfig {
   /** Ticks of silence from the peer before closing; at least 2; default 32. */
   readonly keepaliveTicks?: number | undefined
+  /** As the secure channel's `maxExpansion`, for the KaMessage inside each message; default Infinity. */
+  readonly maxExpansion?: number | undefined
 }
 
 /** Why the keepalive layer closed a connection. */
@@ -68,6 +71,7 @@ export type KeepaliveCommand =
 /** The keepalive countdowns. */
 export interface KeepaliveState {
   readonly keepaliveTicks: number
+  readonly maxExpansion: number
   /** Unpaused ticks left before the peer counts as dead. */
   readonly ticksUntilClose: number
   /** Ticks left before we must send something. */
@@ -99,8 +103,11 @@ export const makeKeepalive = (config: KeepaliveConfig = {}): KeepaliveState => {
   if (!Number.isSafeInteger(keepaliveTicks) || keepaliveTicks < 2) {
     throw new RangeError(`keepaliveTicks must be an integer of at least 2, got ${keepaliveTicks}`)
   }
+  const maxExpansion = config.maxExpansion ?? Number.POSITIVE_INFINITY
+  if (!(maxExpansion >= 1)) throw new RangeError(`maxExpansion must be at least 1 or Infinity, got ${maxExpansion}`)
   return {
     keepaliveTicks,
+    maxExpansion,
     ticksUntilClose: keepaliveTicks,
     ticksUntilKeepalive: sendInterval(keepaliveTicks),
     closed: undefined
@@ -112,7 +119,9 @@ export const step = (state: KeepaliveState, event: KeepaliveEvent): KeepaliveSte
   if (state.closed !== undefined) return [state, noCommands]
   switch (event._tag) {
     case "Received": {
-      const decoded = decodeKaMessage(event.data)
+      const decoded = decodeKaMessage(event.data, {
+        maxUnpackedBytes: Math.min(defaultMaxUnpackedBytes, unpackBound(state.maxExpansion, event.data.length))
+      })
       if (decoded._tag === "Err") {
         const error: KeepaliveError = {
           _tag: "KeepaliveError",

@@ -30,9 +30,29 @@
  * for listen channels, every later message (RejectConnection).
  *
  * Rules (one line each; the tests hold one case per line):
- * - Opened beyond `maxUnidentified` connections that have not sent their
- *   first message yet → close "over-limit".
- * - No `Authenticated` within `handshakeTimeoutTicks` of `Opened` →
+ * Admission (`Opened { prefix }`: the adapter names the client's address
+ * prefix, see address-prefix.ts; checked in this order, the first that
+ * fails closes the newcomer "over-limit" with that limit as its label):
+ * - shutting down → "shutting-down"; `maxConnections` tracked → "max-connections";
+ *   under memory pressure (below) → "max-buffered-bytes".
+ * - Every Opened spends one of its prefix's handshake tokens (a bucket of
+ *   `handshakeBurstPerPrefix`, refilled `handshakeRatePerPrefix` per tick),
+ *   and `Authenticated` gives it back: only handshakes that fail or are
+ *   abandoned count, so a stranger who makes the relay sign and verify
+ *   without doing its own crypto is held to the rate, and honest clients
+ *   (who finish) never are; none left → "handshake-rate".
+ * - `maxUnidentifiedPerPrefix` unidentified from the prefix → "max-unidentified-per-prefix";
+ *   `maxHandshakesPerPrefix` handshaking from it → "max-handshakes-per-prefix".
+ * - `maxUnidentified` (resp. `maxHandshakes`) in all: the oldest one of the
+ *   prefix holding the most is evicted ("unidentified-evicted",
+ *   "handshake-evicted"; the one that has waited longest in its stage; ties
+ *   between prefixes go to the smaller name) when that prefix holds more
+ *   than the newcomer's would after admission; otherwise the newcomer is refused
+ *   ("max-unidentified", "max-handshakes"). A few addresses thus cannot
+ *   lock everyone else out: they can only evict each other.
+ * Handshake and first message:
+ * - No `HelloReceived` (version + ExchangeRandNonce) within `helloTimeoutTicks`
+ *   of Opened, or no `Authenticated` within `handshakeTimeoutTicks` of it →
  *   "timeout-handshake"; no first message within `initTimeoutTicks` of
  *   `Authenticated` → "timeout-init".
  * - A first message that does not decode as an InitConnection →
@@ -41,6 +61,11 @@
  *   reads absent fields as zero, so some wrong messages decode as right ones
  *   (an IncomingConnection as listen; connect(K) on a listen channel as
  *   RejectConnection(K)), as in Offset; only undecodable bytes are violations.
+ * - listen and connect count toward their prefix's and their key's
+ *   connections (accept channels do not: each answers a connect that was
+ *   counted already, so a listener host's tunnels are bounded by its
+ *   connectors, not by its own address); `maxConnectionsPerPrefix` →
+ *   "max-connections-per-prefix", `maxConnectionsPerKey` → "max-connections-per-key".
  * - listen → listen channel for the authenticated key. The newest listen
  *   channel for a key wins: the older is closed "replaced", and its pending
  *   half tunnels are closed "listener-gone" (the new channel never got their
@@ -49,9 +74,10 @@
  *   from the same connector to K already pending → the NEW one is closed
  *   "duplicate" (Offset keeps the first; the (fix) below drops a dead first
  *   one as soon as the adapter sees it close); `maxPendingHalfTunnelsPerListener`
- *   pending for K → "over-limit". Else `HoldConnect` + `SendIncomingConnection`
- *   to K's listen channel. An existing TUNNEL between the pair does not block
- *   a new connect (Offset's does; a stale tunnel would block reconnects).
+ *   pending for K → "over-limit" ("max-pending-per-listener"). Else
+ *   `HoldConnect` + `SendIncomingConnection` to K's listen channel. An
+ *   existing TUNNEL between the pair does not block a new connect (Offset's
+ *   does; a stale tunnel would block reconnects).
  * - accept(C) from K: a half tunnel C→K pending → `Splice`; else "no-pending".
  * - RejectConnection(C) on K's listen channel: C's pending half tunnel to K
  *   closes "rejected"; with nothing pending it is ignored (as Offset does: a
@@ -65,6 +91,19 @@
  *   once; a later accept of it gets "no-pending".
  * - A tunnel side closes → the other side is closed "peer-closed" (the
  *   adapter writes what it already read from the closed side first).
+ * Memory budget (`Usage { heldBytes, deliveredBytes }`: what a connection
+ * holds now, and the tunnel payload written to it so far):
+ * - The relay is under memory pressure from the moment the bytes all
+ *   connections hold reach `maxBufferedBytes` until they fall to its low
+ *   water mark, three quarters of it.
+ * - Under pressure a connection reporting at least its fair share
+ *   (`maxBufferedBytes` / connections tracked) gets `PauseReading` (TCP
+ *   pushes back on its sender); when the pressure ends every paused
+ *   connection gets `ResumeReading`.
+ * - Under pressure, a tunnel that holds bytes and whose sides have had
+ *   nothing delivered for `stuckTunnelTicks` ticks is stuck (both ends
+ *   stopped reading), not idle: both sides close "over-limit" ("stuck-tunnel").
+ * Other:
  * - `AllowListChanged` applies to first messages from then on; connections
  *   already past their first message stay (a key removed from the list can
  *   no longer listen, connect or accept anew, but its open tunnels finish).
@@ -87,12 +126,21 @@ export const ConnectionId = (n: number): ConnectionId => n as ConnectionId
 
 /** Something that happened, for the core to decide on. */
 export type RelayEvent =
-  /** A TCP connection was accepted; its secure-channel handshake starts. */
-  | { readonly _tag: "Opened"; readonly id: ConnectionId }
+  /** A TCP connection was accepted from address prefix `prefix` (address-prefix.ts); its handshake starts. */
+  | { readonly _tag: "Opened"; readonly id: ConnectionId; readonly prefix: string }
+  /** The client's version frame and ExchangeRandNonce arrived: it is really starting a handshake. */
+  | { readonly _tag: "HelloReceived"; readonly id: ConnectionId }
   /** The handshake finished; `publicKey` (32 bytes) is the client's proven identity. */
   | { readonly _tag: "Authenticated"; readonly id: ConnectionId; readonly publicKey: Uint8Array }
   /** One decrypted application message for the core (see "Which messages" in the module header). */
   | { readonly _tag: "Received"; readonly id: ConnectionId; readonly message: Uint8Array }
+  /**
+   * What connection `id` holds now (every buffer the relay keeps for it, and
+   * what the OS socket has not taken yet) and the tunnel payload bytes
+   * written to it so far (monotone). The adapter reports it after reads and
+   * once per tick.
+   */
+  | { readonly _tag: "Usage"; readonly id: ConnectionId; readonly heldBytes: number; readonly deliveredBytes: number }
   /** The connection closed for any reason the adapter saw: EOF, error, keepalive timeout. */
   | { readonly _tag: "Closed"; readonly id: ConnectionId }
   /** One tick passed. */
@@ -104,7 +152,7 @@ export type RelayEvent =
 
 /** Why the core closes a connection; every `Close` carries exactly one. */
 export type CloseReason =
-  /** The secure-channel handshake did not finish within handshakeTimeoutTicks. */
+  /** The secure-channel handshake did not finish within handshakeTimeoutTicks (or its hello within helloTimeoutTicks). */
   | "timeout-handshake"
   /** No InitConnection within initTimeoutTicks after the handshake. */
   | "timeout-init"
@@ -128,7 +176,7 @@ export type CloseReason =
   | "protocol-violation"
   /** The client's key is not on the allow-list. */
   | "not-allowed"
-  /** A cap was reached: unidentified connections, or half tunnels for one listener. */
+  /** A limit refused or evicted the connection; the Close names it (`limit`). */
   | "over-limit"
   /** The relay is shutting down. */
   | "shutting-down"
@@ -152,6 +200,39 @@ export const CLOSE_REASONS: ReadonlyArray<CloseReason> = [
   "over-limit",
   "shutting-down",
   "adapter-misuse"
+]
+
+/** Which limit an "over-limit" close is for (the label of offset_relay_over_limit_total). */
+export type RelayLimit =
+  | "max-connections"
+  | "max-buffered-bytes"
+  | "handshake-rate"
+  | "max-unidentified-per-prefix"
+  | "max-handshakes-per-prefix"
+  | "max-unidentified"
+  | "unidentified-evicted"
+  | "max-handshakes"
+  | "handshake-evicted"
+  | "max-connections-per-prefix"
+  | "max-connections-per-key"
+  | "max-pending-per-listener"
+  | "stuck-tunnel"
+
+/** Every limit the core enforces, for metrics labels and exhaustive tests. */
+export const RELAY_LIMITS: ReadonlyArray<RelayLimit> = [
+  "max-connections",
+  "max-buffered-bytes",
+  "handshake-rate",
+  "max-unidentified-per-prefix",
+  "max-handshakes-per-prefix",
+  "max-unidentified",
+  "unidentified-evicted",
+  "max-handshakes",
+  "handshake-evicted",
+  "max-connections-per-prefix",
+  "max-connections-per-key",
+  "max-pending-per-listener",
+  "stuck-tunnel"
 ]
 
 /** Something the adapter must do, in the order given. */
@@ -183,36 +264,91 @@ export type RelayCommand =
   /**
    * Close connection `id`. When `reason` is "peer-closed", first write to it
    * what was already read from its peer (buffered and in-flight messages),
-   * then close; otherwise close now. Do not report `Closed` for it (harmless
-   * if you do: the core has already forgotten `id`).
+   * then close; otherwise close now. `limit` names the limit of an
+   * "over-limit" close. Do not report `Closed` for it (harmless if you do:
+   * the core has already forgotten `id`).
    */
-  | { readonly _tag: "Close"; readonly id: ConnectionId; readonly reason: CloseReason }
+  | { readonly _tag: "Close"; readonly id: ConnectionId; readonly reason: CloseReason; readonly limit?: RelayLimit }
+  /** Stop reading connection `id`'s socket until `ResumeReading` (memory pressure). */
+  | { readonly _tag: "PauseReading"; readonly id: ConnectionId }
+  /** Read connection `id`'s socket again. */
+  | { readonly _tag: "ResumeReading"; readonly id: ConnectionId }
 
-/** Limits and timeouts; `defaultRelayConfig` holds Offset's values. */
+/** Limits and timeouts; `defaultRelayConfig` holds Offset's values and documents our choices. */
 export interface RelayConfig {
-  /** Ticks from Opened to Authenticated. Offset has none (it caps concurrent handshakes instead); 8 is ours. */
+  /** Ticks from Opened to Authenticated. Offset has none (it caps concurrent handshakes instead). */
   readonly handshakeTimeoutTicks: number
+  /** Ticks from Opened to HelloReceived (version + ExchangeRandNonce), which an honest client sends at once. */
+  readonly helloTimeoutTicks: number
   /** Ticks from Authenticated to the first message (Offset: 4, counted after the handshake too). */
   readonly initTimeoutTicks: number
   /** Ticks a half tunnel waits for accept (PROTOCOL.md half_tunnel_ticks: 32). */
   readonly halfTunnelTicks: number
   /** Half tunnels pending for one listener; more connects are closed "over-limit". */
   readonly maxPendingHalfTunnelsPerListener: number
-  /** Connections opened but without a first message yet; more are closed "over-limit". */
+  /** Connections tracked in all. */
+  readonly maxConnections: number
+  /** Connections opened but without a first message yet, in all. */
   readonly maxUnidentified: number
+  /** The same, from one address prefix. */
+  readonly maxUnidentifiedPerPrefix: number
+  /** Handshakes in progress (Opened, not yet Authenticated), in all (Offset's max_concurrent_encrypt). */
+  readonly maxHandshakes: number
+  /** The same, from one address prefix. */
+  readonly maxHandshakesPerPrefix: number
+  /** Handshakes one prefix may start per tick, on average. */
+  readonly handshakeRatePerPrefix: number
+  /** Handshakes one prefix may start at once before its rate applies. */
+  readonly handshakeBurstPerPrefix: number
+  /** Listen and connect channels (and the connect sides of tunnels) from one prefix. */
+  readonly maxConnectionsPerPrefix: number
+  /** The same, with one client key. */
+  readonly maxConnectionsPerKey: number
+  /** Bytes all connections may hold together before the relay is under memory pressure. */
+  readonly maxBufferedBytes: number
+  /** Ticks without delivery after which a tunnel holding bytes counts as stuck (under pressure). */
+  readonly stuckTunnelTicks: number
   /** Ticks tunnels may drain after Shutdown before they are closed. */
   readonly shutdownDrainTicks: number
   /** Client keys (lower-case hex) allowed to send a first message; undefined = open relay. */
   readonly allowList: ReadonlySet<string> | undefined
 }
 
-/** Offset's values where Offset has one; documented choices otherwise. */
+/**
+ * Offset's values where Offset has one; our choices otherwise:
+ * - handshakeTimeoutTicks 8, helloTimeoutTicks 2: an honest client sends its
+ *   version and ExchangeRandNonce the moment it connects, so a stranger that
+ *   trickles them is gone within 1–2 s; the whole handshake gets 8 s for slow links.
+ * - maxHandshakes 256 (Offset: 8, queued; we refuse or evict instead), 32 per
+ *   prefix; maxUnidentified 1024, 64 per prefix: a few addresses hold a
+ *   small share, and can evict only each other.
+ * - handshakeRatePerPrefix 16, handshakeBurstPerPrefix 64: a failed or
+ *   abandoned handshake cost the relay a key pair, a signature and a
+ *   verification for nothing; honest clients finish theirs and are not counted.
+ * - maxConnections 20,000: below a typical 65k file-descriptor limit.
+ * - maxConnectionsPerPrefix and maxConnectionsPerKey 6,000: one listener host
+ *   connecting to itself reaches 6,000 tunnels (12,000 connections), yet one
+ *   address or key cannot take all 20,000.
+ * - maxBufferedBytes 1 GiB (the server lowers it to a quarter of the
+ *   machine's memory); stuckTunnelTicks 8.
+ */
 export const defaultRelayConfig: RelayConfig = {
   handshakeTimeoutTicks: 8,
+  helloTimeoutTicks: 2,
   initTimeoutTicks: 4,
   halfTunnelTicks: 32,
   maxPendingHalfTunnelsPerListener: 64,
+  maxConnections: 20_000,
   maxUnidentified: 1024,
+  maxUnidentifiedPerPrefix: 64,
+  maxHandshakes: 256,
+  maxHandshakesPerPrefix: 32,
+  handshakeRatePerPrefix: 16,
+  handshakeBurstPerPrefix: 64,
+  maxConnectionsPerPrefix: 6000,
+  maxConnectionsPerKey: 6000,
+  maxBufferedBytes: 1024 * 1024 * 1024,
+  stuckTunnelTicks: 8,
   shutdownDrainTicks: 30,
   allowList: undefined
 }
@@ -228,10 +364,21 @@ export interface RelayConfigError {
 export const checkRelayConfig = (config: RelayConfig): RelayConfigError | undefined => {
   const positive = [
     "handshakeTimeoutTicks",
+    "helloTimeoutTicks",
     "initTimeoutTicks",
     "halfTunnelTicks",
     "maxPendingHalfTunnelsPerListener",
-    "maxUnidentified"
+    "maxConnections",
+    "maxUnidentified",
+    "maxUnidentifiedPerPrefix",
+    "maxHandshakes",
+    "maxHandshakesPerPrefix",
+    "handshakeRatePerPrefix",
+    "handshakeBurstPerPrefix",
+    "maxConnectionsPerPrefix",
+    "maxConnectionsPerKey",
+    "maxBufferedBytes",
+    "stuckTunnelTicks"
   ] as const
   for (const field of positive) {
     const value = config[field]
@@ -249,10 +396,15 @@ export const checkRelayConfig = (config: RelayConfig): RelayConfigError | undefi
   return undefined
 }
 
+/** The low water mark of the memory budget: pressure ends at or below it. */
+export const lowWaterBytes = (config: RelayConfig): number => Math.floor((config.maxBufferedBytes * 3) / 4)
+
 /** Counts for metrics; all zero when the core holds nothing. (A type, not an interface, so it spreads into log annotations.) */
 export type RelayStats = {
   /** Connections opened but without a first message yet (handshaking or awaiting InitConnection). */
   readonly unidentified: number
+  /** Of those, the ones still in the handshake. */
+  readonly handshaking: number
   /** Listen channels. */
   readonly listeners: number
   /** Connect channels waiting for accept. */
@@ -261,28 +413,70 @@ export type RelayStats = {
   readonly tunnels: number
   /** Every connection the core tracks. */
   readonly connections: number
+  /** The bytes connections last reported holding, in all. */
+  readonly heldBytes: number
+  /** 1 while under memory pressure, else 0. */
+  readonly memoryPressure: number
+  /** Connections told to stop reading. */
+  readonly pausedReading: number
 }
 
 /** What a connection is, as the core sees it; for tests and debugging. */
 export type ConnectionRole = "handshaking" | "awaiting-init" | "listen" | "pending-connect" | "tunnel"
 
-// One state per connection, holding only what is valid in it.
+// One state per connection, holding only what is valid in it. Every state
+// keeps the prefix it came from; identified ones their key (hex).
 type Connection =
-  | { readonly _tag: "Handshaking"; readonly deadline: number }
-  | { readonly _tag: "AwaitingInit"; readonly key: Uint8Array; readonly deadline: number }
+  | {
+    readonly _tag: "Handshaking"
+    readonly prefix: string
+    readonly opened: number
+    readonly hello: boolean
+    readonly deadline: number
+  }
+  | { readonly _tag: "AwaitingInit"; readonly prefix: string; readonly key: Uint8Array; readonly deadline: number }
   | {
     readonly _tag: "Listening"
+    readonly prefix: string
     readonly key: string
     // Connector key (hex) → its pending connect channel.
     readonly pending: Map<string, ConnectionId>
   }
   | {
     readonly _tag: "PendingConnect"
+    readonly prefix: string
     readonly key: string
     readonly listener: ConnectionId
     readonly deadline: number
   }
-  | { readonly _tag: "Tunnel"; readonly peer: ConnectionId }
+  | {
+    readonly _tag: "Tunnel"
+    readonly prefix: string
+    readonly key: string
+    readonly peer: ConnectionId
+    // The connect side counts toward its prefix and key; the accept side does not.
+    readonly counted: boolean
+  }
+
+// What one address prefix holds, and its handshake token bucket.
+interface PrefixState {
+  // Insertion order is age: the first is the oldest (the eviction victim).
+  readonly unidentified: Set<ConnectionId>
+  readonly handshaking: Set<ConnectionId>
+  // Every connection from the prefix (accept sides too); the entry stays while any is open.
+  members: number
+  identified: number
+  tokens: number
+  refilledAt: number
+}
+
+// What a connection last reported (Usage), for the memory budget.
+interface Usage {
+  held: number
+  delivered: number
+  progressAt: number
+  paused: boolean
+}
 
 const absurd = (value: never): never => {
   throw new Error(`unreachable: ${JSON.stringify(value)}`)
@@ -301,9 +495,19 @@ export class RelayCore {
   // soon as their connection leaves the timed state, so a quiet relay holds
   // nothing here.
   private readonly deadlines = new Map<number, Set<ConnectionId>>()
+  private readonly prefixes = new Map<string, PrefixState>()
+  // Prefixes holding no connection whose bucket is still refilling: dropped once full.
+  private readonly refilling = new Set<string>()
+  // Identified (counted) connections per client key (hex).
+  private readonly perKey = new Map<string, number>()
+  private readonly usage = new Map<ConnectionId, Usage>()
   private unidentified = 0
+  private handshaking = 0
   private pendingHalfTunnels = 0
   private tunnelSides = 0
+  private heldBytes = 0
+  private pressure = false
+  private paused = 0
 
   /** Throws on an invalid config: validate user input with checkRelayConfig first. */
   constructor(config: RelayConfig = defaultRelayConfig) {
@@ -323,13 +527,19 @@ export class RelayCore {
     const out: Array<RelayCommand> = []
     switch (event._tag) {
       case "Opened":
-        this.onOpened(event.id, out)
+        this.onOpened(event.id, event.prefix, out)
+        break
+      case "HelloReceived":
+        this.onHello(event.id)
         break
       case "Authenticated":
         this.onAuthenticated(event.id, event.publicKey, out)
         break
       case "Received":
         this.onReceived(event.id, event.message, out)
+        break
+      case "Usage":
+        this.onUsage(event.id, event.heldBytes, event.deliveredBytes, out)
         break
       case "Closed":
         this.release(event.id, out)
@@ -346,6 +556,8 @@ export class RelayCore {
       default:
         absurd(event)
     }
+    // Closes free memory: pressure may have ended.
+    this.updatePressure(out)
     return out
   }
 
@@ -353,10 +565,14 @@ export class RelayCore {
   stats(): RelayStats {
     return {
       unidentified: this.unidentified,
+      handshaking: this.handshaking,
       listeners: this.listeners.size,
       pendingHalfTunnels: this.pendingHalfTunnels,
       tunnels: this.tunnelSides / 2,
-      connections: this.connections.size
+      connections: this.connections.size,
+      heldBytes: this.heldBytes,
+      memoryPressure: this.pressure ? 1 : 0,
+      pausedReading: this.paused
     }
   }
 
@@ -380,37 +596,71 @@ export class RelayCore {
     }
   }
 
+  /** True while connection `id` is told not to read (PauseReading without ResumeReading). */
+  isPaused(id: ConnectionId): boolean {
+    return this.usage.get(id)?.paused ?? false
+  }
+
   /** Sizes of every internal table, for tests: all zero means the core holds nothing. */
-  internalSizes(): { readonly connections: number; readonly listeners: number; readonly deadlines: number } {
-    return { connections: this.connections.size, listeners: this.listeners.size, deadlines: this.deadlines.size }
+  internalSizes(): {
+    readonly connections: number
+    readonly listeners: number
+    readonly deadlines: number
+    readonly prefixes: number
+    readonly keys: number
+    readonly usage: number
+  } {
+    return {
+      connections: this.connections.size,
+      listeners: this.listeners.size,
+      deadlines: this.deadlines.size,
+      prefixes: this.prefixes.size,
+      keys: this.perKey.size,
+      usage: this.usage.size
+    }
   }
 
   /**
    * Cross-checks the internal tables against each other (indexes, counters,
-   * deadlines, tunnel symmetry); returns what is broken, empty when sound.
-   * For tests: O(connections).
+   * deadlines, tunnel symmetry, per-prefix and per-key counts, held bytes);
+   * returns what is broken, empty when sound. For tests: O(connections).
    */
   checkInvariants(): ReadonlyArray<string> {
     const problems: Array<string> = []
     let unidentified = 0
+    let handshaking = 0
     let pending = 0
     let sides = 0
     let scheduled = 0
     for (const set of this.deadlines.values()) scheduled += set.size
     let timed = 0
+    const prefixCounts = new Map<string, { members: number; unidentified: number; handshaking: number; identified: number }>()
+    const keyCounts = new Map<string, number>()
     for (const [id, c] of this.connections) {
+      const counts = prefixCounts.get(c.prefix) ?? { members: 0, unidentified: 0, handshaking: 0, identified: 0 }
+      prefixCounts.set(c.prefix, counts)
+      counts.members++
+      const p = this.prefixes.get(c.prefix)
       switch (c._tag) {
         case "Handshaking":
+          handshaking++
+          counts.handshaking++
+          if (!p?.handshaking.has(id)) problems.push(`${id}: handshake not in its prefix`)
+        // falls through: a handshake is unidentified too
         case "AwaitingInit":
           unidentified++
+          counts.unidentified++
           timed++
+          if (!p?.unidentified.has(id)) problems.push(`${id}: unidentified connection not in its prefix`)
           if (!this.deadlines.get(c.deadline)?.has(id)) problems.push(`${id}: ${c._tag} deadline not scheduled`)
           break
         case "Listening":
+          counts.identified++
+          keyCounts.set(c.key, (keyCounts.get(c.key) ?? 0) + 1)
           if (this.listeners.get(c.key) !== id) problems.push(`${id}: listener not indexed under its key`)
           for (const [connector, pid] of c.pending) {
-            const p = this.connections.get(pid)
-            if (p?._tag !== "PendingConnect" || p.listener !== id || p.key !== connector) {
+            const pc = this.connections.get(pid)
+            if (pc?._tag !== "PendingConnect" || pc.listener !== id || pc.key !== connector) {
               problems.push(`${id}: pending entry ${connector} → ${pid} does not point back`)
             }
           }
@@ -418,6 +668,8 @@ export class RelayCore {
         case "PendingConnect": {
           pending++
           timed++
+          counts.identified++
+          keyCounts.set(c.key, (keyCounts.get(c.key) ?? 0) + 1)
           const l = this.connections.get(c.listener)
           if (l?._tag !== "Listening" || l.pending.get(c.key) !== id) problems.push(`${id}: half tunnel not in its listener`)
           if (!this.deadlines.get(c.deadline)?.has(id)) problems.push(`${id}: half tunnel deadline not scheduled`)
@@ -425,8 +677,14 @@ export class RelayCore {
         }
         case "Tunnel": {
           sides++
-          const p = this.connections.get(c.peer)
-          if (p?._tag !== "Tunnel" || p.peer !== id || c.peer === id) problems.push(`${id}: tunnel peer not symmetric`)
+          if (c.counted) {
+            counts.identified++
+            keyCounts.set(c.key, (keyCounts.get(c.key) ?? 0) + 1)
+          }
+          const peer = this.connections.get(c.peer)
+          if (peer?._tag !== "Tunnel" || peer.peer !== id || c.peer === id || peer.counted === c.counted) {
+            problems.push(`${id}: tunnel peer not symmetric`)
+          }
           break
         }
         default:
@@ -437,7 +695,31 @@ export class RelayCore {
       const c = this.connections.get(id)
       if (c?._tag !== "Listening" || c.key !== key) problems.push(`listener index ${key} → ${id} is stale`)
     }
+    for (const [prefix, p] of this.prefixes) {
+      const counts = prefixCounts.get(prefix) ?? { members: 0, unidentified: 0, handshaking: 0, identified: 0 }
+      if (p.members !== counts.members) problems.push(`prefix ${prefix}: members ${p.members} ≠ ${counts.members}`)
+      if (p.unidentified.size !== counts.unidentified || p.handshaking.size !== counts.handshaking) {
+        problems.push(`prefix ${prefix}: sets hold ${p.unidentified.size}/${p.handshaking.size}, connections ${counts.unidentified}/${counts.handshaking}`)
+      }
+      if (p.identified !== counts.identified) problems.push(`prefix ${prefix}: identified ${p.identified} ≠ ${counts.identified}`)
+      if ((p.members === 0) !== this.refilling.has(prefix)) problems.push(`prefix ${prefix}: refilling set disagrees`)
+    }
+    for (const prefix of prefixCounts.keys()) if (!this.prefixes.has(prefix)) problems.push(`prefix ${prefix} not tracked`)
+    for (const prefix of this.refilling) if (!this.prefixes.has(prefix)) problems.push(`refilling prefix ${prefix} not tracked`)
+    if (keyCounts.size !== this.perKey.size) problems.push(`${this.perKey.size} keys counted for ${keyCounts.size}`)
+    for (const [key, n] of keyCounts) if (this.perKey.get(key) !== n) problems.push(`key ${key}: ${this.perKey.get(key)} ≠ ${n}`)
+    let held = 0
+    let paused = 0
+    for (const [id, u] of this.usage) {
+      if (!this.connections.has(id)) problems.push(`usage of forgotten ${id}`)
+      held += u.held
+      if (u.paused) paused++
+    }
+    if (held !== this.heldBytes) problems.push(`held bytes ${this.heldBytes} ≠ ${held}`)
+    if (paused !== this.paused) problems.push(`paused ${this.paused} ≠ ${paused}`)
+    if (paused > 0 && !this.pressure) problems.push(`${paused} paused without pressure`)
     if (unidentified !== this.unidentified) problems.push(`unidentified ${this.unidentified} ≠ ${unidentified}`)
+    if (handshaking !== this.handshaking) problems.push(`handshaking ${this.handshaking} ≠ ${handshaking}`)
     if (pending !== this.pendingHalfTunnels) problems.push(`pending ${this.pendingHalfTunnels} ≠ ${pending}`)
     if (sides !== this.tunnelSides) problems.push(`tunnel sides ${this.tunnelSides} ≠ ${sides}`)
     if (scheduled !== timed) problems.push(`${scheduled} deadlines for ${timed} timed connections`)
@@ -445,21 +727,100 @@ export class RelayCore {
     return problems
   }
 
-  private onOpened(id: ConnectionId, out: Array<RelayCommand>): void {
+  private onOpened(id: ConnectionId, prefix: string, out: Array<RelayCommand>): void {
     if (this.connections.has(id)) {
       // Two sockets under one id: neither can be told apart any more.
       this.close(id, "adapter-misuse", out)
       return
     }
+    const refuse = (limit: RelayLimit) => out.push({ _tag: "Close", id, reason: "over-limit", limit })
     if (this.shutdownDeadline !== undefined) {
       out.push({ _tag: "Close", id, reason: "shutting-down" })
       return
     }
-    if (this.unidentified >= this.config.maxUnidentified) {
-      out.push({ _tag: "Close", id, reason: "over-limit" })
-      return
+    if (this.connections.size >= this.config.maxConnections) return void refuse("max-connections")
+    if (this.pressure) return void refuse("max-buffered-bytes")
+    const state = this.prefixState(prefix)
+    if (!this.takeHandshakeToken(state)) return void refuse("handshake-rate")
+    if (state.unidentified.size >= this.config.maxUnidentifiedPerPrefix) {
+      return void refuse("max-unidentified-per-prefix")
     }
-    this.put(id, { _tag: "Handshaking", deadline: this.now + this.config.handshakeTimeoutTicks })
+    if (state.handshaking.size >= this.config.maxHandshakesPerPrefix) return void refuse("max-handshakes-per-prefix")
+    if (this.unidentified >= this.config.maxUnidentified) {
+      const victim = this.evictionVictim(state, (p) => p.unidentified)
+      if (victim === undefined) return void refuse("max-unidentified")
+      this.close(victim, "over-limit", out, "unidentified-evicted")
+    }
+    if (this.handshaking >= this.config.maxHandshakes) {
+      const victim = this.evictionVictim(state, (p) => p.handshaking)
+      if (victim === undefined) return void refuse("max-handshakes")
+      this.close(victim, "over-limit", out, "handshake-evicted")
+    }
+    this.put(id, {
+      _tag: "Handshaking",
+      prefix,
+      opened: this.now,
+      hello: false,
+      deadline: this.now + Math.min(this.config.helloTimeoutTicks, this.config.handshakeTimeoutTicks)
+    })
+  }
+
+  // The oldest connection of the prefix holding the most in `table`, when it
+  // holds more than the newcomer's prefix would after admission.
+  private evictionVictim(
+    own: PrefixState,
+    table: (p: PrefixState) => ReadonlySet<ConnectionId>
+  ): ConnectionId | undefined {
+    // Ties go to the smaller prefix, so the choice does not depend on table order.
+    let largest: PrefixState | undefined
+    let largestName = ""
+    for (const [name, p] of this.prefixes) {
+      const size = table(p).size
+      if (largest === undefined || size > table(largest).size || (size === table(largest).size && name < largestName)) {
+        largest = p
+        largestName = name
+      }
+    }
+    if (largest === undefined || table(largest).size <= table(own).size + 1) return undefined
+    // Sets keep insertion order and a connection is re-inserted at each stage
+    // change, so the first is the one that has waited longest in its stage.
+    return table(largest).values().next().value
+  }
+
+  private prefixState(prefix: string): PrefixState {
+    let state = this.prefixes.get(prefix)
+    if (state === undefined) {
+      state = {
+        unidentified: new Set(),
+        handshaking: new Set(),
+        members: 0,
+        identified: 0,
+        tokens: this.config.handshakeBurstPerPrefix,
+        refilledAt: this.now
+      }
+      this.prefixes.set(prefix, state)
+      this.refilling.add(prefix)
+    }
+    return state
+  }
+
+  private takeHandshakeToken(state: PrefixState): boolean {
+    this.refill(state)
+    if (state.tokens < 1) return false
+    state.tokens--
+    return true
+  }
+
+  private refill(state: PrefixState): void {
+    const { handshakeRatePerPrefix: rate, handshakeBurstPerPrefix: burst } = this.config
+    state.tokens = Math.min(burst, state.tokens + (this.now - state.refilledAt) * rate)
+    state.refilledAt = this.now
+  }
+
+  private onHello(id: ConnectionId): void {
+    const connection = this.connections.get(id)
+    if (connection?._tag !== "Handshaking" || connection.hello) return
+    this.put(id, { ...connection, hello: true, deadline: connection.opened + this.config.handshakeTimeoutTicks })
   }
 
   private onAuthenticated(id: ConnectionId, publicKey: Uint8Array, out: Array<RelayCommand>): void {
@@ -469,8 +830,17 @@ export class RelayCore {
       this.close(id, "adapter-misuse", out)
       return
     }
+    // The client proved its key, so it did its share of the crypto: its token comes back.
+    const prefix = this.prefixes.get(connection.prefix)! // tracked while it holds a connection
+    this.refill(prefix)
+    prefix.tokens = Math.min(this.config.handshakeBurstPerPrefix, prefix.tokens + 1)
     // A copy: the adapter may reuse its buffer, and the key is sent on later.
-    this.put(id, { _tag: "AwaitingInit", key: publicKey.slice(), deadline: this.now + this.config.initTimeoutTicks })
+    this.put(id, {
+      _tag: "AwaitingInit",
+      prefix: connection.prefix,
+      key: publicKey.slice(),
+      deadline: this.now + this.config.initTimeoutTicks
+    })
   }
 
   private onReceived(id: ConnectionId, message: Uint8Array, out: Array<RelayCommand>): void {
@@ -478,7 +848,7 @@ export class RelayCore {
     if (connection === undefined) return
     switch (connection._tag) {
       case "AwaitingInit":
-        this.onInit(id, connection.key, message, out)
+        this.onInit(id, connection, message, out)
         return
       case "Listening":
         this.onListenMessage(id, connection, message, out)
@@ -493,23 +863,39 @@ export class RelayCore {
     }
   }
 
-  private onInit(id: ConnectionId, key: Uint8Array, message: Uint8Array, out: Array<RelayCommand>): void {
+  private onInit(
+    id: ConnectionId,
+    connection: Extract<Connection, { _tag: "AwaitingInit" }>,
+    message: Uint8Array,
+    out: Array<RelayCommand>
+  ): void {
     const decoded = decodeInitConnection(message)
     if (decoded._tag === "Err") {
       this.close(id, "protocol-violation", out)
       return
     }
+    const { key, prefix } = connection
     const clientKey = publicKeyHex(key)
     if (this.allowList !== undefined && !this.allowList.has(clientKey)) {
       this.close(id, "not-allowed", out)
       return
     }
     const init = decoded.value
+    if (init._tag !== "Accept") {
+      if ((this.prefixes.get(prefix)?.identified ?? 0) >= this.config.maxConnectionsPerPrefix) {
+        this.close(id, "over-limit", out, "max-connections-per-prefix")
+        return
+      }
+      if ((this.perKey.get(clientKey) ?? 0) >= this.config.maxConnectionsPerKey) {
+        this.close(id, "over-limit", out, "max-connections-per-key")
+        return
+      }
+    }
     switch (init._tag) {
       case "Listen": {
         const older = this.listeners.get(clientKey)
         if (older !== undefined) this.close(older, "replaced", out)
-        this.put(id, { _tag: "Listening", key: clientKey, pending: new Map() })
+        this.put(id, { _tag: "Listening", prefix, key: clientKey, pending: new Map() })
         this.listeners.set(clientKey, id)
         return
       }
@@ -525,12 +911,13 @@ export class RelayCore {
           return
         }
         if (listener.pending.size >= this.config.maxPendingHalfTunnelsPerListener) {
-          this.close(id, "over-limit", out)
+          this.close(id, "over-limit", out, "max-pending-per-listener")
           return
         }
         listener.pending.set(clientKey, id)
         this.put(id, {
           _tag: "PendingConnect",
+          prefix,
           key: clientKey,
           listener: listenerId,
           deadline: this.now + this.config.halfTunnelTicks
@@ -551,13 +938,17 @@ export class RelayCore {
         const listener = listenerId === undefined ? undefined : this.connections.get(listenerId)
         const connectorKey = publicKeyHex(init.publicKey)
         const connectId = listener?._tag === "Listening" ? listener.pending.get(connectorKey) : undefined
-        if (listener?._tag !== "Listening" || connectId === undefined) {
+        const connect = connectId === undefined ? undefined : this.connections.get(connectId)
+        if (listener?._tag !== "Listening" || connectId === undefined || connect === undefined) {
           this.close(id, "no-pending", out)
           return
         }
         listener.pending.delete(connectorKey)
-        this.put(connectId, { _tag: "Tunnel", peer: id })
-        this.put(id, { _tag: "Tunnel", peer: connectId })
+        this.put(connectId, { _tag: "Tunnel", prefix: connect.prefix, key: connectorKey, peer: id, counted: true })
+        this.put(id, { _tag: "Tunnel", prefix, key: clientKey, peer: connectId, counted: false })
+        // A tunnel's clock for "no progress" starts now.
+        this.usageOf(connectId).progressAt = this.now
+        this.usageOf(id).progressAt = this.now
         out.push({ _tag: "Splice", connectId, acceptId: id })
         return
       }
@@ -581,9 +972,62 @@ export class RelayCore {
     if (connectId !== undefined) this.close(connectId, "rejected", out)
   }
 
+  private usageOf(id: ConnectionId): Usage {
+    let usage = this.usage.get(id)
+    if (usage === undefined) {
+      usage = { held: 0, delivered: 0, progressAt: this.now, paused: false }
+      this.usage.set(id, usage)
+    }
+    return usage
+  }
+
+  private onUsage(id: ConnectionId, held: number, delivered: number, out: Array<RelayCommand>): void {
+    if (!this.connections.has(id)) return
+    const usage = this.usageOf(id)
+    this.heldBytes += held - usage.held
+    usage.held = held
+    if (delivered > usage.delivered) {
+      usage.delivered = delivered
+      usage.progressAt = this.now
+    }
+    this.updatePressure(out)
+    if (this.pressure && !usage.paused && held >= this.config.maxBufferedBytes / this.connections.size) {
+      usage.paused = true
+      this.paused++
+      out.push({ _tag: "PauseReading", id })
+    }
+  }
+
+  // Enters pressure at the budget, leaves it at the low water mark (resuming every paused connection).
+  private updatePressure(out: Array<RelayCommand>): void {
+    if (!this.pressure) {
+      if (this.heldBytes >= this.config.maxBufferedBytes) this.pressure = true
+      return
+    }
+    if (this.heldBytes > lowWaterBytes(this.config)) return
+    this.pressure = false
+    if (this.paused === 0) return
+    for (const [id, usage] of this.usage) {
+      if (!usage.paused) continue
+      usage.paused = false
+      out.push({ _tag: "ResumeReading", id })
+    }
+    this.paused = 0
+  }
+
   private onTick(out: Array<RelayCommand>): void {
     this.now++
     if (this.shutdownDeadline === this.now) this.closeAllTunnels(out)
+    for (const prefix of this.refilling) {
+      const state = this.prefixes.get(prefix)
+      if (state === undefined) continue
+      this.refill(state)
+      if (state.tokens >= this.config.handshakeBurstPerPrefix) {
+        this.prefixes.delete(prefix)
+        this.refilling.delete(prefix)
+      }
+    }
+    if (this.pressure) this.closeStuckTunnels(out)
     const due = this.deadlines.get(this.now)
     if (due === undefined) return
     this.deadlines.delete(this.now)
@@ -607,6 +1051,22 @@ export class RelayCore {
         default:
           absurd(connection)
       }
+    }
+  }
+
+  private closeStuckTunnels(out: Array<RelayCommand>): void {
+    for (const [id, connection] of [...this.connections]) {
+      // Each tunnel once, from its connect side.
+      if (connection._tag !== "Tunnel" || !connection.counted || !this.connections.has(id)) continue
+      const mine = this.usageOf(id)
+      const theirs = this.usageOf(connection.peer)
+      if (mine.held + theirs.held === 0) continue
+      if (this.now - Math.max(mine.progressAt, theirs.progressAt) < this.config.stuckTunnelTicks) continue
+      // Both sides name the budget rather than one of them "peer-closed".
+      out.push({ _tag: "Close", id, reason: "over-limit", limit: "stuck-tunnel" })
+      out.push({ _tag: "Close", id: connection.peer, reason: "over-limit", limit: "stuck-tunnel" })
+      this.drop(id)
+      this.drop(connection.peer)
     }
   }
 
@@ -636,9 +1096,9 @@ export class RelayCore {
   }
 
   // Emits Close for tracked `id`, then forgets it and closes what depended on it.
-  private close(id: ConnectionId, reason: CloseReason, out: Array<RelayCommand>): void {
+  private close(id: ConnectionId, reason: CloseReason, out: Array<RelayCommand>, limit?: RelayLimit): void {
     if (!this.connections.has(id)) return
-    out.push({ _tag: "Close", id, reason })
+    out.push(limit === undefined ? { _tag: "Close", id, reason } : { _tag: "Close", id, reason, limit })
     this.release(id, out)
   }
 
@@ -675,50 +1135,83 @@ export class RelayCore {
 
   // The only two places connection state and its counters and deadlines change.
   private put(id: ConnectionId, connection: Connection): void {
-    this.drop(id)
+    this.drop(id, false)
     this.connections.set(id, connection)
+    const prefix = this.prefixState(connection.prefix)
+    prefix.members++
+    this.refilling.delete(connection.prefix)
     switch (connection._tag) {
       case "Handshaking":
+        this.handshaking++
+        prefix.handshaking.add(id)
+      // falls through: a handshake is unidentified too
       case "AwaitingInit":
         this.unidentified++
+        prefix.unidentified.add(id)
         this.schedule(id, connection.deadline)
         break
       case "PendingConnect":
         this.pendingHalfTunnels++
         this.schedule(id, connection.deadline)
+        this.count(prefix, connection.key, 1)
         break
       case "Tunnel":
         this.tunnelSides++
+        if (connection.counted) this.count(prefix, connection.key, 1)
         break
       case "Listening":
+        this.count(prefix, connection.key, 1)
         break
       default:
         absurd(connection)
     }
   }
 
-  private drop(id: ConnectionId): void {
+  // `forget`: false when `put` replaces the state (the connection's usage stays).
+  private drop(id: ConnectionId, forget = true): void {
     const connection = this.connections.get(id)
     if (connection === undefined) return
     this.connections.delete(id)
+    const prefix = this.prefixes.get(connection.prefix)! // tracked while it holds a connection
     switch (connection._tag) {
       case "Handshaking":
+        this.handshaking--
+        prefix.handshaking.delete(id)
+      // falls through: a handshake is unidentified too
       case "AwaitingInit":
         this.unidentified--
+        prefix.unidentified.delete(id)
         this.unschedule(id, connection.deadline)
         break
       case "PendingConnect":
         this.pendingHalfTunnels--
         this.unschedule(id, connection.deadline)
+        this.count(prefix, connection.key, -1)
         break
       case "Tunnel":
         this.tunnelSides--
+        if (connection.counted) this.count(prefix, connection.key, -1)
         break
       case "Listening":
+        this.count(prefix, connection.key, -1)
         break
       default:
         absurd(connection)
     }
+    if (--prefix.members === 0) this.refilling.add(connection.prefix)
+    if (!forget) return
+    const usage = this.usage.get(id)
+    if (usage === undefined) return
+    this.usage.delete(id)
+    this.heldBytes -= usage.held
+    if (usage.paused) this.paused--
+  }
+
+  private count(prefix: PrefixState, key: string, delta: 1 | -1): void {
+    prefix.identified += delta
+    const n = (this.perKey.get(key) ?? 0) + delta
+    if (n === 0) this.perKey.delete(key)
+    else this.perKey.set(key, n)
   }
 
   private schedule(id: ConnectionId, at: number): void {

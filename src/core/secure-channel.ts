@@ -52,6 +52,7 @@ import {
   type ChannelContent,
   type DecodeError,
   decodeChannelMessage,
+  defaultMaxUnpackedBytes,
   decodeExchangeDh,
   decodeExchangeRandNonce,
   encodeChannelMessageTransient,
@@ -60,6 +61,7 @@ import {
   fixedLengths,
   type Rekey
 } from "./messages.ts"
+import { unpackBound } from "./unpack-bound.ts"
 
 /** Bytes of the nonce at the start of every transport frame. */
 export const TRANSPORT_NONCE_LENGTH = 12
@@ -101,7 +103,22 @@ export interface SecureChannelConfig {
   readonly rekeyIntervalTicks?: number | undefined
   /** Ticks from Start until the handshake must be done; default 32; Infinity waits forever. */
   readonly handshakeTimeoutTicks?: number | undefined
+  /**
+   * Most bytes a received message may unpack to per byte on the wire (plus
+   * `unpackSlackBytes`), or Infinity (the default: only the decoder's 8 MiB
+   * bound). A relay hop sets a small factor: honest hop traffic is tiny relay
+   * messages and ciphertext, which do not compress, so a message that claims
+   * far more than it occupies is an attack on memory and CPU.
+   */
+  readonly maxExpansion?: number | undefined
+  /**
+   * Rekeys the peer may start: a burst of `burst`, then one more per
+   * `refillTicks` ticks; more closes the channel "RekeyFlood". Undefined (the
+   * default) allows any number. Honest peers rekey once an hour.
+   */
+  readonly peerRekeyLimit?: { readonly burst: number; readonly refillTicks: number } | undefined
 }
+
 
 /** Why a secure channel ended: always the peer's doing (or a dead link), never the caller's. */
 export type SecureChannelErrorReason =
@@ -129,6 +146,8 @@ export type SecureChannelErrorReason =
   | "NonceExhausted"
   /** The handshake did not finish within handshakeTimeoutTicks. */
   | "HandshakeTimeout"
+  /** The peer started more rekeys than `peerRekeyLimit` allows. */
+  | "RekeyFlood"
 
 /** The typed reason a secure channel closed. */
 export interface SecureChannelError {
@@ -185,6 +204,8 @@ export interface SecureChannelSettings {
   readonly maxPaddingBytes: number
   readonly rekeyIntervalTicks: number
   readonly handshakeTimeoutTicks: number
+  readonly maxExpansion: number
+  readonly peerRekeyLimit: { readonly burst: number; readonly refillTicks: number } | undefined
 }
 
 /** Where the channel is, named after what it waits for; each holds only what is valid there. */
@@ -212,6 +233,10 @@ export type SecureChannelPhase =
       readonly previousReceive: DirectionKey | undefined
       readonly pendingRekey: PendingRekey | undefined
       readonly ticksUntilRekey: number
+      /** Rekeys the peer may still start now (peerRekeyLimit); Infinity without a limit. */
+      readonly peerRekeyTokens: number
+      /** Ticks until one more peer rekey is allowed. */
+      readonly ticksUntilRekeyToken: number
     }
   | { readonly _tag: "Closed"; readonly error: SecureChannelError }
 
@@ -261,8 +286,20 @@ const secureChannelSettings = (config: SecureChannelConfig): SecureChannelSettin
     handshakeTimeoutTicks: requireTicks(
       "handshakeTimeoutTicks",
       config.handshakeTimeoutTicks ?? DEFAULT_HANDSHAKE_TIMEOUT_TICKS
-    )
+    ),
+    maxExpansion: requireExpansion(config.maxExpansion ?? Number.POSITIVE_INFINITY),
+    peerRekeyLimit: config.peerRekeyLimit === undefined
+      ? undefined
+      : {
+        burst: requireTicks("peerRekeyLimit.burst", config.peerRekeyLimit.burst),
+        refillTicks: requireTicks("peerRekeyLimit.refillTicks", config.peerRekeyLimit.refillTicks)
+      }
   }
+}
+
+const requireExpansion = (value: number): number => {
+  if (!(value >= 1)) throw new RangeError(`maxExpansion must be at least 1 or Infinity, got ${value}`)
+  return value
 }
 
 /** A channel that has not started; feed it `Start`. */
@@ -499,7 +536,9 @@ const onDh = (
         receive: { key: deriveKey(crypto, dh.keySalt, shared), counter: 0 },
         previousReceive: undefined,
         pendingRekey: undefined,
-        ticksUntilRekey: settings.rekeyIntervalTicks
+        ticksUntilRekey: settings.rekeyIntervalTicks,
+        peerRekeyTokens: settings.peerRekeyLimit?.burst ?? Number.POSITIVE_INFINITY,
+        ticksUntilRekeyToken: settings.peerRekeyLimit?.refillTicks ?? Number.POSITIVE_INFINITY
       }
     },
     [{ _tag: "Authenticated", remotePublicKey: phase.remotePublicKey }]
@@ -535,7 +574,9 @@ const onTransportFrame = (state: SecureChannelState, phase: EstablishedPhase, fr
   )
   if (plaintext === undefined) return fail(state, "DecryptFailed", "transport frame tag does not verify")
   const advanced: DirectionKey = { key: direction.key, counter: direction.counter + 1 }
-  const decoded = decodeChannelMessage(plaintext)
+  const decoded = decodeChannelMessage(plaintext, {
+    maxUnpackedBytes: Math.min(defaultMaxUnpackedBytes, unpackBound(settings.maxExpansion, frame.length))
+  })
   if (decoded._tag === "Err") {
     return fail(state, "MalformedMessage", `ChannelMessage: ${decoded.error.message}`, decoded.error)
   }
@@ -580,6 +621,11 @@ const onRekey = (state: SecureChannelState, phase: EstablishedPhase, rekey: Reke
       noCommands
     ]
   }
+  // The peer starts this rekey: each costs us a key pair, an X25519 and two
+  // HKDFs, so a peer rekeying in a loop is refused rather than served.
+  if (phase.peerRekeyTokens < 1) {
+    return fail(state, "RekeyFlood", `the peer started more rekeys than ${settings.peerRekeyLimit?.burst} per ${settings.peerRekeyLimit?.refillTicks} ticks`)
+  }
   const dhSecret = settings.random(DH_SECRET_LENGTH)
   const keySalt = settings.random(SALT_LENGTH)
   const shared = crypto.x25519(dhSecret, rekey.dhPublicKey)
@@ -598,7 +644,8 @@ const onRekey = (state: SecureChannelState, phase: EstablishedPhase, rekey: Reke
         send: { key: deriveKey(crypto, keySalt, shared), counter: 0 },
         receive: { key: deriveKey(crypto, rekey.keySalt, shared), counter: 0 },
         previousReceive: phase.receive,
-        ticksUntilRekey: settings.rekeyIntervalTicks
+        ticksUntilRekey: settings.rekeyIntervalTicks,
+        peerRekeyTokens: phase.peerRekeyTokens - 1
       }
     },
     [{ _tag: "SendFrame", frame: answer.frame }]
@@ -623,14 +670,30 @@ const onTick = (state: SecureChannelState): SecureChannelStep => {
     }
     case "Established": {
       const ticksUntilRekey = phase.ticksUntilRekey - 1
-      if (ticksUntilRekey > 0) return [{ settings, phase: { ...phase, ticksUntilRekey } }, noCommands]
+      const refill = refillRekeyTokens(settings, phase)
+      if (ticksUntilRekey > 0) return [{ settings, phase: { ...phase, ...refill, ticksUntilRekey } }, noCommands]
       // Due, but our previous rekey is unanswered: try again next tick (as Offset does).
-      if (phase.pendingRekey !== undefined) return [{ settings, phase: { ...phase, ticksUntilRekey: 0 } }, noCommands]
-      return startRekey(state, phase)
+      if (phase.pendingRekey !== undefined) {
+        return [{ settings, phase: { ...phase, ...refill, ticksUntilRekey: 0 } }, noCommands]
+      }
+      return startRekey(state, { ...phase, ...refill })
     }
     default:
       return absurd(phase)
   }
+}
+
+// One tick of the peer's rekey allowance: a token back every refillTicks, up to the burst.
+const refillRekeyTokens = (
+  settings: SecureChannelSettings,
+  phase: EstablishedPhase
+): Pick<EstablishedPhase, "peerRekeyTokens" | "ticksUntilRekeyToken"> => {
+  const limit = settings.peerRekeyLimit
+  if (limit === undefined) return phase
+  if (phase.ticksUntilRekeyToken > 1) {
+    return { peerRekeyTokens: phase.peerRekeyTokens, ticksUntilRekeyToken: phase.ticksUntilRekeyToken - 1 }
+  }
+  return { peerRekeyTokens: Math.min(limit.burst, phase.peerRekeyTokens + 1), ticksUntilRekeyToken: limit.refillTicks }
 }
 
 const startRekey = (state: SecureChannelState, phase: EstablishedPhase): SecureChannelStep => {

@@ -40,11 +40,15 @@ export const makeIdentity = (crypto: CryptoService = nodeCryptoService): RelayId
 export const startRelay = (overrides: Partial<RelayServerOptions> = {}) =>
   Effect.gen(function*() {
     const identity = makeIdentity(yield* Crypto)
+    const defaults = defaultRelayServerOptions(identity)
     const server = yield* makeRelayServer({
-      ...defaultRelayServerOptions(identity),
+      ...defaults,
       port: 0,
       tickMs: TEST_TICK_MS,
-      ...overrides
+      // 50 ms ticks: the hello deadline gets the handshake's 8 ticks, so a busy
+      // machine does not cut a test client off (the hello rule has its own test).
+      ...overrides,
+      core: { ...defaults.core, helloTimeoutTicks: 8, ...overrides.core }
     })
     const endpoint: RelayEndpoint = { publicKey: identity.publicKey, host: "127.0.0.1", port: server.port }
     return { server, endpoint, identity }

@@ -13,7 +13,8 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FileSystem from "effect/FileSystem"
 import { parseAllowList } from "../../core/allow-list.ts"
-import { defaultRelayConfig } from "../../core/relay-core.ts"
+import { checkPrefixLengths } from "../../core/address-prefix.ts"
+import { checkRelayConfig, defaultRelayConfig } from "../../core/relay-core.ts"
 import { loadOrCreateIdentity } from "../identity.ts"
 import { serveMetrics } from "../metrics-http.ts"
 import { defaultRelayServerOptions, makeRelayServer, type RelayServerOptions } from "../relay-server.ts"
@@ -36,30 +37,91 @@ const table: OptionTable = {
   },
   "data-dir": { type: "string", value: "DIR", help: `where the default identity lives (default ${defaultDataDir()})` },
   "tick-ms": { type: "integer", default: serverDefaults.tickMs, value: "MS", help: "milliseconds per protocol tick" },
-  "max-connections": { type: "integer", default: serverDefaults.maxConnections, value: "N", help: "open TCP connections in total" },
-  "max-connections-per-ip": {
+  "max-connections": {
     type: "integer",
-    default: serverDefaults.maxConnectionsPerIp,
+    default: defaultRelayConfig.maxConnections,
     value: "N",
-    help: "open TCP connections from one IP address"
+    help: "connections in total"
+  },
+  "max-connections-per-prefix": {
+    type: "integer",
+    default: defaultRelayConfig.maxConnectionsPerPrefix,
+    value: "N",
+    help: "listen and connect channels from one address prefix (a listener's accepts do not count)"
+  },
+  "max-connections-per-key": {
+    type: "integer",
+    default: defaultRelayConfig.maxConnectionsPerKey,
+    value: "N",
+    help: "listen and connect channels of one client key (a listener's accepts do not count)"
   },
   "max-handshakes": {
     type: "integer",
-    default: serverDefaults.maxConcurrentHandshakes,
+    default: defaultRelayConfig.maxHandshakes,
     value: "N",
-    help: "handshakes in progress at once"
+    help: "handshakes in progress at once; when full, the busiest prefix's oldest makes room"
   },
-  "max-handshakes-per-ip": {
+  "max-handshakes-per-prefix": {
     type: "integer",
-    default: serverDefaults.maxHandshakesPerIp,
+    default: defaultRelayConfig.maxHandshakesPerPrefix,
     value: "N",
-    help: "handshakes in progress at once from one IP address"
+    help: "handshakes in progress at once from one address prefix"
   },
+  "max-unidentified-per-prefix": {
+    type: "integer",
+    default: defaultRelayConfig.maxUnidentifiedPerPrefix,
+    value: "N",
+    help: "connections from one prefix that have not said what they are for yet"
+  },
+  "handshake-rate-per-prefix": {
+    type: "integer",
+    default: defaultRelayConfig.handshakeRatePerPrefix,
+    value: "N",
+    help: "new connections per tick from one address prefix, on average"
+  },
+  "handshake-burst-per-prefix": {
+    type: "integer",
+    default: defaultRelayConfig.handshakeBurstPerPrefix,
+    value: "N",
+    help: "new connections at once from one address prefix before its rate applies"
+  },
+  "ipv4-prefix-length": {
+    type: "integer",
+    default: serverDefaults.prefixLengths.ipv4,
+    value: "BITS",
+    help: "IPv4 clients sharing this many leading bits count as one prefix"
+  },
+  "ipv6-prefix-length": {
+    type: "integer",
+    default: serverDefaults.prefixLengths.ipv6,
+    value: "BITS",
+    help: "IPv6 clients sharing this many leading bits count as one prefix"
+  },
+  "max-buffered-bytes": {
+    type: "integer",
+    default: serverDefaults.core.maxBufferedBytes,
+    value: "BYTES",
+    help: "memory all connections may hold together (default: min(1 GiB, a quarter of the machine's memory))"
+  },
+  "stuck-tunnel-ticks": {
+    type: "integer",
+    default: defaultRelayConfig.stuckTunnelTicks,
+    value: "TICKS",
+    help: "at the memory budget, a tunnel with nothing delivered this long is closed"
+  },
+  "hello-timeout-ms": {
+    type: "integer",
+    default: defaultRelayConfig.helloTimeoutTicks * serverDefaults.tickMs,
+    value: "MS",
+    help: "time to send the version and ExchangeRandNonce after connecting (rounded up to whole ticks)"
+  },
+  "max-connections-per-ip": { type: "integer", value: "N", help: "old name of --max-connections-per-prefix" },
+  "max-handshakes-per-ip": { type: "integer", value: "N", help: "old name of --max-handshakes-per-prefix" },
   "handshake-timeout-ms": {
     type: "integer",
-    default: serverDefaults.handshakeTimeoutMs,
+    default: defaultRelayConfig.handshakeTimeoutTicks * serverDefaults.tickMs,
     value: "MS",
-    help: "time to finish version exchange and handshake"
+    help: "time to finish version exchange and handshake (rounded up to whole ticks)"
   },
   "init-timeout-ticks": {
     type: "integer",
@@ -133,6 +195,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   const identityPath = (o.identity as string | undefined) ?? NodePath.join(dataDir, "identity.key")
   const allowKeysPath = o["allow-keys"] as string | undefined
   const rate = o["rate-limit"] as number | undefined
+  // Wall-clock flags become whole ticks, rounded up: the core counts in ticks.
+  const ticksOf = (ms: number) => Math.ceil(ms / Math.max(1, int("tick-ms")))
 
   const readAllowList = (path: string) =>
     Effect.gen(function*() {
@@ -156,20 +220,29 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
         host: o.host as string,
         port: int("port"),
         tickMs: int("tick-ms"),
-        maxConnections: int("max-connections"),
-        maxConnectionsPerIp: int("max-connections-per-ip"),
-        maxConcurrentHandshakes: int("max-handshakes"),
-        maxHandshakesPerIp: int("max-handshakes-per-ip"),
-        handshakeTimeoutMs: int("handshake-timeout-ms"),
         keepaliveTicks: int("keepalive-ticks"),
+        prefixLengths: { ipv4: int("ipv4-prefix-length"), ipv6: int("ipv6-prefix-length") },
         core: {
           ...defaultRelayConfig,
+          maxConnections: int("max-connections"),
+          maxConnectionsPerPrefix: (o["max-connections-per-ip"] as number | undefined) ?? int("max-connections-per-prefix"),
+          maxConnectionsPerKey: int("max-connections-per-key"),
+          maxHandshakes: int("max-handshakes"),
+          maxHandshakesPerPrefix: (o["max-handshakes-per-ip"] as number | undefined) ?? int("max-handshakes-per-prefix"),
+          maxUnidentifiedPerPrefix: int("max-unidentified-per-prefix"),
+          handshakeRatePerPrefix: int("handshake-rate-per-prefix"),
+          handshakeBurstPerPrefix: int("handshake-burst-per-prefix"),
+          maxBufferedBytes: int("max-buffered-bytes"),
+          stuckTunnelTicks: int("stuck-tunnel-ticks"),
+          // The one handshake deadline, in whole ticks.
+          handshakeTimeoutTicks: ticksOf(int("handshake-timeout-ms")),
+          helloTimeoutTicks: ticksOf(int("hello-timeout-ms")),
           initTimeoutTicks: int("init-timeout-ticks"),
           halfTunnelTicks: int("half-tunnel-ticks"),
           maxPendingHalfTunnelsPerListener: int("max-pending-per-listener"),
           maxUnidentified: int("max-unidentified"),
           // --drain-ms is the one drain deadline: the core's own must not end it sooner.
-          shutdownDrainTicks: Math.ceil(int("drain-ms") / Math.max(1, int("tick-ms"))) + 1,
+          shutdownDrainTicks: ticksOf(int("drain-ms")) + 1,
           allowList
         },
         rateLimit: rate === undefined
@@ -177,6 +250,10 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
           : { bytesPerSecond: rate, burstBytes: (o["rate-burst"] as number | undefined) ?? rate }
       }
       if (options.tickMs < 1) return yield* Effect.fail(new CliError("--tick-ms must be at least 1"))
+      const prefixError = checkPrefixLengths(options.prefixLengths)
+      if (prefixError !== undefined) return yield* Effect.fail(new CliError(`--ipv4-prefix-length/--ipv6-prefix-length: ${prefixError}`))
+      const configError = checkRelayConfig(options.core)
+      if (configError !== undefined) return yield* Effect.fail(new CliError(`invalid limit: ${configError.message}`))
       if (rate !== undefined && rate < 1) return yield* Effect.fail(new CliError("--rate-limit must be at least 1"))
       const server = yield* makeRelayServer(options).pipe(Effect.mapError((error) => new CliError(error.message)))
       let stopping = false
