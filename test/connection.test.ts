@@ -18,6 +18,7 @@ import {
   step
 } from "../src/core/connection.ts"
 import type { CryptoPrimitives } from "../src/core/crypto.ts"
+import { pack, unpack } from "../src/core/capnp.ts"
 import { decodeChannelMessage, decodeKaMessage, encodeChannelMessage, encodeKaMessage } from "../src/core/messages.ts"
 import { makeDeterministicRandom } from "../src/core/random.ts"
 import { step as channelStep, transportNonce } from "../src/core/secure-channel.ts"
@@ -288,4 +289,86 @@ describe("rekeys during transfer", () => {
       expect(crossings).toBeGreaterThan(10)
     })
   }
+})
+
+describe("hop bounds: decoding cannot amplify, rekeys are rate-limited", () => {
+  // `packed` with its one segment grown to `words` words of unreferenced, mostly zero data.
+  const inflate = (packed: Uint8Array, words: number): Uint8Array => {
+    const unpacked = unpack(packed, Infinity)
+    if (unpacked._tag === "Err") throw new Error(unpacked.error.message)
+    const out = new Uint8Array(8 + words * 8)
+    out.set(unpacked.value)
+    new DataView(out.buffer).setUint32(4, words, true)
+    for (let at = unpacked.value.length; at < out.length; at += 4096) out[at] = 1
+    return pack(out)
+  }
+  const sealAs = (link: ConnectionLink, plaintext: Uint8Array): Uint8Array => {
+    const send = channelPhase(link.a).send
+    const nonce = transportNonce(send.counter)
+    return nodeCrypto.aeadSeal(send.key, nonce, plaintext, nonce)
+  }
+  const honestUser = encodeChannelMessage({
+    randPadding: new Uint8Array(0),
+    content: { _tag: "User", data: encodeKaMessage({ _tag: "Message", data: utf8("hi") }) }
+  })
+
+  it("with maxExpansion, a ChannelMessage claiming far more than its wire size is refused before it is unpacked", () => {
+    const link = connectionLink({ b: { maxExpansion: 2 } })
+    connect(link)
+    const bomb = inflate(honestUser, 128 * 1024) // 1 MiB unpacked from a few KiB
+    expect(bomb.length).toBeLessThan(4096)
+    link.b.feed({ _tag: "FrameReceived", frame: sealAs(link, bomb) })
+    expect(link.b.closed).toMatchObject({ reason: "MalformedMessage", decodeError: { reason: "TooLarge" } })
+    expect(link.b.delivered).toEqual([])
+  })
+
+  it("with maxExpansion, a KaMessage inside an honest ChannelMessage is held to the same bound", () => {
+    const link = connectionLink({ b: { maxExpansion: 2 } })
+    connect(link)
+    const kaBomb = inflate(encodeKaMessage({ _tag: "Message", data: utf8("hi") }), 128 * 1024)
+    const plaintext = encodeChannelMessage({ randPadding: new Uint8Array(0), content: { _tag: "User", data: kaBomb } })
+    link.b.feed({ _tag: "FrameReceived", frame: sealAs(link, plaintext) })
+    expect(link.b.closed).toMatchObject({ _tag: "KeepaliveError", reason: "MalformedMessage", decodeError: { reason: "TooLarge" } })
+  })
+
+  it("without maxExpansion (end to end, where plaintext compresses) the same message is delivered", () => {
+    const link = connectionLink()
+    connect(link)
+    link.b.feed({ _tag: "FrameReceived", frame: sealAs(link, inflate(honestUser, 128 * 1024)) })
+    expect(link.b.closed).toBeUndefined()
+    expect(link.b.delivered).toEqual([utf8("hi")])
+  })
+
+  it("honest traffic passes a factor of 2: random padding, ciphertext, small relay messages", () => {
+    const link = connectionLink({ a: { maxPaddingBytes: 255 }, b: { maxExpansion: 2 } })
+    connect(link)
+    const messages = [new Uint8Array(0), utf8("x"), makeDeterministicRandom(5)(1024 * 1024 - 4096), makeDeterministicRandom(6)(100)]
+    for (const m of messages) link.a.send(m)
+    link.flush()
+    expect(link.b.closed).toBeUndefined()
+    expect(link.b.delivered).toEqual(messages)
+  })
+
+  it("a peer starting more rekeys than peerRekeyLimit is closed RekeyFlood; the allowance refills with ticks", () => {
+    const link = connectionLink({
+      a: { rekeyIntervalTicks: 1 },
+      b: { peerRekeyLimit: { burst: 2, refillTicks: 3 }, rekeyIntervalTicks: Infinity }
+    })
+    connect(link)
+    // Two rekeys at once pass; then one per three ticks.
+    for (let i = 0; i < 2; i++) {
+      link.a.tick()
+      link.flush()
+    }
+    expect(link.b.closed).toBeUndefined()
+    link.b.tick()
+    link.b.tick()
+    link.b.tick() // one token back
+    link.a.tick()
+    link.flush()
+    expect(link.b.closed).toBeUndefined()
+    link.a.tick()
+    link.flush()
+    expect(link.b.closed).toMatchObject({ _tag: "SecureChannelError", reason: "RekeyFlood" })
+  })
 })

@@ -25,6 +25,7 @@ import { makeConnection, step as stepConnection, type ConnectionState } from "..
 import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts"
 import { encodeInitConnection, type InitConnection } from "../../src/core/messages.ts"
 import { encodeVersion } from "../../src/core/version.ts"
+import { transportNonce } from "../../src/core/secure-channel.ts"
 import { Crypto } from "../../src/adapters/crypto.ts"
 
 /** Milliseconds per tick in these tests: timeouts of N ticks take N × 50 ms. */
@@ -67,7 +68,7 @@ export const openClient = (
   endpoint: RelayEndpoint,
   identity: RelayIdentity,
   init: InitConnection,
-  options: { readonly inboxBytes?: number; readonly maxPaddingBytes?: number } = {}
+  options: { readonly inboxBytes?: number; readonly maxPaddingBytes?: number; readonly rekeyIntervalTicks?: number } = {}
 ) =>
   Effect.gen(function*() {
     const crypto = yield* Crypto
@@ -80,7 +81,10 @@ export const openClient = (
       handshakeTimeoutMs: 5000,
       channel: {
         inboxBytes: options.inboxBytes,
-        machine: { maxPaddingBytes: options.maxPaddingBytes ?? 0 }
+        machine: {
+          maxPaddingBytes: options.maxPaddingBytes ?? 0,
+          ...(options.rekeyIntervalTicks === undefined ? {} : { rekeyIntervalTicks: options.rekeyIntervalTicks })
+        }
       }
     }).pipe(Scope.provide(scope), Effect.onError(() => Scope.close(scope, Exit.void)))
     return { channel, identity, close: Scope.close(scope, Exit.void) } satisfies TestClient
@@ -313,9 +317,45 @@ export class RawClient {
     for (const command of commands) if (command._tag === "SendFrame") this.writeFrame(command.frame)
   }
 
+  /** Sends `packed` as the KaMessage of one message, as is (e.g. a crafted one). */
+  sendPackedKaMessage(packed: Uint8Array): void {
+    if (this.machine === undefined) throw new Error("sendPackedKaMessage before handshake")
+    const [next, commands] = stepConnection(this.machine, { _tag: "Send", data: new Uint8Array(0), packed })
+    this.machine = next
+    for (const command of commands) if (command._tag === "SendFrame") this.writeFrame(command.frame)
+  }
+
+  /** Seals `plaintext` as the next transport frame, in place of a ChannelMessage the machine would build. */
+  sendSealedPlaintext(plaintext: Uint8Array): void {
+    const phase = this.machine?.channel.phase
+    if (this.machine === undefined || phase?._tag !== "Established") throw new Error("sendSealedPlaintext before handshake")
+    const nonce = transportNonce(phase.send.counter)
+    this.writeFrame(nodeCryptoService.aeadSeal(phase.send.key, nonce, plaintext, nonce))
+    this.machine = {
+      ...this.machine,
+      channel: { ...this.machine.channel, phase: { ...phase, send: { ...phase.send, counter: phase.send.counter + 1 } } }
+    }
+  }
+
   /** Sends the packed InitConnection. */
   sendInit(init: InitConnection): void {
     this.sendMessage(encodeInitConnection(init))
+  }
+
+  /**
+   * Ticks the machine every `tickMs` (sending keepalives when due, as an
+   * honest client does) until the socket closes.
+   */
+  keepAlive(tickMs: number): void {
+    const timer = setInterval(() => {
+      if (this.machine === undefined || this.socket.destroyed) return
+      // Paused: this client does not feed the relay's frames back to its
+      // machine, which must not judge the relay silent for it.
+      const [next, commands] = stepConnection(this.machine, { _tag: "Tick", receivePaused: true })
+      this.machine = next
+      for (const command of commands) if (command._tag === "SendFrame") this.writeFrame(command.frame)
+    }, tickMs)
+    this.socket.once("close", () => clearInterval(timer))
   }
 
   /** Destroys the socket. */
