@@ -275,8 +275,10 @@ export interface RelayProcessOptions {
 export const startRelayProcess = async (options: RelayProcessOptions = {}): Promise<RelayProcess> => {
   const dataDir = options.dataDir ?? Fs.mkdtempSync(Path.join(Os.tmpdir(), "offset-relay-bench-"))
   const metricsPort = await freePort()
+  // Another checkout's relay (before/after figures); the default is this one.
+  const relayRoot = process.env.OFFSET_RELAY_BENCH_RELAY_ROOT ?? repoRoot
   const child = await startChild(
-    Path.join(repoRoot, "bin", "offset-relay.js"),
+    Path.join(relayRoot, "bin", "offset-relay.js"),
     [
       "serve",
       "--host",

@@ -216,6 +216,11 @@ export class RawClient {
     })
   }
 
+  /** True once the handshake succeeded (messages may be sent). */
+  get isAuthenticated(): boolean {
+    return this.machine !== undefined
+  }
+
   /** True once the socket closed. */
   get closed(): boolean {
     return this.isClosed
