@@ -60,11 +60,24 @@ const inflate = (packed: Uint8Array, words: number): Uint8Array => {
   return pack(out)
 }
 
+// A raw client from `address` that finished its handshake (ok), or was refused or closed (not ok).
 const authenticated = async (relay: RelayProcess, address: string, identity = newIdentity(options.crypto)) => {
-  const c = await RawClient.connect(relay.port, address)
+  const c = await connectFrom(relay, address)
   const result = await c.handshake(relay.endpoint.publicKey, identity).catch(() => "closed" as const)
   if (result === "authenticated") c.keepAlive(TICK_MS)
   return { client: c, ok: result === "authenticated", identity }
+}
+
+// Connects from `address`, retrying while the kernel's accept queue refuses (floods).
+const connectFrom = async (relay: RelayProcess, address: string): Promise<RawClient> => {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await RawClient.connect(relay.port, address)
+    } catch (error) {
+      if (attempt >= 50) throw error
+      await sleep(20)
+    }
+  }
 }
 
 /**
@@ -89,8 +102,13 @@ const attacks: Record<string, Attack> = {
   inflate: async (relay) => {
     const target = await authenticated(relay, "127.0.0.2")
     target.client.sendInit({ _tag: "Listen" })
+    // A message the relay delivers to the held connect channel's inbox, its
+    // payload a view into the whole unpacked buffer.
     const bomb = inflate(
-      encodeChannelMessage({ randPadding: new Uint8Array(0), content: { _tag: "User", data: encodeKaMessage({ _tag: "KeepAlive" }) } }),
+      encodeChannelMessage({
+        randPadding: new Uint8Array(0),
+        content: { _tag: "User", data: encodeKaMessage({ _tag: "Message", data: new Uint8Array(8) }) }
+      }),
       // Just under the decoder's absolute bound of 8 MiB, as the issue's attacker did.
       MiB - 64
     )
@@ -124,7 +142,7 @@ const attacks: Record<string, Attack> = {
     let refusedOrClosed = 0
     const started = Date.now()
     const open = async (address: string) => {
-      const c = await RawClient.connect(relay.port, address).catch(() => undefined)
+      const c = await connectFrom(relay, address).catch(() => undefined)
       if (c === undefined) return
       opened++
       live.add(c)
@@ -150,7 +168,8 @@ const attacks: Record<string, Attack> = {
     const started = Date.now()
     const open = async (address: string): Promise<void> => {
       if (Date.now() - started > ATTACK_MS) return
-      const { client, ok: authed } = await authenticated(relay, address)
+      const { client, ok: authed } = await authenticated(relay, address).catch(() => ({ client: undefined, ok: false }))
+      if (client === undefined) return
       if (authed) ok++
       live.add(client)
       void client.ended.then(() => {
@@ -172,7 +191,7 @@ const attacks: Record<string, Attack> = {
     const started = Date.now()
     const loop = async (address: string) => {
       while (Date.now() - started < ATTACK_MS) {
-        const c = await RawClient.connect(relay.port, address).catch(() => undefined)
+        const c = await connectFrom(relay, address).catch(() => undefined)
         if (c === undefined) continue
         attempts++
         await c.handshake(relay.endpoint.publicKey, newIdentity(options.crypto), { signingSeed: new Uint8Array(32).fill(7) })

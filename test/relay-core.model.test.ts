@@ -217,7 +217,12 @@ const openM = (model: Model, id: number, prefix: number, out: Array<string>): vo
   const refuse = (limit: RelayLimit): void => void out.push(`close ${id} over-limit (${limit})`)
   if (model.shutdownAt !== undefined) return void out.push(`close ${id} shutting-down`)
   if (model.connections.size >= config.maxConnections) return refuse("max-connections")
-  if (model.pressure) return refuse("max-buffered-bytes")
+  if (model.pressure) {
+    const prefixes = new Set([...model.connections.values()].map((c) => c.prefix).concat([prefix])).size
+    let held = 0
+    for (const [cid, u] of model.usage) if (model.connections.get(cid)?.prefix === prefix) held += u.held
+    if (held >= config.maxBufferedBytes / prefixes) return refuse("max-buffered-bytes")
+  }
   const tokens = model.tokens.get(prefix) ?? config.handshakeBurstPerPrefix
   if (tokens < 1) return refuse("handshake-rate")
   model.tokens.set(prefix, tokens - 1)

@@ -257,7 +257,6 @@ export const makeRelayServer = (
     let nextId = 1
     let sockets = 0
     let bytesRelayed = 0
-    let draining = false
     let drainOver = false
     const publicKeyHexText = keyHex(options.identity.publicKey)
     // A listener with this many IncomingConnection messages stuck in its
@@ -641,7 +640,7 @@ export const makeRelayServer = (
         )
         // A client we merely stop serving gets a graceful close, so nothing
         // written to it is lost to a reset; a hostile or dead one is cut off.
-        if (ABRUPT_CLOSE_REASONS.has(reason) || (reason === "over-limit" && connection.limit !== "listener-backlog")) {
+        if (ABRUPT_CLOSE_REASONS.has(reason) || (reason === "over-limit" && !gracefulLimit(connection))) {
           netSocket.destroy()
         } else yield* closeGracefully(netSocket, socketLink, options.closeLingerMs)
       }).pipe(Effect.scoped)
@@ -665,7 +664,7 @@ export const makeRelayServer = (
 
     const shutdown = (drainMs: number): Effect.Effect<void> =>
       Effect.gen(function*() {
-        draining = true
+        // The core now refuses new connections and closes all but tunnels.
         dispatch({ _tag: "Shutdown" })
         // Tunnels may finish on their own; a closed side lingers to flush its
         // last bytes, so wait for the sockets, not only the core's tunnels.
@@ -770,6 +769,13 @@ const makeRefusalLog = () => {
     return { limit, suppressed: entry?.suppressed ?? 0 }
   }
 }
+
+// An authenticated client refused by a limit on what it asked for (a cap on
+// channels, a listener's queue) is served a graceful close, like any client
+// we stop serving; one that evicted, stuck, or flooded rekeys is cut off.
+const gracefulLimit = (connection: Connection): boolean =>
+  connection.channel !== undefined && connection.limit !== "stuck-tunnel" && connection.limit !== "rekey-rate" &&
+  connection.limit !== "unidentified-evicted"
 
 // Closes caused by a hostile or dead peer: destroyed at once, no lingering
 // for a FIN (there is nothing it should still read from us).

@@ -34,7 +34,10 @@
  * prefix, see address-prefix.ts; checked in this order, the first that
  * fails closes the newcomer "over-limit" with that limit as its label):
  * - shutting down → "shutting-down"; `maxConnections` tracked → "max-connections";
- *   under memory pressure (below) → "max-buffered-bytes".
+ *   under memory pressure (below), from a prefix whose connections hold at
+ *   least its share of the budget (`maxBufferedBytes` / prefixes with
+ *   connections, its own counted) → "max-buffered-bytes": the prefixes that
+ *   fill the budget are refused, the others still get in.
  * - Every Opened spends one of its prefix's handshake tokens (a bucket of
  *   `handshakeBurstPerPrefix`, refilled `handshakeRatePerPrefix` per tick),
  *   and `Authenticated` gives it back: only handshakes that fail or are
@@ -465,6 +468,8 @@ interface PrefixState {
   readonly handshaking: Set<ConnectionId>
   // Every connection from the prefix (accept sides too); the entry stays while any is open.
   members: number
+  // The bytes its connections last reported holding (Usage).
+  held: number
   identified: number
   tokens: number
   refilledAt: number
@@ -506,6 +511,8 @@ export class RelayCore {
   private pendingHalfTunnels = 0
   private tunnelSides = 0
   private heldBytes = 0
+  // Prefixes holding at least one connection.
+  private activePrefixes = 0
   private pressure = false
   private paused = 0
 
@@ -710,11 +717,18 @@ export class RelayCore {
     for (const [key, n] of keyCounts) if (this.perKey.get(key) !== n) problems.push(`key ${key}: ${this.perKey.get(key)} ≠ ${n}`)
     let held = 0
     let paused = 0
+    const heldByPrefix = new Map<string, number>()
     for (const [id, u] of this.usage) {
-      if (!this.connections.has(id)) problems.push(`usage of forgotten ${id}`)
+      const c = this.connections.get(id)
+      if (c === undefined) problems.push(`usage of forgotten ${id}`)
+      else heldByPrefix.set(c.prefix, (heldByPrefix.get(c.prefix) ?? 0) + u.held)
       held += u.held
       if (u.paused) paused++
     }
+    for (const [prefix, p] of this.prefixes) {
+      if (p.held !== (heldByPrefix.get(prefix) ?? 0)) problems.push(`prefix ${prefix}: held ${p.held} ≠ ${heldByPrefix.get(prefix) ?? 0}`)
+    }
+    if (this.activePrefixes !== prefixCounts.size) problems.push(`active prefixes ${this.activePrefixes} ≠ ${prefixCounts.size}`)
     if (held !== this.heldBytes) problems.push(`held bytes ${this.heldBytes} ≠ ${held}`)
     if (paused !== this.paused) problems.push(`paused ${this.paused} ≠ ${paused}`)
     if (paused > 0 && !this.pressure) problems.push(`${paused} paused without pressure`)
@@ -739,8 +753,11 @@ export class RelayCore {
       return
     }
     if (this.connections.size >= this.config.maxConnections) return void refuse("max-connections")
-    if (this.pressure) return void refuse("max-buffered-bytes")
     const state = this.prefixState(prefix)
+    if (this.pressure) {
+      const prefixes = this.activePrefixes + (state.members === 0 ? 1 : 0)
+      if (state.held >= this.config.maxBufferedBytes / prefixes) return void refuse("max-buffered-bytes")
+    }
     if (!this.takeHandshakeToken(state)) return void refuse("handshake-rate")
     if (state.unidentified.size >= this.config.maxUnidentifiedPerPrefix) {
       return void refuse("max-unidentified-per-prefix")
@@ -794,6 +811,7 @@ export class RelayCore {
         unidentified: new Set(),
         handshaking: new Set(),
         members: 0,
+        held: 0,
         identified: 0,
         tokens: this.config.handshakeBurstPerPrefix,
         refilledAt: this.now
@@ -982,9 +1000,11 @@ export class RelayCore {
   }
 
   private onUsage(id: ConnectionId, held: number, delivered: number, out: Array<RelayCommand>): void {
-    if (!this.connections.has(id)) return
+    const connection = this.connections.get(id)
+    if (connection === undefined) return
     const usage = this.usageOf(id)
     this.heldBytes += held - usage.held
+    this.prefixes.get(connection.prefix)!.held += held - usage.held // tracked while it holds a connection
     usage.held = held
     if (delivered > usage.delivered) {
       usage.delivered = delivered
@@ -1138,7 +1158,7 @@ export class RelayCore {
     this.drop(id, false)
     this.connections.set(id, connection)
     const prefix = this.prefixState(connection.prefix)
-    prefix.members++
+    if (prefix.members++ === 0) this.activePrefixes++
     this.refilling.delete(connection.prefix)
     switch (connection._tag) {
       case "Handshaking":
@@ -1198,12 +1218,16 @@ export class RelayCore {
       default:
         absurd(connection)
     }
-    if (--prefix.members === 0) this.refilling.add(connection.prefix)
+    if (--prefix.members === 0) {
+      this.activePrefixes--
+      this.refilling.add(connection.prefix)
+    }
     if (!forget) return
     const usage = this.usage.get(id)
     if (usage === undefined) return
     this.usage.delete(id)
     this.heldBytes -= usage.held
+    prefix.held -= usage.held
     if (usage.paused) this.paused--
   }
 
