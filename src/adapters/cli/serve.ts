@@ -13,12 +13,15 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FileSystem from "effect/FileSystem"
 import { parseAllowList } from "../../core/allow-list.ts"
+import { LOG_KEYS_MODES, type LogKeys, parseLogKeys } from "../../core/log-keys.ts"
 import { defaultRelayConfig } from "../../core/relay-core.ts"
 import { loadOrCreateIdentity } from "../identity.ts"
 import { serveMetrics } from "../metrics-http.ts"
+import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
+import { describeListenFailure, errorCode, probeListen } from "./listen-error.ts"
 import { defaultRelayServerOptions, makeRelayServer, type RelayServerOptions } from "../relay-server.ts"
 import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
-import { checkLogOptions, runProgram } from "./runtime.ts"
+import { checkLogOptions, CliError, runProgram } from "./runtime.ts"
 
 /** The default data directory: $XDG_DATA_HOME/offset-relay, else ~/.local/share/offset-relay. */
 export const defaultDataDir = (): string =>
@@ -28,14 +31,14 @@ const serverDefaults = defaultRelayServerOptions({ seed: new Uint8Array(32), pub
 
 const table: OptionTable = {
   host: { type: "string", default: serverDefaults.host, value: "HOST", help: "address to listen on" },
-  port: { type: "integer", default: serverDefaults.port, value: "PORT", help: "TCP port to listen on (0 picks one)" },
+  port: { type: "integer", default: serverDefaults.port, max: 65535, value: "PORT", help: "TCP port to listen on (0 picks one)" },
   identity: {
     type: "string",
     value: "FILE",
     help: "identity key file (default: DATA_DIR/identity.key, created on first start)"
   },
   "data-dir": { type: "string", value: "DIR", help: `where the default identity lives (default ${defaultDataDir()})` },
-  "tick-ms": { type: "integer", default: serverDefaults.tickMs, value: "MS", help: "milliseconds per protocol tick" },
+  "tick-ms": { type: "integer", default: serverDefaults.tickMs, min: 1, value: "MS", help: "milliseconds per protocol tick" },
   "max-connections": { type: "integer", default: serverDefaults.maxConnections, value: "N", help: "open TCP connections in total" },
   "max-connections-per-ip": {
     type: "integer",
@@ -96,13 +99,19 @@ const table: OptionTable = {
     value: "FILE",
     help: "only these client keys (one hex key per line) may use the relay; reloaded on SIGHUP"
   },
-  "rate-limit": { type: "integer", value: "BYTES_PER_S", help: "per client key read rate (off when unset)" },
+  "rate-limit": { type: "integer", min: 1, value: "BYTES_PER_S", help: "per client key read rate (off when unset)" },
   "rate-burst": { type: "integer", value: "BYTES", help: "burst allowed above --rate-limit (default: one second's worth)" },
   "drain-ms": { type: "integer", default: 10_000, value: "MS", help: "on SIGINT/SIGTERM, time tunnels may drain" },
-  "metrics-port": { type: "integer", value: "PORT", help: "serve /metrics and /healthz on this port (off when unset)" },
+  "metrics-port": { type: "integer", max: 65535, value: "PORT", help: "serve /metrics and /healthz on this port (off when unset)" },
   "metrics-host": { type: "string", default: "127.0.0.1", value: "HOST", help: "address for the metrics endpoint" },
   "log-level": { type: "string", default: "info", value: "LEVEL", help: "debug, info, warn, error or none" },
-  "log-format": { type: "string", default: "pretty", value: "FORMAT", help: "pretty (logfmt) or json" }
+  "log-format": { type: "string", default: "pretty", value: "FORMAT", help: "pretty (logfmt) or json" },
+  "log-keys": {
+    type: "string",
+    default: "short",
+    value: "HOW",
+    help: "client keys in log lines: short (first 8 hex digits) or full"
+  }
 }
 
 const usage = "offset-relay serve [options]"
@@ -115,15 +124,18 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   try {
     parsed = parseOptions(args, table)
     if (parsed.help) {
-      process.stdout.write(helpText(usage, description, table) + "\n")
+      process.stdout.write(`${helpText(usage, description, table)}\n\n${exitCodeHelp}\n`)
       return 0
     }
     if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
     checkLogOptions(parsed.options["log-level"] as string, parsed.options["log-format"] as string)
+    if (parseLogKeys(parsed.options["log-keys"] as string) === undefined) {
+      throw new UsageError(`--log-keys must be one of ${LOG_KEYS_MODES.join(", ")}; got '${parsed.options["log-keys"]}'`)
+    }
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`offset-relay serve: ${error.message}\nRun 'offset-relay serve --help' for the options.\n`)
-      return 2
+      return ExitCode.Usage
     }
     throw error
   }
@@ -133,28 +145,35 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   const identityPath = (o.identity as string | undefined) ?? NodePath.join(dataDir, "identity.key")
   const allowKeysPath = o["allow-keys"] as string | undefined
   const rate = o["rate-limit"] as number | undefined
+  // Checked above. The relay server writes client keys in its log lines this way.
+  const logKeys = parseLogKeys(o["log-keys"] as string)!
+  const host = o.host as string
+  const port = int("port")
 
   const readAllowList = (path: string) =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const text = yield* fs.readFileString(path).pipe(
-        Effect.mapError((error) => new CliError(`cannot read allow-keys file ${path}: ${error.message}`))
+        Effect.mapError((error) => new CliError(`cannot read allow-keys file ${path}: ${error.message}`, ExitCode.Usage))
       )
       const keys = parseAllowList(text)
-      if ("_tag" in keys) return yield* Effect.fail(new CliError(`allow-keys file ${path}, ${keys.message}`))
+      if ("_tag" in keys) return yield* Effect.fail(new CliError(`allow-keys file ${path}, ${keys.message}`, ExitCode.Usage))
       return keys
     })
 
   const program = Effect.scoped(
     Effect.gen(function*() {
-      const identity = yield* loadOrCreateIdentity(identityPath).pipe(
-        Effect.mapError((error) => new CliError(error.message))
-      )
+      // Every input is checked before the identity is read or created.
       const allowList = allowKeysPath === undefined ? undefined : yield* readAllowList(allowKeysPath)
-      const options: RelayServerOptions = {
+      const identity = yield* loadOrCreateIdentity(identityPath).pipe(
+        Effect.mapError((error) => new CliError(error.message, ExitCode.Identity))
+      )
+      // `logKeys` is read by the relay server once it takes the option.
+      const options: RelayServerOptions & { readonly logKeys: LogKeys } = {
         ...defaultRelayServerOptions(identity),
-        host: o.host as string,
-        port: int("port"),
+        logKeys,
+        host,
+        port,
         tickMs: int("tick-ms"),
         maxConnections: int("max-connections"),
         maxConnectionsPerIp: int("max-connections-per-ip"),
@@ -176,14 +195,36 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
           ? undefined
           : { bytesPerSecond: rate, burstBytes: (o["rate-burst"] as number | undefined) ?? rate }
       }
-      if (options.tickMs < 1) return yield* Effect.fail(new CliError("--tick-ms must be at least 1"))
-      if (rate !== undefined && rate < 1) return yield* Effect.fail(new CliError("--rate-limit must be at least 1"))
-      const server = yield* makeRelayServer(options).pipe(Effect.mapError((error) => new CliError(error.message)))
+      // The server's error lost the system's reason (it says "Open"): a
+      // second try on the same address finds it.
+      const server = yield* makeRelayServer(options).pipe(
+        Effect.catch((error) =>
+          Effect.flatMap(Effect.promise(() => probeListen(host, port)), (cause) =>
+            Effect.fail(
+              new CliError(
+                describeListenFailure(errorCode(cause), host, port, { port: "--port", host: "--host" }, error.message),
+                ExitCode.LocalAddress
+              )
+            ))
+        )
+      )
       let stopping = false
       const metricsPort = o["metrics-port"] as number | undefined
+      const metricsHost = o["metrics-host"] as string
       if (metricsPort !== undefined) {
-        const bound = yield* serveMetrics(server.metrics, o["metrics-host"] as string, metricsPort, () => !stopping).pipe(
-          Effect.mapError((error) => new CliError(error.message))
+        const bound = yield* serveMetrics(server.metrics, metricsHost, metricsPort, () => !stopping).pipe(
+          Effect.mapError((error) =>
+            new CliError(
+              describeListenFailure(
+                errorCode(error),
+                metricsHost,
+                metricsPort,
+                { port: "--metrics-port", host: "--metrics-host" },
+                error.message
+              ),
+              ExitCode.LocalAddress
+            )
+          )
         )
         yield* Effect.logInfo("metrics endpoint listening").pipe(
           Effect.annotateLogs({ url: `http://${o["metrics-host"]}:${bound}/metrics` })
@@ -203,10 +244,12 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
       )
 
       // SIGHUP reloads the allow-list; a bad file keeps the old list.
-      const fs = yield* FileSystem.FileSystem
+      // Run with this program's services, so the reload is logged by the same
+      // logger (stderr, --log-format, --log-level) as everything else.
+      const services = yield* Effect.context<FileSystem.FileSystem>()
       const onHangup = () => {
         if (allowKeysPath === undefined) return
-        Effect.runFork(
+        Effect.runForkWith(services)(
           readAllowList(allowKeysPath).pipe(
             Effect.flatMap((keys) =>
               Effect.andThen(
@@ -214,8 +257,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
                 Effect.logInfo("allow-list reloaded").pipe(Effect.annotateLogs({ keys: keys.size }))
               )
             ),
-            Effect.catch((error) => Effect.logWarning(`allow-list not reloaded: ${error.message}`)),
-            Effect.provideService(FileSystem.FileSystem, fs)
+            Effect.catch((error) => Effect.logWarning(`allow-list not reloaded: ${error.message}`))
           )
         )
       }
@@ -235,11 +277,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   return runProgram(program, {
     logLevel: o["log-level"] as string,
     logFormat: o["log-format"] as string,
-    describeError: (error) => error.message
+    describeError: (error) => error.message,
+    exitCodeOf: (error) => error.exitCode,
+    command: "serve"
   })
-}
-
-/** A failure the CLI reports as one line. */
-class CliError extends Error {
-  readonly _tag = "CliError"
 }
