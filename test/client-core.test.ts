@@ -100,7 +100,16 @@ describe("relay address", () => {
 })
 
 describe("backoff", () => {
-  const policy: BackoffPolicy = { initialMs: 100, maxMs: 2000, multiplier: 2, jitter: 0.5, resetAfterMs: 5000 }
+  const policy: BackoffPolicy = {
+    initialMs: 100,
+    maxMs: 2000,
+    multiplier: 2,
+    jitter: 0.5,
+    resetAfterMs: 5000,
+    displacedWithinMs: 1000,
+    displacedInitialMs: 3000,
+    displacedMaxMs: 12_000
+  }
 
   it("doubles from the initial wait up to the bound, without jitter", () => {
     expect([0, 1, 2, 3, 4, 5, 6, 50, 5000].map((n) => backoffDelayMs(policy, n, 0))).toEqual([
@@ -158,6 +167,80 @@ describe("backoff", () => {
     expect(feed({ _tag: "Listening", now: 6001 })).toEqual({ _tag: "None" })
     expect(feed({ _tag: "Failed", now: 6001, error: "again", jitter: 0 })).toEqual({ _tag: "None" })
     expect(state).toMatchObject({ _tag: "BackingOff", lastError: "lost" })
+  })
+
+  it("a listen channel the relay closes soon after it opened, twice in a row, was displaced: a slower schedule of its own, said in the status", () => {
+    let state: ReconnectState = initialReconnect
+    const feed = (event: Parameters<typeof stepReconnect>[2]) => {
+      const [next, command] = stepReconnect(policy, state, event)
+      state = next
+      return command
+    }
+    const up = (now: number) => {
+      feed({ _tag: "RetryDue" })
+      feed({ _tag: "Listening", now })
+    }
+    feed({ _tag: "Listening", now: 0 })
+    // Closed by the relay 0.4 s after opening: maybe the relay stopped; retry as usual.
+    expect(feed({ _tag: "Failed", now: 400, error: "the relay closed the listen channel", jitter: 0, closedByRelay: true }))
+      .toEqual({ _tag: "Wait", delayMs: 100 })
+    expect(state).toMatchObject({ _tag: "BackingOff", displaced: false, displacements: 1 })
+    up(500)
+    // Again: displaced.
+    expect(feed({ _tag: "Failed", now: 900, error: "the relay closed the listen channel", jitter: 0, closedByRelay: true }))
+      .toEqual({ _tag: "Wait", delayMs: 3000 })
+    expect(state).toMatchObject({ _tag: "BackingOff", displaced: true, displacements: 2 })
+    expect((state as { lastError: string }).lastError).toContain(
+      "another process is probably listening with the same identity on this relay"
+    )
+    // Again and again: the wait grows to its own bound.
+    up(3400)
+    expect(feed({ _tag: "Failed", now: 3500, error: "x", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 6000 })
+    up(9500)
+    expect(feed({ _tag: "Failed", now: 9600, error: "x", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 12_000 })
+    up(21_600)
+    expect(feed({ _tag: "Failed", now: 21_700, error: "x", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 12_000 })
+    // A reset soon after opening is an ordinary failure, and breaks the streak.
+    up(33_700)
+    expect(feed({ _tag: "Failed", now: 33_800, error: "reset", jitter: 0 })).toMatchObject({ _tag: "Wait" })
+    expect(state).toMatchObject({ _tag: "BackingOff", displaced: false, displacements: 0, lastError: "reset" })
+    // So does a channel that was up longer than the window.
+    up(40_000)
+    expect(feed({ _tag: "Failed", now: 40_400, error: "closed", jitter: 0, closedByRelay: true })).toMatchObject({ _tag: "Wait" })
+    up(41_000)
+    expect(feed({ _tag: "Failed", now: 46_000, error: "closed", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 100 })
+    expect(state).toMatchObject({ displaced: false, displacements: 0, failures: 1 })
+  })
+
+  it("the owner, closed after it was up a while, comes back on the normal schedule, faster than the displacement window", () => {
+    // Two processes with one key, modelled by their states alone: the newest
+    // channel wins on the relay. The owner's return always lands within the
+    // newcomer's displacement window, so the newcomer always waits longer.
+    fc.assert(
+      fc.property(fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 20, maxLength: 20 }), (units) => {
+        const p = defaultBackoffPolicy
+        let owner: ReconnectState = { _tag: "Listening", failures: 0, displacements: 0, since: 0 }
+        // The newcomer was already displaced once (its first quick close is retried as usual).
+        let newcomer: ReconnectState = { _tag: "Listening", failures: 1, displacements: 1, since: 100_000 }
+        let now = 100_000
+        const ownerWaits: Array<number> = []
+        for (let i = 0; i < 10; i++) {
+          // The newcomer's channel displaced the owner's at `now`.
+          const [ownerOff, ownerWait] = stepReconnect(p, owner, { _tag: "Failed", now, error: "closed", jitter: units[2 * i]!, closedByRelay: true })
+          const wait = (ownerWait as { delayMs: number }).delayMs
+          ownerWaits.push(wait)
+          expect(ownerOff).toMatchObject({ displaced: false })
+          now += wait
+          owner = { _tag: "Listening", failures: ownerOff.failures, displacements: ownerOff.displacements, since: now }
+          // The owner is back: the newcomer was displaced.
+          const [newOff, newWait] = stepReconnect(p, newcomer, { _tag: "Failed", now, error: "closed", jitter: units[2 * i + 1]!, closedByRelay: true })
+          expect(newOff).toMatchObject({ displaced: true, displacements: i + 2 })
+          now += (newWait as { delayMs: number }).delayMs
+          newcomer = { _tag: "Listening", failures: newOff.failures, displacements: newOff.displacements, since: now }
+        }
+        expect(Math.max(...ownerWaits)).toBeLessThan(p.displacedWithinMs)
+      })
+    )
   })
 })
 
