@@ -23,7 +23,11 @@ import {
 import { bytesToHex } from "../src/core/keys.ts"
 import { formatRelayAddress, parseHostPort, parseRelayAddress } from "../src/core/relay-address.ts"
 import {
+  decodeStreamError,
+  encodeStreamError,
   initialStream,
+  MAX_STREAM_ERROR_BYTES,
+  STREAM_ERROR_PREFIX,
   stepStream,
   type StreamCommand,
   type StreamEvent,
@@ -306,6 +310,74 @@ describe("byte stream over a tunnel", () => {
     expect(run([{ _tag: "Abort", message: "bye" }]).commands).toEqual([
       { _tag: "Fail", error: { _tag: "StreamError", reason: "Aborted", message: "bye" } }
     ])
+  })
+
+  const hex = (data: Uint8Array) => Buffer.from(data).toString("hex")
+
+  it("a stream error message has fixed bytes: 0x00, 'offset-relay error:', the code, a space, the text", () => {
+    const message = encodeStreamError({ code: "local-refused", text: "ECONNREFUSED" })
+    expect(hex(message)).toBe(
+      "00" + Buffer.from("offset-relay error:").toString("hex") + Buffer.from("local-refused ECONNREFUSED").toString("hex")
+    )
+    expect(decodeStreamError(message)).toEqual({ code: "local-refused", text: "ECONNREFUSED" })
+    // Bounded, cut on a character boundary; control characters never reach a terminal.
+    const long = encodeStreamError({ code: "aborted", text: "é".repeat(2000) })
+    expect(long.length).toBeLessThanOrEqual(MAX_STREAM_ERROR_BYTES)
+    expect(decodeStreamError(long).text).toMatch(/^é+$/)
+    const hostile = new Uint8Array([...STREAM_ERROR_PREFIX, ...Buffer.from("aborted \u001b[2Jboo\n")])
+    expect(decodeStreamError(hostile)).toEqual({ code: "aborted", text: "[2Jboo" })
+    expect(decodeStreamError(new Uint8Array([...STREAM_ERROR_PREFIX, ...Buffer.from("NOT A CODE")])).code).toBe("unknown")
+  })
+
+  it("abort with a report sends the stream error, then fails; the peer's stream error fails ours with its reason", () => {
+    const aborted = run([{ _tag: "Abort", message: "target down", tell: { code: "local-refused", text: "ECONNREFUSED" } }])
+    expect(aborted.commands.map((c) => c._tag)).toEqual(["SendError", "Fail"])
+    expect((aborted.commands[0] as Extract<StreamCommand, { _tag: "SendError" }>).data).toEqual(
+      encodeStreamError({ code: "local-refused", text: "ECONNREFUSED" })
+    )
+    const told = encodeStreamError({ code: "local-refused", text: "ECONNREFUSED" })
+    for (const before of [[], [{ _tag: "Received", data: bytes(1) }], [{ _tag: "Received", data: bytes() }]] as Array<Array<StreamEvent>>) {
+      const received = run([...before, { _tag: "Received", data: told }])
+      expect(received.commands.at(-1)).toEqual({
+        _tag: "Fail",
+        error: {
+          _tag: "StreamError",
+          reason: "PeerError",
+          peerCode: "local-refused",
+          message: "the peer's local service refused the connection (ECONNREFUSED)"
+        }
+      })
+    }
+  })
+
+  it("never sends a data message that reads as a stream error, and loses no byte doing so", () => {
+    const withPrefix = fc.array(fc.oneof(fc.uint8Array({ maxLength: 30 }), fc.constant(STREAM_ERROR_PREFIX)), { maxLength: 6 })
+      .map((parts) => Uint8Array.from(parts.flatMap((p) => [...p])))
+    fc.assert(
+      fc.property(withPrefix, fc.integer({ min: 1, max: 40 }), fc.array(fc.nat(), { maxLength: 5 }), (data, max, cuts) => {
+        // Written in several pieces at arbitrary cuts, with any message size.
+        const points = [...new Set(cuts.map((c) => c % (data.length + 1)))].sort((x, y) => x - y)
+        const writes: Array<StreamEvent> = []
+        let from = 0
+        for (const point of [...points, data.length]) {
+          writes.push({ _tag: "Write", data: data.subarray(from, point) })
+          from = point
+        }
+        let state = initialStream
+        const sent: Array<Uint8Array> = []
+        for (const event of writes) {
+          const [next, out] = stepStream({ maxMessageBytes: max }, state, event)
+          state = next
+          for (const c of out) if (c._tag === "Send") sent.push(c.data)
+        }
+        for (const message of sent) {
+          expect(message.length).toBeGreaterThan(0)
+          const received = stepStream({ maxMessageBytes: max }, initialStream, { _tag: "Received", data: message })[1]
+          expect(received.map((c) => c._tag)).toEqual(["Deliver"])
+        }
+        expect(hex(Uint8Array.from(sent.flatMap((m) => [...m])))).toBe(hex(data))
+      })
+    )
   })
 
   it("after finishing, a channel end changes nothing", () => {

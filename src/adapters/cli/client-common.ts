@@ -7,7 +7,7 @@
  */
 import type * as Net from "node:net"
 import { ConnectError, readIdentity } from "../client/index.ts"
-import type { PeerDuplex } from "../client/tunnel-stream.ts"
+import { type PeerDuplex, PeerStreamError, StreamAbort } from "../client/tunnel-stream.ts"
 import type { Identity } from "../identity.ts"
 import { parsePublicKeyHex, shortKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, relayHostPort, type RelayAddress } from "../../core/relay-address.ts"
@@ -114,6 +114,10 @@ export const say = (command: string, line: string): void => {
   process.stderr.write(`offset-relay ${command}: ${line}\n`)
 }
 
+/** The exit code of a tunnel that failed after it was established: the peer's error, or the relay's side. */
+export const tunnelExitCode = (error: unknown): number =>
+  error instanceof PeerStreamError && error.reason === "PeerError" ? ExitCode.PeerError : ExitCode.Failed
+
 /** The exit code for a failed connect. */
 export const connectExitCode = (error: unknown): number =>
   error instanceof ConnectError
@@ -131,24 +135,38 @@ export interface PipeCounts {
 /**
  * Pipes a tunnel and a local TCP socket both ways with half close (each
  * side's end becomes the other's end) and resolves once both directions are
- * done, or rejects with the first error after destroying both.
- * The local socket must have been made with `allowHalfOpen: true`.
+ * done, or rejects with the first error after destroying both. When the
+ * local side fails, the peer is told so (a stream error: our local service
+ * refused, or our local connection was reset), so it does not blame the
+ * relay. The local socket must have been made with `allowHalfOpen: true`.
  */
 export const pipeBothWays = (tunnel: PeerDuplex, local: Net.Socket): Promise<PipeCounts> =>
   new Promise((resolve, reject) => {
     const counts: PipeCounts = { fromPeer: 0, toPeer: 0 }
     let settled = false
-    const fail = (error: Error) => {
+    let localConnected = !local.connecting
+    local.once("connect", () => (localConnected = true))
+    const fail = (error: Error, tell?: StreamAbort) => {
       if (settled) return
       settled = true
-      tunnel.destroy()
+      tunnel.destroy(tell)
       local.destroy()
       reject(error)
     }
+    const localFailed = (error: NodeJS.ErrnoException) => {
+      const code = error.code ?? "error"
+      const tell = localConnected
+        ? new StreamAbort("local-reset", code)
+        : new StreamAbort("local-refused", code)
+      fail(
+        new Error(localConnected ? `the local connection failed: ${error.message}` : `the local service refused: ${error.message}`),
+        tell
+      )
+    }
     tunnel.on("data", (chunk: Buffer) => (counts.fromPeer += chunk.length))
     local.on("data", (chunk: Buffer) => (counts.toPeer += chunk.length))
-    tunnel.on("error", fail)
-    local.on("error", fail)
+    tunnel.on("error", (error) => fail(error))
+    local.on("error", localFailed)
     tunnel.pipe(local)
     local.pipe(tunnel)
     // A side that closes before its readable end was read ended early (a
@@ -156,13 +174,12 @@ export const pipeBothWays = (tunnel: PeerDuplex, local: Net.Socket): Promise<Pip
     let closed = 0
     const onClose = (stream: "tunnel" | "local", ended: boolean) => {
       if (!ended) {
-        return fail(
-          new Error(
-            stream === "tunnel"
-              ? "the tunnel closed before the peer finished"
-              : "the local connection closed before it finished"
+        return stream === "tunnel"
+          ? fail(new Error("the tunnel closed before the peer finished"))
+          : fail(
+            new Error("the local connection closed before it finished"),
+            new StreamAbort("local-reset", "closed before it finished")
           )
-        )
       }
       if (++closed === 2 && !settled) {
         settled = true

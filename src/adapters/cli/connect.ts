@@ -30,6 +30,7 @@ import {
   relaysOf,
   say,
   tickOption,
+  tunnelExitCode,
   untilStopSignal
 } from "./client-common.ts"
 import { describeListenFailure, errorCode } from "./listen-error.ts"
@@ -153,7 +154,7 @@ const carryStdio = async (settings: Settings, identity: Identity): Promise<numbe
     const onInterrupt = () => finish(ExitCode.Interrupted, "interrupted")
     process.once("SIGINT", onInterrupt)
     process.once("SIGTERM", onInterrupt)
-    tunnel.on("error", (error) => finish(ExitCode.Failed, `the tunnel failed: ${error.message}`))
+    tunnel.on("error", (error) => finish(tunnelExitCode(error), `the tunnel failed: ${error.message}`))
     stdout.on("error", (error) => finish(ExitCode.Failed, `cannot write to stdout: ${error.message}`))
     stdin.on("error", (error) => finish(ExitCode.Failed, `cannot read stdin: ${error.message}`))
     tunnel.pipe(stdout, { end: false })
