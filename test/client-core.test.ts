@@ -17,6 +17,7 @@ import {
 import {
   classifyFailure,
   connectFailureReason,
+  describeOutcome,
   formatConnectFailure,
   type Attempt
 } from "../src/core/connect-outcome.ts"
@@ -403,6 +404,19 @@ describe("byte stream over a tunnel", () => {
 describe("connect outcome", () => {
   it("names hop failures and tunnel failures differently", () => {
     expect(classifyFailure("relay", { reason: "Reset", message: "ECONNREFUSED" })._tag).toBe("Unreachable")
+    // Closed before the relay's version prefix: it refused us at accept; during its handshake: maybe the wrong key.
+    expect(classifyFailure("relay", { reason: "Reset", detail: "ClosedBeforeVersion", message: "x" })).toMatchObject({
+      _tag: "RelayRefused",
+      message: expect.stringContaining("connection limit")
+    })
+    expect(describeOutcome(classifyFailure("relay", { reason: "Closed", message: "x" }))).toContain(
+      "the key in the address may not be the relay's, or the relay is shutting down"
+    )
+    expect(connectFailureReason([{ relay: "r", outcome: { _tag: "RelayRefused", message: "m" } }])).toBe("RelayRefused")
+    // Closed after our connect request: the relay's doing or the peer's; the peer is never blamed alone.
+    expect(describeOutcome(classifyFailure("tunnel", { reason: "Closed", message: "x" }))).toContain(
+      "or the relay refused the request (our key is not on its allow-list"
+    )
     expect(classifyFailure("relay", { reason: "Protocol", detail: "UnexpectedRemoteKey", message: "x" })._tag).toBe(
       "RelayKeyMismatch"
     )
@@ -428,9 +442,9 @@ describe("connect outcome", () => {
     expect(connectFailureReason([unreachable, a("r4", { _tag: "TimedOut", message: "slow" })])).toBe("Timeout")
     const text = formatConnectFailure("peer", [unreachable, rejected])
     expect(text.split("\n")).toEqual([
-      "peer peer rejected the connection or is not listening on the relays tried",
+      "peer peer was not reached: the relays closed our connect request (the peer is not listening there or refused us, or the relay refused us)",
       "  r1: unreachable: refused",
-      "  r2: rejected: closed"
+      "  r2: closed by the relay: rejected: closed"
     ])
   })
 })

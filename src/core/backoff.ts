@@ -227,7 +227,8 @@ export const stepReconnect = (
             delayMs,
             retryAt: event.now + delayMs,
             lastError: `the relay closed our listen channel ${((upMs ?? 0) / 1000).toFixed(1)} s after it opened: ` +
-              "another process is probably listening with the same identity on this relay " +
+              "another process is probably listening with the same identity on this relay, " +
+              "or the relay does not allow our key " +
               `(${displacements} times in a row; retrying slowly, to take over once it is gone)`
           },
           { _tag: "Wait", delayMs }
