@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest"
 import { execFileSync, spawn } from "node:child_process"
-import { mkdtempSync, statSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as Net from "node:net"
@@ -128,5 +128,27 @@ describe("offset-relay CLI", () => {
     const out = cli(["serve", "--port", "0", "--allow-keys", join(dir, "allow")], "", { OFFSET_RELAY_DATA_DIR: dir })
     expect(out.code).toBe(2)
     expect(out.stderr).toContain("line 1")
+  })
+
+  it("the README's wire examples paste and run", () => {
+    const readme = readFileSync("README.md", "utf8")
+    const section = readme.slice(readme.indexOf("## Debugging the wire format"))
+    const block = section.slice(section.indexOf("```sh") + 5, section.indexOf("```", section.indexOf("```sh") + 5))
+    const lines = block.trim().split("\n")
+    expect(lines).toHaveLength(2)
+    for (const line of lines) {
+      const out = execFileSync("sh", ["-c", line.replaceAll("npx offset-relay", `"${node}" "${bin}"`)], { stdio: "pipe" })
+      expect(out.toString()).toMatch(/^(\{"connect":"(ab){32}"\}|[0-9a-f]+)\n$/)
+    }
+  })
+
+  it("the README's exit code table is the one every --help prints", async () => {
+    const { exitCodeHelp } = await import("../src/adapters/cli/exit-codes.ts")
+    const readme = readFileSync("README.md", "utf8")
+    for (const row of exitCodeHelp.split("\n").slice(1)) {
+      const [, code] = /^\s+(\d+)\s/.exec(row)!
+      expect(readme).toContain(`| ${code} | `)
+    }
+    expect(readme.match(/^\| \d+ \| /gm)).toHaveLength(exitCodeHelp.split("\n").length - 1)
   })
 })

@@ -248,7 +248,10 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
       // logger (stderr, --log-format, --log-level) as everything else.
       const services = yield* Effect.context<FileSystem.FileSystem>()
       const onHangup = () => {
-        if (allowKeysPath === undefined) return
+        if (allowKeysPath === undefined) {
+          Effect.runForkWith(services)(Effect.logInfo("SIGHUP: nothing to reload (no --allow-keys)"))
+          return
+        }
         Effect.runForkWith(services)(
           readAllowList(allowKeysPath).pipe(
             Effect.flatMap((keys) =>
