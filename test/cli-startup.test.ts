@@ -95,6 +95,8 @@ describe("startup failures: one line, the cause, the fix, an exit code", () => {
     expect(metrics.code).toBe(7)
     expect(metrics.stderr).toContain(`127.0.0.1:${busyPort} is already in use (EADDRINUSE); choose another --metrics-port`)
     expect(metrics.stdout).toBe("")
+    // Found before the identity was made.
+    expect(NodeFs.existsSync(data)).toBe(false)
   })
 
   it("an address that is not this machine's, or a name that does not resolve, names --host; exit 7", async () => {
@@ -107,6 +109,7 @@ describe("startup failures: one line, the cause, the fix, an exit code", () => {
     expect(notOurs.stderr).toContain("192.0.2.1 is not an address of this machine (EADDRNOTAVAIL); choose another --host")
     expect(noName.code).toBe(7)
     expect(noName.stderr).toMatch(/the host name no-such-host\.invalid does not resolve \(E[A-Z_]+\); give an IP address in --host/)
+    expect(NodeFs.existsSync(data)).toBe(false)
   })
 
   it("connect --local-port in use: exit 7 with the cause", async () => {

@@ -118,6 +118,13 @@ const usage = "offset-relay serve [options]"
 const description =
   "Runs a relay. Once listening it prints its address, <public key hex>@<host>:<port>, on stdout."
 
+/** Fails with the cause and the flag to change when host:port cannot be listened on now. */
+const checkPort = (host: string, port: number, flags: { readonly port: string; readonly host: string }) =>
+  Effect.flatMap(Effect.promise(() => probeListen(host, port)), (error) =>
+    error === undefined
+      ? Effect.void
+      : Effect.fail(new CliError(describeListenFailure(errorCode(error), host, port, flags, error.message), ExitCode.LocalAddress)))
+
 /** Entry point of `offset-relay serve`. */
 export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   let parsed
@@ -163,8 +170,17 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
 
   const program = Effect.scoped(
     Effect.gen(function*() {
-      // Every input is checked before the identity is read or created.
+      // Every input is checked before the identity is read or created: the
+      // allow-list, and whether the ports can be opened at all (the servers
+      // below still report a port taken in between).
       const allowList = allowKeysPath === undefined ? undefined : yield* readAllowList(allowKeysPath)
+      yield* checkPort(host, port, { port: "--port", host: "--host" })
+      if (o["metrics-port"] !== undefined) {
+        yield* checkPort(o["metrics-host"] as string, o["metrics-port"] as number, {
+          port: "--metrics-port",
+          host: "--metrics-host"
+        })
+      }
       const identity = yield* loadOrCreateIdentity(identityPath).pipe(
         Effect.mapError((error) => new CliError(error.message, ExitCode.Identity))
       )
