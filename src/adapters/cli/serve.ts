@@ -211,17 +211,20 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
           ? undefined
           : { bytesPerSecond: rate, burstBytes: (o["rate-burst"] as number | undefined) ?? rate }
       }
-      // The server's error lost the system's reason (it says "Open"): a
-      // second try on the same address finds it.
+      // The system's reason, from the error's cause when it carries one,
+      // else from a second try on the same address (the error says "Open").
       const server = yield* makeRelayServer(options).pipe(
         Effect.catch((error) =>
-          Effect.flatMap(Effect.promise(() => probeListen(host, port)), (cause) =>
-            Effect.fail(
-              new CliError(
-                describeListenFailure(errorCode(cause), host, port, { port: "--port", host: "--host" }, error.message),
-                ExitCode.LocalAddress
+          Effect.flatMap(
+            errorCode(error) === undefined ? Effect.promise(() => probeListen(host, port)) : Effect.succeed(error),
+            (cause) =>
+              Effect.fail(
+                new CliError(
+                  describeListenFailure(errorCode(cause), host, port, { port: "--port", host: "--host" }, error.message),
+                  ExitCode.LocalAddress
+                )
               )
-            ))
+          )
         )
       )
       let stopping = false
