@@ -142,27 +142,27 @@ const connect = (as: string, to: string, input: string | undefined, closeStdin?:
   )
 
 describe("errors that name the right party", () => {
-  it("the peer's --forward target refuses: the connector says so and exits 6", async () => {
+  it.concurrent("the peer's --forward target refuses: the connector says so and exits 6", async () => {
     const out = await connect("client", keys.refusing!, "hello")
     expect(out.stderr).toContain(`the tunnel failed: the peer's local service refused the connection (ECONNREFUSED)`)
     expect(out.stderr).not.toContain("relay closed")
     expect(out.code).toBe(6)
   })
 
-  it("the peer's local service resets midway: the connector says so and exits 6", async () => {
+  it.concurrent("the peer's local service resets midway: the connector says so and exits 6", async () => {
     const out = await connect("client", keys.resetting!, "hello")
     expect(out.stderr).toContain("the tunnel failed: the peer's local connection was reset or failed (ECONNRESET)")
     expect(out.code).toBe(6)
   })
 
-  it("the relay refuses our connect request (allow-list): the relay is named among the causes, exit 4", async () => {
+  it.concurrent("the relay refuses our connect request (allow-list): the relay is named among the causes, exit 4", async () => {
     const out = await connect("stranger", keys.echoing!, "hello")
     expect(out.code).toBe(4)
     expect(out.stderr).toContain("closed by the relay: the relay closed our connect request before the peer answered")
     expect(out.stderr).toContain("our key is not on its allow-list")
   })
 
-  it("a relay at its connection limit refuses at accept: named as the relay's refusal, exit 4", async () => {
+  it.concurrent("a relay at its connection limit refuses at accept: named as the relay's refusal, exit 4", async () => {
     const full = start(["serve", "--port", "0", "--identity", NodePath.join(dir, "full.key"), "--max-connections", "0", "--log-level", "warn"])
     const fullAddress = (await full.waitFor(/^[0-9a-f]{64}@127\.0\.0\.1:\d+$/m))[0]
     const out = await connect("client", keys.echoing!, "hello", undefined, [fullAddress])
@@ -172,6 +172,10 @@ describe("errors that name the right party", () => {
     expect(out.stderr).not.toContain("check that the key")
   })
 
+})
+
+// Last: it kills the relay the tests above share.
+describe("errors that name the right party, the relay's end", () => {
   it("the relay goes away under a live tunnel: the relay's side is named, exit 1", async () => {
     // stdin stays open, so the tunnel stays up until something breaks it.
     const child = spawn(

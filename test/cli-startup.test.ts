@@ -4,14 +4,17 @@
  * named with its cause and the flag that fixes it, and nothing reaches
  * stdout unless every port is open. Then the log: the SIGHUP reload goes
  * through the same logger as everything else (stderr, --log-format).
- * Child processes on 127.0.0.1 only; exit codes from exit-codes.ts.
+ * Failures run each command's `run` in this process (fast: no Node start
+ * per case), one at a time with stdout and stderr captured; the log tests
+ * run `serve` as a child process, since they send it signals. 127.0.0.1
+ * only; exit codes from exit-codes.ts.
  */
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 
 const NODE = NodePath.resolve("node_modules/.bin/node")
 const BIN = NodePath.resolve("bin/offset-relay.js")
@@ -22,7 +25,43 @@ interface Finished {
   readonly stderr: string
 }
 
-const run = (args: ReadonlyArray<string>, timeoutMs = 20_000): Promise<Finished> =>
+const commands: Record<string, () => Promise<{ run: (args: ReadonlyArray<string>) => Promise<number> }>> = {
+  serve: () => import("../src/adapters/cli/serve.ts"),
+  keygen: () => import("../src/adapters/cli/keygen.ts"),
+  listen: () => import("../src/adapters/cli/listen.ts"),
+  connect: () => import("../src/adapters/cli/connect.ts")
+}
+
+// One at a time: stdout and stderr are captured process-wide.
+let queue: Promise<unknown> = Promise.resolve()
+
+/** Runs `offset-relay <args>` in this process, for commands that fail (or finish) at startup. */
+const run = (args: ReadonlyArray<string>): Promise<Finished> => {
+  const next = queue.then(async () => {
+    let stdout = ""
+    let stderr = ""
+    const capture = (append: (text: string) => void) => (chunk: unknown, ...rest: Array<unknown>) => {
+      append(typeof chunk === "string" ? chunk : Buffer.from(chunk as Uint8Array).toString())
+      const callback = rest.find((r) => typeof r === "function") as (() => void) | undefined
+      callback?.()
+      return true
+    }
+    const out = vi.spyOn(process.stdout, "write").mockImplementation(capture((t) => (stdout += t)) as never)
+    const err = vi.spyOn(process.stderr, "write").mockImplementation(capture((t) => (stderr += t)) as never)
+    try {
+      const code = await (await commands[args[0]!]!()).run(args.slice(1))
+      return { code, stdout, stderr }
+    } finally {
+      out.mockRestore()
+      err.mockRestore()
+    }
+  })
+  queue = next.catch(() => {})
+  return next
+}
+
+/** Runs `offset-relay <args>` as a child process. */
+const runProcess = (args: ReadonlyArray<string>, timeoutMs = 20_000): Promise<Finished> =>
   new Promise((resolve, reject) => {
     const child = spawn(NODE, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
@@ -229,9 +268,9 @@ describe("the log", () => {
     try {
       await until(() => out.includes("\n"))
       const key = NodePath.join(dir, "keys-client.key")
-      const clientKey = (await run(["keygen", "--out", key])).stdout.trim()
+      const clientKey = (await runProcess(["keygen", "--out", key])).stdout.trim()
       // Nobody listens as this key: the relay closes the connect and logs it.
-      await run(["connect", "--identity", key, "--relay", out.trim(), "--to", "cd".repeat(32), "--timeout-ms", "3000"])
+      await runProcess(["connect", "--identity", key, "--relay", out.trim(), "--to", "cd".repeat(32), "--timeout-ms", "3000"])
       await until(() => err.includes("connection closed"))
       const closes = err.trim().split("\n").map((line) => JSON.parse(line) as { message: string; annotations: Record<string, unknown> })
         .filter((r) => r.message === "connection closed")
