@@ -198,7 +198,7 @@ describe("the README walk-through", () => {
     const stranger = await run(["keygen", "--out", `${dir}/stranger.key`])
     const rejected = await run(["connect", "--identity", `${dir}/stranger.key`, "--relay", relayAddress, "--to", serverKey], "x")
     expect(rejected.code).toBe(4)
-    expect(rejected.stderr).toContain("rejected")
+    expect(rejected.stderr).toContain("the peer is not listening on this relay or refused our key")
     expect(listener.stderr).toContain(`peer ${stranger.stdout.toString().trim()}: denied`)
 
     const usage = await run(["connect", "--identity", `${dir}/client.key`, "--relay", "127.0.0.1:1", "--to", serverKey])

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest"
 import { execFileSync, spawn } from "node:child_process"
-import { mkdtempSync, statSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as Net from "node:net"
@@ -55,12 +55,12 @@ describe("offset-relay CLI", () => {
     }
   })
 
-  it("wire gives a one-line error and exit 1 for bad input", () => {
+  it("wire gives a one-line error and exit 2 for bad input", () => {
     const out = cli(["wire", "decode", "KaMessage"], "0g")
-    expect(out.code).toBe(1)
+    expect(out.code).toBe(2)
     expect(out.stderr.trim().split("\n")).toHaveLength(1)
-    expect(cli(["wire", "encode", "InitConnection"], "{").code).toBe(1)
-    expect(cli(["wire", "encode", "NoSuchType"], "{}").code).toBe(1)
+    expect(cli(["wire", "encode", "InitConnection"], "{").code).toBe(2)
+    expect(cli(["wire", "encode", "NoSuchType"], "{}").code).toBe(2)
   })
 
   it("keygen writes an owner-only key file and prints its public key; it refuses to overwrite", () => {
@@ -69,7 +69,9 @@ describe("offset-relay CLI", () => {
     expect(out.code).toBe(0)
     expect(out.stdout).toMatch(/^[0-9a-f]{64}\n$/)
     expect(statSync(join(dir, "id.key")).mode & 0o777).toBe(0o600)
-    expect(cli(["keygen", "--out", join(dir, "id.key")]).code).toBe(1)
+    const again = cli(["keygen", "--out", join(dir, "id.key")])
+    expect(again.code).toBe(3)
+    expect(again.stderr).toContain(`offset-relay keygen --out ${join(dir, "id.key")} --force`)
   })
 
   it("serve prints its address, keeps its identity across restarts, and exits 0 on SIGTERM", async () => {
@@ -117,14 +119,36 @@ describe("offset-relay CLI", () => {
   it("serve refuses a bad flag value with exit 2 and a hint", () => {
     const out = cli(["serve", "--port", "abc"])
     expect(out.code).toBe(2)
-    expect(out.stderr).toContain("--port must be a non-negative integer")
+    expect(out.stderr).toContain("--port must be a whole number 0..65535, got 'abc'")
   })
 
-  it("serve reports an unreadable allow-keys file and exits 1", () => {
+  it("serve reports an unreadable allow-keys file and exits 2", () => {
     const dir = mkdtempSync(join(tmpdir(), "offset-relay-allow-"))
     writeFileSync(join(dir, "allow"), "not a key\n")
     const out = cli(["serve", "--port", "0", "--allow-keys", join(dir, "allow")], "", { OFFSET_RELAY_DATA_DIR: dir })
-    expect(out.code).toBe(1)
+    expect(out.code).toBe(2)
     expect(out.stderr).toContain("line 1")
+  })
+
+  it("the README's wire examples paste and run", () => {
+    const readme = readFileSync("README.md", "utf8")
+    const section = readme.slice(readme.indexOf("## Debugging the wire format"))
+    const block = section.slice(section.indexOf("```sh") + 5, section.indexOf("```", section.indexOf("```sh") + 5))
+    const lines = block.trim().split("\n")
+    expect(lines).toHaveLength(2)
+    for (const line of lines) {
+      const out = execFileSync("sh", ["-c", line.replaceAll("npx offset-relay", `"${node}" "${bin}"`)], { stdio: "pipe" })
+      expect(out.toString()).toMatch(/^(\{"connect":"(ab){32}"\}|[0-9a-f]+)\n$/)
+    }
+  })
+
+  it("the README's exit code table is the one every --help prints", async () => {
+    const { exitCodeHelp } = await import("../src/adapters/cli/exit-codes.ts")
+    const readme = readFileSync("README.md", "utf8")
+    for (const row of exitCodeHelp.split("\n").slice(1)) {
+      const [, code] = /^\s+(\d+)\s/.exec(row)!
+      expect(readme).toContain(`| ${code} | `)
+    }
+    expect(readme.match(/^\| \d+ \| /gm)).toHaveLength(exitCodeHelp.split("\n").length - 1)
   })
 })

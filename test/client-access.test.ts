@@ -68,7 +68,7 @@ describe("access policy", () => {
       const error = yield* Effect.flip(stranger.connect(listener.publicKey, [address], { timeoutMs: 5000 }))
       expect(error).toBeInstanceOf(ConnectError)
       expect(error.reason).toBe("Rejected")
-      expect(error.message).toContain("rejected")
+      expect(error.message).toContain("the relays closed our connect request (the peer is not listening there or refused us")
       expect(error.attempts.map((a) => a.outcome._tag)).toEqual(["Rejected"])
       expect(events.filter((e) => e._tag === "Denied").map((e) => e._tag === "Denied" && e.peer)).toEqual([
         bytesToHex(stranger.publicKey)

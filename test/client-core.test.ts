@@ -17,13 +17,18 @@ import {
 import {
   classifyFailure,
   connectFailureReason,
+  describeOutcome,
   formatConnectFailure,
   type Attempt
 } from "../src/core/connect-outcome.ts"
 import { bytesToHex } from "../src/core/keys.ts"
 import { formatRelayAddress, parseHostPort, parseRelayAddress } from "../src/core/relay-address.ts"
 import {
+  decodeStreamError,
+  encodeStreamError,
   initialStream,
+  MAX_STREAM_ERROR_BYTES,
+  STREAM_ERROR_PREFIX,
   stepStream,
   type StreamCommand,
   type StreamEvent,
@@ -100,7 +105,16 @@ describe("relay address", () => {
 })
 
 describe("backoff", () => {
-  const policy: BackoffPolicy = { initialMs: 100, maxMs: 2000, multiplier: 2, jitter: 0.5, resetAfterMs: 5000 }
+  const policy: BackoffPolicy = {
+    initialMs: 100,
+    maxMs: 2000,
+    multiplier: 2,
+    jitter: 0.5,
+    resetAfterMs: 5000,
+    displacedWithinMs: 1000,
+    displacedInitialMs: 3000,
+    displacedMaxMs: 12_000
+  }
 
   it("doubles from the initial wait up to the bound, without jitter", () => {
     expect([0, 1, 2, 3, 4, 5, 6, 50, 5000].map((n) => backoffDelayMs(policy, n, 0))).toEqual([
@@ -158,6 +172,80 @@ describe("backoff", () => {
     expect(feed({ _tag: "Listening", now: 6001 })).toEqual({ _tag: "None" })
     expect(feed({ _tag: "Failed", now: 6001, error: "again", jitter: 0 })).toEqual({ _tag: "None" })
     expect(state).toMatchObject({ _tag: "BackingOff", lastError: "lost" })
+  })
+
+  it("a listen channel the relay closes soon after it opened, twice in a row, was displaced: a slower schedule of its own, said in the status", () => {
+    let state: ReconnectState = initialReconnect
+    const feed = (event: Parameters<typeof stepReconnect>[2]) => {
+      const [next, command] = stepReconnect(policy, state, event)
+      state = next
+      return command
+    }
+    const up = (now: number) => {
+      feed({ _tag: "RetryDue" })
+      feed({ _tag: "Listening", now })
+    }
+    feed({ _tag: "Listening", now: 0 })
+    // Closed by the relay 0.4 s after opening: maybe the relay stopped; retry as usual.
+    expect(feed({ _tag: "Failed", now: 400, error: "the relay closed the listen channel", jitter: 0, closedByRelay: true }))
+      .toEqual({ _tag: "Wait", delayMs: 100 })
+    expect(state).toMatchObject({ _tag: "BackingOff", displaced: false, displacements: 1 })
+    up(500)
+    // Again: displaced.
+    expect(feed({ _tag: "Failed", now: 900, error: "the relay closed the listen channel", jitter: 0, closedByRelay: true }))
+      .toEqual({ _tag: "Wait", delayMs: 3000 })
+    expect(state).toMatchObject({ _tag: "BackingOff", displaced: true, displacements: 2 })
+    expect((state as { lastError: string }).lastError).toContain(
+      "another process is probably listening with the same identity on this relay"
+    )
+    // Again and again: the wait grows to its own bound.
+    up(3400)
+    expect(feed({ _tag: "Failed", now: 3500, error: "x", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 6000 })
+    up(9500)
+    expect(feed({ _tag: "Failed", now: 9600, error: "x", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 12_000 })
+    up(21_600)
+    expect(feed({ _tag: "Failed", now: 21_700, error: "x", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 12_000 })
+    // A reset soon after opening is an ordinary failure, and breaks the streak.
+    up(33_700)
+    expect(feed({ _tag: "Failed", now: 33_800, error: "reset", jitter: 0 })).toMatchObject({ _tag: "Wait" })
+    expect(state).toMatchObject({ _tag: "BackingOff", displaced: false, displacements: 0, lastError: "reset" })
+    // So does a channel that was up longer than the window.
+    up(40_000)
+    expect(feed({ _tag: "Failed", now: 40_400, error: "closed", jitter: 0, closedByRelay: true })).toMatchObject({ _tag: "Wait" })
+    up(41_000)
+    expect(feed({ _tag: "Failed", now: 46_000, error: "closed", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 100 })
+    expect(state).toMatchObject({ displaced: false, displacements: 0, failures: 1 })
+  })
+
+  it("the owner, closed after it was up a while, comes back on the normal schedule, faster than the displacement window", () => {
+    // Two processes with one key, modelled by their states alone: the newest
+    // channel wins on the relay. The owner's return always lands within the
+    // newcomer's displacement window, so the newcomer always waits longer.
+    fc.assert(
+      fc.property(fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 20, maxLength: 20 }), (units) => {
+        const p = defaultBackoffPolicy
+        let owner: ReconnectState = { _tag: "Listening", failures: 0, displacements: 0, since: 0 }
+        // The newcomer was already displaced once (its first quick close is retried as usual).
+        let newcomer: ReconnectState = { _tag: "Listening", failures: 1, displacements: 1, since: 100_000 }
+        let now = 100_000
+        const ownerWaits: Array<number> = []
+        for (let i = 0; i < 10; i++) {
+          // The newcomer's channel displaced the owner's at `now`.
+          const [ownerOff, ownerWait] = stepReconnect(p, owner, { _tag: "Failed", now, error: "closed", jitter: units[2 * i]!, closedByRelay: true })
+          const wait = (ownerWait as { delayMs: number }).delayMs
+          ownerWaits.push(wait)
+          expect(ownerOff).toMatchObject({ displaced: false })
+          now += wait
+          owner = { _tag: "Listening", failures: ownerOff.failures, displacements: ownerOff.displacements, since: now }
+          // The owner is back: the newcomer was displaced.
+          const [newOff, newWait] = stepReconnect(p, newcomer, { _tag: "Failed", now, error: "closed", jitter: units[2 * i + 1]!, closedByRelay: true })
+          expect(newOff).toMatchObject({ displaced: true, displacements: i + 2 })
+          now += (newWait as { delayMs: number }).delayMs
+          newcomer = { _tag: "Listening", failures: newOff.failures, displacements: newOff.displacements, since: now }
+        }
+        expect(Math.max(...ownerWaits)).toBeLessThan(p.displacedWithinMs)
+      })
+    )
   })
 })
 
@@ -225,6 +313,74 @@ describe("byte stream over a tunnel", () => {
     ])
   })
 
+  const hex = (data: Uint8Array) => Buffer.from(data).toString("hex")
+
+  it("a stream error message has fixed bytes: 0x00, 'offset-relay error:', the code, a space, the text", () => {
+    const message = encodeStreamError({ code: "local-refused", text: "ECONNREFUSED" })
+    expect(hex(message)).toBe(
+      "00" + Buffer.from("offset-relay error:").toString("hex") + Buffer.from("local-refused ECONNREFUSED").toString("hex")
+    )
+    expect(decodeStreamError(message)).toEqual({ code: "local-refused", text: "ECONNREFUSED" })
+    // Bounded, cut on a character boundary; control characters never reach a terminal.
+    const long = encodeStreamError({ code: "aborted", text: "é".repeat(2000) })
+    expect(long.length).toBeLessThanOrEqual(MAX_STREAM_ERROR_BYTES)
+    expect(decodeStreamError(long).text).toMatch(/^é+$/)
+    const hostile = new Uint8Array([...STREAM_ERROR_PREFIX, ...Buffer.from("aborted \u001b[2Jboo\n")])
+    expect(decodeStreamError(hostile)).toEqual({ code: "aborted", text: "[2Jboo" })
+    expect(decodeStreamError(new Uint8Array([...STREAM_ERROR_PREFIX, ...Buffer.from("NOT A CODE")])).code).toBe("unknown")
+  })
+
+  it("abort with a report sends the stream error, then fails; the peer's stream error fails ours with its reason", () => {
+    const aborted = run([{ _tag: "Abort", message: "target down", tell: { code: "local-refused", text: "ECONNREFUSED" } }])
+    expect(aborted.commands.map((c) => c._tag)).toEqual(["SendError", "Fail"])
+    expect((aborted.commands[0] as Extract<StreamCommand, { _tag: "SendError" }>).data).toEqual(
+      encodeStreamError({ code: "local-refused", text: "ECONNREFUSED" })
+    )
+    const told = encodeStreamError({ code: "local-refused", text: "ECONNREFUSED" })
+    for (const before of [[], [{ _tag: "Received", data: bytes(1) }], [{ _tag: "Received", data: bytes() }]] as Array<Array<StreamEvent>>) {
+      const received = run([...before, { _tag: "Received", data: told }])
+      expect(received.commands.at(-1)).toEqual({
+        _tag: "Fail",
+        error: {
+          _tag: "StreamError",
+          reason: "PeerError",
+          peerCode: "local-refused",
+          message: "the peer's local service refused the connection (ECONNREFUSED)"
+        }
+      })
+    }
+  })
+
+  it("never sends a data message that reads as a stream error, and loses no byte doing so", () => {
+    const withPrefix = fc.array(fc.oneof(fc.uint8Array({ maxLength: 30 }), fc.constant(STREAM_ERROR_PREFIX)), { maxLength: 6 })
+      .map((parts) => Uint8Array.from(parts.flatMap((p) => [...p])))
+    fc.assert(
+      fc.property(withPrefix, fc.integer({ min: 1, max: 40 }), fc.array(fc.nat(), { maxLength: 5 }), (data, max, cuts) => {
+        // Written in several pieces at arbitrary cuts, with any message size.
+        const points = [...new Set(cuts.map((c) => c % (data.length + 1)))].sort((x, y) => x - y)
+        const writes: Array<StreamEvent> = []
+        let from = 0
+        for (const point of [...points, data.length]) {
+          writes.push({ _tag: "Write", data: data.subarray(from, point) })
+          from = point
+        }
+        let state = initialStream
+        const sent: Array<Uint8Array> = []
+        for (const event of writes) {
+          const [next, out] = stepStream({ maxMessageBytes: max }, state, event)
+          state = next
+          for (const c of out) if (c._tag === "Send") sent.push(c.data)
+        }
+        for (const message of sent) {
+          expect(message.length).toBeGreaterThan(0)
+          const received = stepStream({ maxMessageBytes: max }, initialStream, { _tag: "Received", data: message })[1]
+          expect(received.map((c) => c._tag)).toEqual(["Deliver"])
+        }
+        expect(hex(Uint8Array.from(sent.flatMap((m) => [...m])))).toBe(hex(data))
+      })
+    )
+  })
+
   it("after finishing, a channel end changes nothing", () => {
     const done = run([{ _tag: "End" }, { _tag: "EndSent" }, { _tag: "Received", data: bytes() }])
     const after = run([{ _tag: "ChannelEnded", message: "closed" }], done.state)
@@ -248,6 +404,19 @@ describe("byte stream over a tunnel", () => {
 describe("connect outcome", () => {
   it("names hop failures and tunnel failures differently", () => {
     expect(classifyFailure("relay", { reason: "Reset", message: "ECONNREFUSED" })._tag).toBe("Unreachable")
+    // Closed before the relay's version prefix: it refused us at accept; during its handshake: maybe the wrong key.
+    expect(classifyFailure("relay", { reason: "Reset", detail: "ClosedBeforeVersion", message: "x" })).toMatchObject({
+      _tag: "RelayRefused",
+      message: expect.stringContaining("connection limit")
+    })
+    expect(describeOutcome(classifyFailure("relay", { reason: "Closed", message: "x" }))).toContain(
+      "the key in the address may not be the relay's, or the relay is shutting down"
+    )
+    expect(connectFailureReason([{ relay: "r", outcome: { _tag: "RelayRefused", message: "m" } }])).toBe("RelayRefused")
+    // Closed after our connect request: the relay's doing or the peer's; the peer is never blamed alone.
+    expect(describeOutcome(classifyFailure("tunnel", { reason: "Closed", message: "x" }))).toContain(
+      "or the relay refused the request (our key is not on its allow-list"
+    )
     expect(classifyFailure("relay", { reason: "Protocol", detail: "UnexpectedRemoteKey", message: "x" })._tag).toBe(
       "RelayKeyMismatch"
     )
@@ -273,9 +442,9 @@ describe("connect outcome", () => {
     expect(connectFailureReason([unreachable, a("r4", { _tag: "TimedOut", message: "slow" })])).toBe("Timeout")
     const text = formatConnectFailure("peer", [unreachable, rejected])
     expect(text.split("\n")).toEqual([
-      "peer peer rejected the connection or is not listening on the relays tried",
+      "peer peer was not reached: the relays closed our connect request (the peer is not listening there or refused us, or the relay refused us)",
       "  r1: unreachable: refused",
-      "  r2: rejected: closed"
+      "  r2: closed by the relay: rejected: closed"
     ])
   })
 })

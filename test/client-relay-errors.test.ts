@@ -87,3 +87,37 @@ describe("a relay dialed under the wrong key", () => {
     if (failure?._tag === "Fail") expect(failure.error.message).toContain("ECONNREFUSED")
   })
 })
+
+describe("a relay that is draining", () => {
+  it("refuses a new connect at accept, and the error names the relay (RelayRefused), not the key in the address", async () => {
+    const { connect, listen } = await import("../src/adapters/client/index.ts")
+    const { ConnectError } = await import("../src/adapters/client/index.ts")
+    const relay = await startRelay()
+    const server = newIdentity()
+    const client = newIdentity()
+    const listener = listen({ identity: server, relays: [relay.address], allow: [client.publicKey], tickMs: 100 })
+    listener.on("connection", (socket) => socket.on("error", () => {}))
+    try {
+      await new Promise<void>((resolve) => listener.on("status", (s) => s.state === "listening" && resolve()))
+      // A live tunnel keeps the relay draining.
+      const tunnel = await connect({ identity: client, relays: [relay.address], to: server.publicKey, tickMs: 100 })
+      tunnel.on("error", () => {})
+      const draining = Effect.runPromise(relay.server().shutdown(3000))
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      const error = await connect({ identity: client, relays: [relay.address], to: server.publicKey, tickMs: 100 }).then(
+        () => undefined,
+        (e: unknown) => e
+      )
+      expect(error).toBeInstanceOf(ConnectError)
+      const failure = error as InstanceType<typeof ConnectError>
+      expect(failure.reason).toBe("RelayRefused")
+      expect(failure.message).toContain("or shutting down")
+      expect(failure.message).not.toContain("key in the address")
+      tunnel.destroy()
+      await draining
+    } finally {
+      await listener.close()
+      await relay.stop()
+    }
+  })
+})

@@ -135,12 +135,24 @@ describe("peer stream", () => {
       expect(error.reason).toBe("ClosedEarly")
     }))
 
-  it.live("abort closes the tunnel: the peer sees an error", () =>
+  it.live("abort closes the tunnel: the peer sees that we aborted, and why when we say", () =>
     Effect.gen(function*() {
       const { streamA, streamB } = yield* streamPair()
       yield* streamA.abort("changed my mind")
       expect((yield* Effect.flip(streamA.done)).message).toBe("changed my mind")
-      expect((yield* Effect.flip(readAllEffect(streamB))).reason).toBe("ClosedEarly")
+      const seen = yield* Effect.flip(readAllEffect(streamB))
+      expect(seen).toMatchObject({ reason: "PeerError", peerCode: "aborted", message: "the peer aborted the stream" })
+
+      const pair = yield* streamPair()
+      yield* pair.streamA.write(bytes(3))
+      yield* pair.streamA.abort("the target refused", { code: "local-refused", text: "ECONNREFUSED" })
+      expect(Option.getOrThrow(yield* pair.streamB.read)).toEqual(bytes(3))
+      const refused = yield* Effect.flip(pair.streamB.read)
+      expect(refused).toMatchObject({
+        reason: "PeerError",
+        peerCode: "local-refused",
+        message: "the peer's local service refused the connection (ECONNREFUSED)"
+      })
     }))
 })
 

@@ -256,9 +256,9 @@ describe("runWire", () => {
     ["decode error", ["decode", "KaMessage"], "00", /cannot decode KaMessage/]
   ]
   for (const [name, args, stdin, pattern] of failures) {
-    it(`${name}: one line on stderr, exit 1`, () => {
+    it(`${name}: one line on stderr, exit 2`, () => {
       const out = runWire(args, stdin)
-      expect(out.exitCode).toBe(1)
+      expect(out.exitCode).toBe(2)
       expect(out.stdout).toBe("")
       expect(out.stderr).toMatch(pattern)
       expect(out.stderr).toMatch(/^offset-relay wire: [^\n]*\n$/)

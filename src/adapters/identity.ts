@@ -60,6 +60,10 @@ export class IdentityFileError extends Data.TaggedError("IdentityFileError")<{
   readonly cause?: unknown
 }> {}
 
+/** A path as one shell word, so a suggested command can be pasted as it is. */
+export const shellQuote = (text: string): string =>
+  /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`
+
 /** Version line of the current key file format. */
 export const identityFileHeader = "offset-relay-identity v1"
 
@@ -180,7 +184,7 @@ export const readIdentityFile = (
         systemTag(error) === "NotFound"
           ? fail(
             "NotFound",
-            `identity file ${path} does not exist; create one with "offset-relay keygen", or check the path`,
+            `identity file ${path} does not exist; create it with: offset-relay keygen --out ${shellQuote(path)}`,
             error
           )
           : fail("Unreadable", `cannot read identity file ${path} (${error.message}); check the path and its permissions`, error)

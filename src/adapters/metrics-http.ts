@@ -35,7 +35,7 @@ export const serveMetrics = (
         }
       })
       server.once("error", (error) =>
-        resume(Effect.fail(new MetricsServerError(`cannot serve metrics on ${host}:${port}: ${error.message}`)))
+        resume(Effect.fail(new MetricsServerError(`cannot serve metrics on ${host}:${port}: ${error.message}`, { cause: error })))
       )
       server.listen(port, host, () => resume(Effect.succeed(server)))
     }),

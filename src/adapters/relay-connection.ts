@@ -15,6 +15,7 @@ import * as Net from "node:net"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import { CLOSED_BEFORE_VERSION } from "../core/connect-outcome.ts"
 import { encodeInitConnection, type InitConnection } from "../core/messages.ts"
 import type { CryptoService } from "./crypto.ts"
 import { closeGracefully, exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
@@ -67,7 +68,15 @@ export const openRelayConnection = (
           ? closeGracefully(conn, link, options.closeLingerMs ?? DEFAULT_CLOSE_LINGER_MS)
           : Effect.sync(() => conn.destroy())
       )
-      yield* exchangeVersion(link)
+      // A relay that refuses us at once (a connection limit, shutting down)
+      // closes before it sends anything: tell that apart from a close later on.
+      yield* exchangeVersion(link).pipe(
+        Effect.mapError((error) =>
+          error.reason === "Closed" || error.reason === "Reset"
+            ? new ChannelError({ reason: error.reason, detail: CLOSED_BEFORE_VERSION, message: error.message })
+            : error
+        )
+      )
       const channel = yield* establishChannel(link, {
         crypto: options.crypto,
         identity: options.identity,

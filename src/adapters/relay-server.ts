@@ -50,6 +50,7 @@ import { publicKeyHex as keyHex } from "../core/keys.ts"
 import * as Option from "effect/Option"
 import * as NodeOs from "node:os"
 import { addressPrefix, defaultPrefixLengths, type PrefixLengths } from "../core/address-prefix.ts"
+import { formatKeyForLog, type LogKeys } from "../core/log-keys.ts"
 import { makeTokenBucket, takeTokens, type TokenBucket } from "../core/token-bucket.ts"
 import {
   CLOSE_REASONS,
@@ -106,6 +107,8 @@ export interface RelayServerOptions {
    * is destroyed, so a peer that never reads cannot hold a socket forever.
    */
   readonly closeLingerMs: number
+  /** How client keys appear in log lines: the first 8 hex digits ("short") or all ("full"). */
+  readonly logKeys: LogKeys
   /** Per client key: bytes per second and burst; undefined = no rate limit. */
   readonly rateLimit: { readonly bytesPerSecond: number; readonly burstBytes: number } | undefined
 }
@@ -133,6 +136,7 @@ export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerO
   tickMs: 1000,
   core: { ...defaultRelayConfig, maxBufferedBytes: defaultMaxBufferedBytes() },
   prefixLengths: defaultPrefixLengths,
+  logKeys: "short",
   keepaliveTicks: 32,
   rekeyIntervalTicks: 3600,
   maxPaddingBytes: 255,
@@ -515,7 +519,7 @@ export const makeRelayServer = (
               return Effect.void
             }
             return Effect.logInfo("connection closed").pipe(
-              Effect.annotateLogs({ connection: id, ip, client: connection.clientKey ?? "-", reason, detail })
+              Effect.annotateLogs({ connection: id, ip, client: formatKeyForLog(connection.clientKey, options.logKeys), reason, detail })
             )
           })
         // Admission is the core's, in this synchronous step with the accept,

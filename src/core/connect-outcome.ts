@@ -5,13 +5,21 @@
  * A connect attempt has two phases: the hop to the relay (TCP, version,
  * secure channel expecting the relay's key, `connect(peer)`), then the
  * end-to-end handshake inside the tunnel expecting the peer's key. The same
- * low-level failure means different things in each: a clean close during the
- * hop is an unreachable relay; during the tunnel phase it is the relay
- * closing our connect channel, which the protocol does when the peer sent
- * RejectConnection or is not listening there (the connector cannot tell
- * which: the relay gives no reason). A wrong key in the hop is a relay that
- * is not the one in the address; in the tunnel it is someone other than the
- * peer answering (a relay trying to read or forge our traffic).
+ * low-level failure means different things in each, and names a different
+ * party:
+ * - the relay closes before it sent its version prefix: it refused us at
+ *   accept (a connection limit, or it is shutting down);
+ * - it closes during its handshake: the key in the address is not its key
+ *   (it ends a handshake that names another key), or it is shutting down;
+ * - it closes our connect channel before the peer's handshake: the peer is
+ *   not listening there, the peer sent RejectConnection, or the relay
+ *   refused the request (its allow-list, too many connects waiting for that
+ *   peer, a duplicate, shutting down). The Offset protocol carries no reason,
+ *   so the message lists them and points at the relay's log; it never blames
+ *   the peer alone.
+ * A wrong key in the hop is a relay that is not the one in the address; in
+ * the tunnel it is someone other than the peer answering (a relay trying to
+ * read or forge our traffic).
  */
 
 /** The low-level failure of one phase, as the channel adapter reports it (its reason and detail codes). */
@@ -28,9 +36,11 @@ export type AttemptOutcome =
   | { readonly _tag: "Connected" }
   /** TCP, version or the relay's handshake failed: the relay is down or not an offset relay. */
   | { readonly _tag: "Unreachable"; readonly message: string }
+  /** The relay closed the connection before its handshake: a connection limit, or shutting down. */
+  | { readonly _tag: "RelayRefused"; readonly message: string }
   /** The relay did not prove the key in its address. */
   | { readonly _tag: "RelayKeyMismatch"; readonly message: string }
-  /** The relay closed our connect channel before the tunnel formed: the peer rejected us, or is not listening there. */
+  /** The relay closed our connect channel before the tunnel formed: the peer is not there or rejected us, or the relay refused the request. */
   | { readonly _tag: "Rejected"; readonly message: string }
   /** Inside the tunnel someone other than the peer answered, or the peer's handshake was broken. */
   | { readonly _tag: "PeerAuthenticationFailed"; readonly message: string }
@@ -50,11 +60,15 @@ export interface Attempt {
 
 /** The failure of a whole connect, by what a script would act on. */
 export type ConnectFailureReason =
-  | "Rejected" // some relay reached the peer's listener side and was refused (or the peer is not there)
+  | "Rejected" // a relay closed our connect request: the peer is not there or refused us, or the relay refused the request
+  | "RelayRefused" // every relay that answered refused the connection itself (a limit, shutting down)
   | "Authentication" // a relay or the peer failed to prove its key: possibly an attack
   | "Timeout" // nothing answered in time
   | "Unreachable" // no relay could be reached
   | "NoRelays" // the relay list was empty
+
+/** PhaseFailure detail of a relay that closed before sending its version prefix (relay-connection.ts). */
+export const CLOSED_BEFORE_VERSION = "ClosedBeforeVersion"
 
 /** Names the outcome of a failed phase ("relay": the hop; "tunnel": the end-to-end handshake). */
 export const classifyFailure = (phase: "relay" | "tunnel", failure: PhaseFailure): AttemptOutcome => {
@@ -70,12 +84,20 @@ export const classifyFailure = (phase: "relay" | "tunnel", failure: PhaseFailure
       }
     }
     if (failure.reason === "HandshakeTimeout") return { _tag: "TimedOut", message: failure.message }
+    if (failure.detail === CLOSED_BEFORE_VERSION) {
+      return {
+        _tag: "RelayRefused",
+        message:
+          "the relay refused the connection before its handshake: it is at a connection limit (in total, from our IP address, or handshakes at once) or shutting down; its log says which"
+      }
+    }
     if (failure.reason === "Closed") {
       // A relay that finds our expected key is not its own closes during the
       // handshake, possibly before it has shown us its key.
       return {
         _tag: "Unreachable",
-        message: `the relay closed the connection during the handshake (check that the key in the address is the relay's): ${failure.message}`
+        message:
+          `the relay closed the connection during the handshake: the key in the address may not be the relay's, or the relay is shutting down: ${failure.message}`
       }
     }
     return { _tag: "Unreachable", message: failure.message }
@@ -91,7 +113,8 @@ export const classifyFailure = (phase: "relay" | "tunnel", failure: PhaseFailure
     case "Closed":
       return {
         _tag: "Rejected",
-        message: "rejected: the relay closed the connection before the peer accepted (the peer refused our key, or is not listening on this relay)"
+        message:
+          "the relay closed our connect request before the peer answered: the peer is not listening on this relay or refused our key, or the relay refused the request (our key is not on its allow-list, too many connects wait for that peer, or it is shutting down); the relay's log names the reason"
       }
     case "HandshakeTimeout":
       return { _tag: "TimedOut", message: `the peer did not complete the end-to-end handshake: ${failure.message}` }
@@ -116,6 +139,7 @@ export const connectFailureReason = (attempts: ReadonlyArray<Attempt>): ConnectF
   if (has("RelayKeyMismatch") || has("PeerAuthenticationFailed")) return "Authentication"
   if (has("Rejected")) return "Rejected"
   if (has("TimedOut") || has("Cancelled")) return "Timeout"
+  if (has("RelayRefused")) return "RelayRefused"
   return "Unreachable"
 }
 
@@ -123,7 +147,8 @@ export const connectFailureReason = (attempts: ReadonlyArray<Attempt>): ConnectF
 export const formatConnectFailure = (peer: string, attempts: ReadonlyArray<Attempt>): string => {
   const reason = connectFailureReason(attempts)
   const headline = {
-    Rejected: `peer ${peer} rejected the connection or is not listening on the relays tried`,
+    Rejected: `peer ${peer} was not reached: the relays closed our connect request (the peer is not listening there or refused us, or the relay refused us)`,
+    RelayRefused: `could not reach peer ${peer}: the relays refused the connection (a connection limit, or shutting down)`,
     Authentication: `could not authenticate the relay or peer ${peer} (possible attack; nothing was sent to it)`,
     Timeout: `peer ${peer} did not answer in time`,
     Unreachable: `could not reach any relay of peer ${peer}`,
@@ -140,10 +165,12 @@ export const describeOutcome = (outcome: AttemptOutcome): string => {
       return "connected"
     case "Unreachable":
       return `unreachable: ${outcome.message}`
+    case "RelayRefused":
+      return `refused by the relay: ${outcome.message}`
     case "RelayKeyMismatch":
       return `wrong relay key: ${outcome.message}`
     case "Rejected":
-      return outcome.message
+      return `closed by the relay: ${outcome.message}`
     case "PeerAuthenticationFailed":
       return `peer authentication failed: ${outcome.message}`
     case "TimedOut":

@@ -5,6 +5,19 @@
  * once both sides have sent theirs and ours was written, or at once on an
  * error. This machine decides; the adapter moves the bytes.
  *
+ * Ending with an error (offset-relay's extension of the convention): a
+ * message that begins with STREAM_ERROR_PREFIX (0x00, then the ASCII
+ * "offset-relay error:") says "this stream failed on my side, here is why";
+ * after the prefix come a code (`[a-z0-9-]{1,32}`, see StreamErrorCode), one
+ * space and a UTF-8 text, at most MAX_STREAM_ERROR_BYTES in all. Its sender
+ * closes the tunnel right after it, with no half close. So that no data
+ * message is ever mistaken for one, a sender never sends a data message that
+ * begins with the prefix: such a piece goes out as its first byte alone,
+ * then the rest (which cannot begin with the prefix: its only 0x00 is its
+ * first byte). A receiver that does not know the rule (an older
+ * offset-relay) delivers the message as data and then sees the tunnel close
+ * early: it still fails, and its user sees the reason in the output.
+ *
  * How to drive it: `state = initialStream`, then `[state, commands] =
  * stepStream(config, state, event)`; run the commands in order before the
  * next event.
@@ -16,8 +29,11 @@
  * - `Received { data }`: one message from the peer, in order.
  * - `ChannelEnded { message }`: the channel below ended (the peer or the relay
  *   closed it, or it failed).
- * - `Abort { message }`: the application gave up on the stream.
- * Commands: `Send { data }`, `SendEnd`, `Deliver { data }`, `DeliverEnd`,
+ * - `Abort { message, tell? }`: the application gave up on the stream;
+ *   `tell` (a code and a text) is sent to the peer as the stream's error.
+ * Commands: `Send { data }`, `SendEnd`, `SendError { data }` (send it, then
+ * close the tunnel: the `Fail` that follows must not close it first),
+ * `Deliver { data }`, `DeliverEnd`,
  * `Finish` (both halves closed: close the tunnel), `Fail { error }` (close
  * the tunnel at once and report), `Refuse { error }` (the caller's misuse:
  * fail that one call, nothing else changes). After `Finish` or `Fail` the
@@ -38,7 +54,90 @@ export interface StreamError {
     | "ClosedEarly" // the tunnel ended before both sides had finished
     | "Aborted" // the application destroyed the stream
     | "WriteAfterEnd" // (misuse) the application wrote after ending its half
+    | "PeerError" // the peer ended the stream with an error (its code in `peerCode`)
   readonly message: string
+  /** For "PeerError": the code the peer sent (StreamErrorCode, or one this version does not know). */
+  readonly peerCode?: string | undefined
+}
+
+/**
+ * Why a side ended its stream with an error, as sent to the other side:
+ * - "local-refused": its local TCP service refused the connection (a
+ *   listener's --forward target is down);
+ * - "local-reset": its local TCP connection was reset or failed midway;
+ * - "aborted": its application closed the stream without ending it.
+ * A receiver shows codes it does not know as they are.
+ */
+export type StreamErrorCode = "local-refused" | "local-reset" | "aborted"
+
+/** What a side tells its peer when it ends the stream with an error. */
+export interface StreamErrorReport {
+  readonly code: StreamErrorCode
+  /** A short text for people, e.g. the system's error code (ECONNREFUSED); may be empty. */
+  readonly text: string
+}
+
+/** The first bytes of a stream error message: 0x00, then ASCII "offset-relay error:". */
+export const STREAM_ERROR_PREFIX: Uint8Array = new Uint8Array([0, ...new TextEncoder().encode("offset-relay error:")])
+
+/** Largest stream error message; a longer text is cut. */
+export const MAX_STREAM_ERROR_BYTES = 1024
+
+/** The message that ends a stream with `report` (see the module header). */
+export const encodeStreamError = (report: StreamErrorReport): Uint8Array => {
+  const encoder = new TextEncoder()
+  const head = encoder.encode(`${report.code} `)
+  const room = MAX_STREAM_ERROR_BYTES - STREAM_ERROR_PREFIX.length - head.length
+  let text = encoder.encode(report.text)
+  if (text.length > room) {
+    // Cut on a character boundary: drop UTF-8 continuation bytes at the cut.
+    let end = room
+    while (end > 0 && (text[end]! & 0xc0) === 0x80) end--
+    text = text.subarray(0, end)
+  }
+  const out = new Uint8Array(STREAM_ERROR_PREFIX.length + head.length + text.length)
+  out.set(STREAM_ERROR_PREFIX, 0)
+  out.set(head, STREAM_ERROR_PREFIX.length)
+  out.set(text, STREAM_ERROR_PREFIX.length + head.length)
+  return out
+}
+
+/** True when a received message is a stream error message. */
+export const isStreamError = (data: Uint8Array): boolean => startsWithPrefix(data)
+
+/**
+ * Reads a stream error message: its code and text. A message that has the
+ * prefix but no valid code still ends the stream, with code "unknown".
+ */
+export const decodeStreamError = (data: Uint8Array): { readonly code: string; readonly text: string } => {
+  const rest = new TextDecoder("utf-8", { fatal: false }).decode(
+    data.subarray(STREAM_ERROR_PREFIX.length, MAX_STREAM_ERROR_BYTES)
+  )
+  const match = /^([a-z0-9-]{1,32}) ?([\s\S]*)$/.exec(rest)
+  // Control characters would let a peer draw on our terminal.
+  const clean = (text: string) => text.replace(/[\u0000-\u001f\u007f]/g, " ").trim()
+  return match === null ? { code: "unknown", text: clean(rest) } : { code: match[1]!, text: clean(match[2]!) }
+}
+
+/** How a peer's stream error reads to our user. */
+export const describeStreamError = (code: string, text: string): string => {
+  const detail = text === "" ? "" : ` (${text})`
+  switch (code) {
+    case "local-refused":
+      return `the peer's local service refused the connection${detail}`
+    case "local-reset":
+      return `the peer's local connection was reset or failed${detail}`
+    case "aborted":
+      return `the peer aborted the stream${detail}`
+    default:
+      return `the peer ended the stream with an error: ${code}${detail}`
+  }
+}
+
+const startsWithPrefix = (data: Uint8Array): boolean => {
+  if (data.length < STREAM_ERROR_PREFIX.length) return false
+  for (let i = 0; i < STREAM_ERROR_PREFIX.length; i++) if (data[i] !== STREAM_ERROR_PREFIX[i]) return false
+  return true
 }
 
 /** The whole state of one stream. */
@@ -56,12 +155,13 @@ export type StreamEvent =
   | { readonly _tag: "EndSent" }
   | { readonly _tag: "Received"; readonly data: Uint8Array }
   | { readonly _tag: "ChannelEnded"; readonly message: string }
-  | { readonly _tag: "Abort"; readonly message: string }
+  | { readonly _tag: "Abort"; readonly message: string; readonly tell?: StreamErrorReport | undefined }
 
 /** What the adapter must do, in order. */
 export type StreamCommand =
   | { readonly _tag: "Send"; readonly data: Uint8Array }
   | { readonly _tag: "SendEnd" }
+  | { readonly _tag: "SendError"; readonly data: Uint8Array }
   | { readonly _tag: "Deliver"; readonly data: Uint8Array }
   | { readonly _tag: "DeliverEnd" }
   | { readonly _tag: "Finish" }
@@ -106,7 +206,13 @@ export const stepStream = (
       const commands: Array<StreamCommand> = []
       const max = config.maxMessageBytes
       for (let offset = 0; offset < event.data.length; offset += max) {
-        commands.push({ _tag: "Send", data: event.data.subarray(offset, Math.min(offset + max, event.data.length)) })
+        const piece = event.data.subarray(offset, Math.min(offset + max, event.data.length))
+        if (startsWithPrefix(piece)) {
+          // Never a data message that reads as a stream error (module header).
+          commands.push({ _tag: "Send", data: piece.subarray(0, 1) }, { _tag: "Send", data: piece.subarray(1) })
+        } else {
+          commands.push({ _tag: "Send", data: piece })
+        }
       }
       return [state, commands]
     }
@@ -119,6 +225,10 @@ export const stepStream = (
       return next.receiving === "ended" ? finish(next, []) : [next, noCommands]
     }
     case "Received": {
+      if (startsWithPrefix(event.data)) {
+        const { code, text } = decodeStreamError(event.data)
+        return fail(state, [], "PeerError", describeStreamError(code, text), code)
+      }
       if (state.receiving === "ended") {
         return fail(state, [], "DataAfterEnd", `the peer sent ${event.data.length} bytes after it had ended its half of the stream`)
       }
@@ -134,7 +244,12 @@ export const stepStream = (
       return fail(state, [], "ClosedEarly", `the tunnel closed before the stream ended (${unfinished}): ${event.message}`)
     }
     case "Abort":
-      return fail(state, [], "Aborted", event.message)
+      return fail(
+        state,
+        event.tell === undefined ? [] : [{ _tag: "SendError", data: encodeStreamError(event.tell) }],
+        "Aborted",
+        event.message
+      )
     default:
       return absurd(event)
   }
@@ -159,9 +274,12 @@ const fail = (
   state: StreamState,
   commands: Array<StreamCommand>,
   reason: StreamError["reason"],
-  message: string
+  message: string,
+  peerCode?: string
 ): readonly [StreamState, ReadonlyArray<StreamCommand>] => {
-  const error: StreamError = { _tag: "StreamError", reason, message }
+  const error: StreamError = peerCode === undefined
+    ? { _tag: "StreamError", reason, message }
+    : { _tag: "StreamError", reason, message, peerCode }
   commands.push({ _tag: "Fail", error })
   return [{ ...state, outcome: { _tag: "Failed", error } }, commands]
 }

@@ -3,45 +3,18 @@
  * argument checks, identity loading, progress lines on stderr, and piping a
  * tunnel to a local TCP connection with TCP's half close.
  *
- * Exit codes (scripts may rely on them):
- *   0  done: `connect` carried its stream to both ends; a signal stopped a long-running command
- *   1  a tunnel failed after it was established, or an unexpected error
- *   2  usage: a bad flag, relay address or key
- *   3  the identity file is missing, unreadable or malformed
- *   4  the peer could not be reached: rejected, not listening, relays unreachable, or timed out
- *   5  authentication failed: a relay or the peer did not prove its key (possible attack)
- *   130 interrupted (SIGINT or SIGTERM) while `connect` carried stdin/stdout
+ * Exit codes: src/adapters/cli/exit-codes.ts (one table for every command).
  */
 import type * as Net from "node:net"
 import { ConnectError, readIdentity } from "../client/index.ts"
-import type { PeerDuplex } from "../client/tunnel-stream.ts"
+import { type PeerDuplex, PeerStreamError, StreamAbort } from "../client/tunnel-stream.ts"
 import type { Identity } from "../identity.ts"
 import { parsePublicKeyHex, shortKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, relayHostPort, type RelayAddress } from "../../core/relay-address.ts"
+import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
 import { helpText, type OptionSpec, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
 
-/** Exit codes of the client commands (table in the module header). */
-export const ExitCode = {
-  Ok: 0,
-  Failed: 1,
-  Usage: 2,
-  Identity: 3,
-  Unreachable: 4,
-  Authentication: 5,
-  Interrupted: 130
-} as const
-
-/** The exit code table of both commands' --help. */
-const exitCodeHelp = [
-  "exit codes:",
-  "  0  done (connect: both sides finished; a signal stopped a long-running command)",
-  "  1  a tunnel failed after it was established, or an unexpected error",
-  "  2  usage: a bad flag, relay address or key",
-  "  3  the identity file is missing, unreadable or malformed",
-  "  4  the peer could not be reached: rejected, not listening, relays unreachable, or timed out",
-  "  5  authentication failed: a relay or the peer did not prove its key (possible attack)",
-  "  130 interrupted (connect with stdin/stdout)"
-].join("\n")
+export { ExitCode } from "./exit-codes.ts"
 
 /** The --identity flag of both commands. */
 export const identityOption: OptionSpec = {
@@ -51,7 +24,7 @@ export const identityOption: OptionSpec = {
 }
 
 /** The --tick-ms flag of both commands. */
-export const tickOption: OptionSpec = { type: "integer", default: 1000, value: "MS", help: "milliseconds per keepalive tick" }
+export const tickOption: OptionSpec = { type: "integer", default: 1000, min: 1, value: "MS", help: "milliseconds per keepalive tick" }
 
 /** The --quiet flag of both commands. */
 export const quietOption: OptionSpec = { type: "boolean", short: "q", help: "print only errors" }
@@ -84,9 +57,8 @@ export const parseCommand = <S extends object>(
     if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
     const o = parsed.options
     const identityPath = o.identity as string | undefined
-    if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with offset-relay keygen)")
+    if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with: offset-relay keygen --out FILE)")
     const tickMs = o["tick-ms"] as number
-    if (tickMs < 1) throw new UsageError("--tick-ms must be at least 1")
     return read(o, { identityPath, tickMs, quiet: o.quiet === true })
   } catch (error) {
     if (error instanceof UsageError) {
@@ -142,6 +114,10 @@ export const say = (command: string, line: string): void => {
   process.stderr.write(`offset-relay ${command}: ${line}\n`)
 }
 
+/** The exit code of a tunnel that failed after it was established: the peer's error, or the relay's side. */
+export const tunnelExitCode = (error: unknown): number =>
+  error instanceof PeerStreamError && error.reason === "PeerError" ? ExitCode.PeerError : ExitCode.Failed
+
 /** The exit code for a failed connect. */
 export const connectExitCode = (error: unknown): number =>
   error instanceof ConnectError
@@ -159,24 +135,38 @@ export interface PipeCounts {
 /**
  * Pipes a tunnel and a local TCP socket both ways with half close (each
  * side's end becomes the other's end) and resolves once both directions are
- * done, or rejects with the first error after destroying both.
- * The local socket must have been made with `allowHalfOpen: true`.
+ * done, or rejects with the first error after destroying both. When the
+ * local side fails, the peer is told so (a stream error: our local service
+ * refused, or our local connection was reset), so it does not blame the
+ * relay. The local socket must have been made with `allowHalfOpen: true`.
  */
 export const pipeBothWays = (tunnel: PeerDuplex, local: Net.Socket): Promise<PipeCounts> =>
   new Promise((resolve, reject) => {
     const counts: PipeCounts = { fromPeer: 0, toPeer: 0 }
     let settled = false
-    const fail = (error: Error) => {
+    let localConnected = !local.connecting
+    local.once("connect", () => (localConnected = true))
+    const fail = (error: Error, tell?: StreamAbort) => {
       if (settled) return
       settled = true
-      tunnel.destroy()
+      tunnel.destroy(tell)
       local.destroy()
       reject(error)
     }
+    const localFailed = (error: NodeJS.ErrnoException) => {
+      const code = error.code ?? "error"
+      const tell = localConnected
+        ? new StreamAbort("local-reset", code)
+        : new StreamAbort("local-refused", code)
+      fail(
+        new Error(localConnected ? `the local connection failed: ${error.message}` : `the local service refused: ${error.message}`),
+        tell
+      )
+    }
     tunnel.on("data", (chunk: Buffer) => (counts.fromPeer += chunk.length))
     local.on("data", (chunk: Buffer) => (counts.toPeer += chunk.length))
-    tunnel.on("error", fail)
-    local.on("error", fail)
+    tunnel.on("error", (error) => fail(error))
+    local.on("error", localFailed)
     tunnel.pipe(local)
     local.pipe(tunnel)
     // A side that closes before its readable end was read ended early (a
@@ -184,13 +174,12 @@ export const pipeBothWays = (tunnel: PeerDuplex, local: Net.Socket): Promise<Pip
     let closed = 0
     const onClose = (stream: "tunnel" | "local", ended: boolean) => {
       if (!ended) {
-        return fail(
-          new Error(
-            stream === "tunnel"
-              ? "the tunnel closed before the peer finished"
-              : "the local connection closed before it finished"
+        return stream === "tunnel"
+          ? fail(new Error("the tunnel closed before the peer finished"))
+          : fail(
+            new Error("the local connection closed before it finished"),
+            new StreamAbort("local-reset", "closed before it finished")
           )
-        )
       }
       if (++closed === 2 && !settled) {
         settled = true

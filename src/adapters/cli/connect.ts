@@ -30,8 +30,10 @@ import {
   relaysOf,
   say,
   tickOption,
+  tunnelExitCode,
   untilStopSignal
 } from "./client-common.ts"
+import { describeListenFailure, errorCode } from "./listen-error.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
@@ -40,6 +42,7 @@ const table: OptionTable = {
   to: { type: "string", value: "KEY", help: "the peer's public key (hex); required" },
   "local-port": {
     type: "integer",
+    max: 65535,
     value: "PORT",
     help: "listen here and carry each connection to the peer (0 picks a port); without it: stdin/stdout"
   },
@@ -47,6 +50,7 @@ const table: OptionTable = {
   "timeout-ms": {
     type: "integer",
     default: DEFAULT_CONNECT_TIMEOUT_MS,
+    min: 1,
     value: "MS",
     help: "give up reaching the peer after this long"
   },
@@ -86,9 +90,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     const toText = o.to as string | undefined
     if (toText === undefined) throw new UsageError("--to KEY is required: the public key of the peer to reach")
     const localPort = o["local-port"] as number | undefined
-    if (localPort !== undefined && localPort > 65535) throw new UsageError(`--local-port ${localPort} is not a TCP port`)
     const timeoutMs = o["timeout-ms"] as number
-    if (timeoutMs < 1) throw new UsageError("--timeout-ms must be at least 1")
     return {
       ...common,
       relays,
@@ -152,7 +154,7 @@ const carryStdio = async (settings: Settings, identity: Identity): Promise<numbe
     const onInterrupt = () => finish(ExitCode.Interrupted, "interrupted")
     process.once("SIGINT", onInterrupt)
     process.once("SIGTERM", onInterrupt)
-    tunnel.on("error", (error) => finish(ExitCode.Failed, `the tunnel failed: ${error.message}`))
+    tunnel.on("error", (error) => finish(tunnelExitCode(error), `the tunnel failed: ${error.message}`))
     stdout.on("error", (error) => finish(ExitCode.Failed, `cannot write to stdout: ${error.message}`))
     stdin.on("error", (error) => finish(ExitCode.Failed, `cannot read stdin: ${error.message}`))
     tunnel.pipe(stdout, { end: false })
@@ -218,8 +220,17 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
     server.listen(localPort, settings.localHost, () => resolve(server.address() as Net.AddressInfo))
   })
   if (bound instanceof Error) {
-    say("connect", `cannot listen on ${settings.localHost}:${localPort}: ${bound.message}`)
-    return ExitCode.Usage
+    say(
+      "connect",
+      describeListenFailure(
+        errorCode(bound),
+        settings.localHost,
+        localPort,
+        { port: "--local-port", host: "--local-host" },
+        bound.message
+      )
+    )
+    return ExitCode.LocalAddress
   }
   const address = bound.family === "IPv6" ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`
   process.stdout.write(`${address}\n`)

@@ -5,9 +5,10 @@
 import * as NodePath from "node:path"
 import * as Effect from "effect/Effect"
 import { bytesToHex } from "../../core/keys.ts"
-import { generateIdentity, writeIdentityFile } from "../identity.ts"
+import { generateIdentity, shellQuote, writeIdentityFile } from "../identity.ts"
 import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
-import { runProgram } from "./runtime.ts"
+import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
+import { CliError, runProgram } from "./runtime.ts"
 import { defaultDataDir } from "./serve.ts"
 
 const table: OptionTable = {
@@ -27,14 +28,13 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`offset-relay keygen: ${error.message}\nRun 'offset-relay keygen --help' for the options.\n`)
-      return 2
+      return ExitCode.Usage
     }
     throw error
   }
   if (parsed.help) {
     process.stdout.write(
-      helpText("offset-relay keygen [--out FILE]", "Writes a new Ed25519 identity and prints its public key.", table) +
-        "\n"
+      `${helpText("offset-relay keygen [--out FILE]", "Writes a new Ed25519 identity and prints its public key.", table)}\n\n${exitCodeHelp}\n`
     )
     return 0
   }
@@ -42,10 +42,25 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     NodePath.join((parsed.options["data-dir"] as string | undefined) ?? defaultDataDir(), "identity.key")
   const program = Effect.gen(function*() {
     const identity = yield* generateIdentity
-    yield* writeIdentityFile(out, identity, { overwrite: parsed.options.force === true })
+    yield* writeIdentityFile(out, identity, { overwrite: parsed.options.force === true }).pipe(
+      Effect.mapError((error) =>
+        new CliError(
+          error.reason === "Exists"
+            ? `identity file ${out} already exists; refusing to overwrite it, since peers may know its key. To replace it (its old identity is lost): offset-relay keygen --out ${shellQuote(out)} --force`
+            : error.message,
+          ExitCode.Identity
+        )
+      )
+    )
     process.stdout.write(`${bytesToHex(identity.publicKey)}\n`)
     process.stderr.write(`wrote ${out}\n`)
     return 0
   })
-  return runProgram(program, { logLevel: "warn", logFormat: "pretty", describeError: (error) => error.message })
+  return runProgram(program, {
+    logLevel: "warn",
+    logFormat: "pretty",
+    describeError: (error) => error.message,
+    exitCodeOf: (error) => error.exitCode,
+    command: "keygen"
+  })
 }

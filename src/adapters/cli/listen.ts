@@ -159,6 +159,9 @@ const describeStatus = (status: RelayStatus): string => {
     case "listening":
       return `${relay}: listening`
     case "backing-off":
+      if (status.displaced === true) {
+        return `${relay}: standing back, retry in ${((status.retryInMs ?? 0) / 1000).toFixed(1)} s: ${status.lastError ?? "displaced"}`
+      }
       return `${relay}: backing off, retry in ${((status.retryInMs ?? 0) / 1000).toFixed(1)} s (failure ${status.failures}): ${status.lastError ?? "unknown error"}`
     default:
       return absurd(status.state)

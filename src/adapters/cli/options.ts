@@ -16,6 +16,10 @@ export interface OptionSpec {
   /** Placeholder shown in help, e.g. FILE. */
   readonly value?: string
   readonly short?: string
+  /** Integers: smallest allowed value (default 0). */
+  readonly min?: number
+  /** Integers: largest allowed value, e.g. 65535 for a port. */
+  readonly max?: number
 }
 
 /** Every flag of a command, by name (without the leading dashes). */
@@ -65,7 +69,7 @@ export const parseOptions = (
   }
   let parsed
   try {
-    parsed = parseArgs({ args: [...args], options: config, allowPositionals: true, strict: true })
+    parsed = parseArgs({ args: joinNegativeValues(args, table), options: config, allowPositionals: true, strict: true })
   } catch (error) {
     throw new UsageError(error instanceof Error ? error.message.split("\n")[0]! : String(error))
   }
@@ -102,14 +106,37 @@ const convert = (name: string, spec: OptionSpec, raw: unknown, fromEnv: string |
     case "integer": {
       const text = (raw as string | undefined) ?? fromEnv
       if (text === undefined) return spec.default as number | undefined
+      const min = spec.min ?? 0
+      const range = spec.max === undefined ? `at least ${min}` : `${min}..${spec.max}`
       if (!/^\d+$/.test(text.trim())) {
-        throw new UsageError(`--${name} must be a non-negative integer, got '${text}'`)
+        throw new UsageError(`--${name} must be a whole number ${range}, got '${text}'`)
       }
       const value = Number(text.trim())
-      if (!Number.isSafeInteger(value)) throw new UsageError(`--${name} is too large: ${text}`)
+      if (!Number.isSafeInteger(value) || value < min || (spec.max !== undefined && value > spec.max)) {
+        throw new UsageError(`--${name} must be a whole number ${range}, got ${text.trim()}`)
+      }
       return value
     }
   }
+}
+
+// `--port -5` would make parseArgs complain that the value is "ambiguous"
+// (it looks like a flag); a dash and a digit after a flag that takes a value
+// is that flag's value, which the integer check then refuses by name.
+const joinNegativeValues = (args: ReadonlyArray<string>, table: OptionTable): Array<string> => {
+  const out: Array<string> = []
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    const spec = arg.startsWith("--") && !arg.includes("=") ? table[arg.slice(2)] : undefined
+    const next = args[i + 1]
+    if (spec !== undefined && spec.type !== "boolean" && next !== undefined && /^-\d/.test(next)) {
+      out.push(`${arg}=${next}`)
+      i++
+    } else {
+      out.push(arg)
+    }
+  }
+  return out
 }
 
 // A list flag may be repeated or given comma/space separated (handy in env vars).

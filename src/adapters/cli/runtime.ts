@@ -37,10 +37,28 @@ export const checkLogOptions = (level: string, format: string): void => {
   }
 }
 
+/** A command's failure, reported as one line with its exit code (exit-codes.ts). */
+export class CliError extends Error {
+  readonly _tag = "CliError"
+  readonly exitCode: number
+  constructor(message: string, exitCode: number) {
+    super(message)
+    this.exitCode = exitCode
+  }
+}
+
 /** Runs a command's program; resolves with its exit code (failures are printed as one line on stderr). */
 export const runProgram = async <E>(
   program: Effect.Effect<number, E, Crypto | FileSystem.FileSystem>,
-  options: { readonly logLevel: string; readonly logFormat: string; readonly describeError: (error: E) => string }
+  options: {
+    readonly logLevel: string
+    readonly logFormat: string
+    readonly describeError: (error: E) => string
+    /** The exit code of a failure (default 1); see exit-codes.ts. */
+    readonly exitCodeOf?: (error: E) => number
+    /** The subcommand, named at the start of an error line. */
+    readonly command?: string
+  }
 ): Promise<number> => {
   const logger = options.logFormat === "json"
     ? Logger.withConsoleError(Logger.formatJson)
@@ -55,8 +73,8 @@ export const runProgram = async <E>(
   if (Exit.isSuccess(exit)) return exit.value
   for (const reason of exit.cause.reasons) {
     if (reason._tag === "Fail") {
-      process.stderr.write(`offset-relay: ${options.describeError(reason.error)}\n`)
-      return 1
+      process.stderr.write(`offset-relay${options.command === undefined ? "" : ` ${options.command}`}: ${options.describeError(reason.error)}\n`)
+      return options.exitCodeOf?.(reason.error) ?? 1
     }
   }
   process.stderr.write(`offset-relay: unexpected failure\n${String(exit.cause)}\n`)

@@ -14,12 +14,15 @@ import * as Exit from "effect/Exit"
 import * as FileSystem from "effect/FileSystem"
 import { parseAllowList } from "../../core/allow-list.ts"
 import { checkPrefixLengths } from "../../core/address-prefix.ts"
-import { checkRelayConfig, defaultRelayConfig } from "../../core/relay-core.ts"
+import { LOG_KEYS_MODES, parseLogKeys } from "../../core/log-keys.ts"
+import { checkRelayConfig, defaultRelayConfig, type RelayConfig } from "../../core/relay-core.ts"
 import { loadOrCreateIdentity } from "../identity.ts"
 import { serveMetrics } from "../metrics-http.ts"
+import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
+import { describeListenFailure, errorCode, probeListen } from "./listen-error.ts"
 import { defaultRelayServerOptions, makeRelayServer, type RelayServerOptions } from "../relay-server.ts"
-import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
-import { checkLogOptions, runProgram } from "./runtime.ts"
+import { helpText, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
+import { checkLogOptions, CliError, runProgram } from "./runtime.ts"
 
 /** The default data directory: $XDG_DATA_HOME/offset-relay, else ~/.local/share/offset-relay. */
 export const defaultDataDir = (): string =>
@@ -29,14 +32,14 @@ const serverDefaults = defaultRelayServerOptions({ seed: new Uint8Array(32), pub
 
 const table: OptionTable = {
   host: { type: "string", default: serverDefaults.host, value: "HOST", help: "address to listen on" },
-  port: { type: "integer", default: serverDefaults.port, value: "PORT", help: "TCP port to listen on (0 picks one)" },
+  port: { type: "integer", default: serverDefaults.port, max: 65535, value: "PORT", help: "TCP port to listen on (0 picks one)" },
   identity: {
     type: "string",
     value: "FILE",
     help: "identity key file (default: DATA_DIR/identity.key, created on first start)"
   },
   "data-dir": { type: "string", value: "DIR", help: `where the default identity lives (default ${defaultDataDir()})` },
-  "tick-ms": { type: "integer", default: serverDefaults.tickMs, value: "MS", help: "milliseconds per protocol tick" },
+  "tick-ms": { type: "integer", default: serverDefaults.tickMs, min: 1, value: "MS", help: "milliseconds per protocol tick" },
   "max-connections": {
     type: "integer",
     default: defaultRelayConfig.maxConnections,
@@ -158,18 +161,31 @@ const table: OptionTable = {
     value: "FILE",
     help: "only these client keys (one hex key per line) may use the relay; reloaded on SIGHUP"
   },
-  "rate-limit": { type: "integer", value: "BYTES_PER_S", help: "per client key read rate (off when unset)" },
+  "rate-limit": { type: "integer", min: 1, value: "BYTES_PER_S", help: "per client key read rate (off when unset)" },
   "rate-burst": { type: "integer", value: "BYTES", help: "burst allowed above --rate-limit (default: one second's worth)" },
   "drain-ms": { type: "integer", default: 10_000, value: "MS", help: "on SIGINT/SIGTERM, time tunnels may drain" },
-  "metrics-port": { type: "integer", value: "PORT", help: "serve /metrics and /healthz on this port (off when unset)" },
+  "metrics-port": { type: "integer", max: 65535, value: "PORT", help: "serve /metrics and /healthz on this port (off when unset)" },
   "metrics-host": { type: "string", default: "127.0.0.1", value: "HOST", help: "address for the metrics endpoint" },
   "log-level": { type: "string", default: "info", value: "LEVEL", help: "debug, info, warn, error or none" },
-  "log-format": { type: "string", default: "pretty", value: "FORMAT", help: "pretty (logfmt) or json" }
+  "log-format": { type: "string", default: "pretty", value: "FORMAT", help: "pretty (logfmt) or json" },
+  "log-keys": {
+    type: "string",
+    default: "short",
+    value: "HOW",
+    help: "client keys in log lines: short (first 8 hex digits) or full"
+  }
 }
 
 const usage = "offset-relay serve [options]"
 const description =
   "Runs a relay. Once listening it prints its address, <public key hex>@<host>:<port>, on stdout."
+
+/** Fails with the cause and the flag to change when host:port cannot be listened on now. */
+const checkPort = (host: string, port: number, flags: { readonly port: string; readonly host: string }) =>
+  Effect.flatMap(Effect.promise(() => probeListen(host, port)), (error) =>
+    error === undefined
+      ? Effect.void
+      : Effect.fail(new CliError(describeListenFailure(errorCode(error), host, port, flags, error.message), ExitCode.LocalAddress)))
 
 /** Entry point of `offset-relay serve`. */
 export const run = async (args: ReadonlyArray<string>): Promise<number> => {
@@ -177,15 +193,22 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   try {
     parsed = parseOptions(args, table)
     if (parsed.help) {
-      process.stdout.write(helpText(usage, description, table) + "\n")
+      process.stdout.write(`${helpText(usage, description, table)}\n\n${exitCodeHelp}\n`)
       return 0
     }
     if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
     checkLogOptions(parsed.options["log-level"] as string, parsed.options["log-format"] as string)
+    if (parseLogKeys(parsed.options["log-keys"] as string) === undefined) {
+      throw new UsageError(`--log-keys must be one of ${LOG_KEYS_MODES.join(", ")}; got '${parsed.options["log-keys"]}'`)
+    }
+    const prefixError = checkPrefixLengths(prefixLengthsOf(parsed.options))
+    if (prefixError !== undefined) throw new UsageError(`--ipv4-prefix-length/--ipv6-prefix-length: ${prefixError}`)
+    const configError = checkRelayConfig(coreConfigOf(parsed.options))
+    if (configError !== undefined) throw new UsageError(`invalid limit: ${configError.message}`)
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`offset-relay serve: ${error.message}\nRun 'offset-relay serve --help' for the options.\n`)
-      return 2
+      return ExitCode.Usage
     }
     throw error
   }
@@ -195,72 +218,84 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   const identityPath = (o.identity as string | undefined) ?? NodePath.join(dataDir, "identity.key")
   const allowKeysPath = o["allow-keys"] as string | undefined
   const rate = o["rate-limit"] as number | undefined
-  // Wall-clock flags become whole ticks, rounded up: the core counts in ticks.
-  const ticksOf = (ms: number) => Math.ceil(ms / Math.max(1, int("tick-ms")))
+  // Checked above. The relay server writes client keys in its log lines this way.
+  const logKeys = parseLogKeys(o["log-keys"] as string)!
+  const host = o.host as string
+  const port = int("port")
 
   const readAllowList = (path: string) =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
       const text = yield* fs.readFileString(path).pipe(
-        Effect.mapError((error) => new CliError(`cannot read allow-keys file ${path}: ${error.message}`))
+        Effect.mapError((error) => new CliError(`cannot read allow-keys file ${path}: ${error.message}`, ExitCode.Usage))
       )
       const keys = parseAllowList(text)
-      if ("_tag" in keys) return yield* Effect.fail(new CliError(`allow-keys file ${path}, ${keys.message}`))
+      if ("_tag" in keys) return yield* Effect.fail(new CliError(`allow-keys file ${path}, ${keys.message}`, ExitCode.Usage))
       return keys
     })
 
   const program = Effect.scoped(
     Effect.gen(function*() {
-      const identity = yield* loadOrCreateIdentity(identityPath).pipe(
-        Effect.mapError((error) => new CliError(error.message))
-      )
+      // Every input is checked before the identity is read or created: the
+      // allow-list, and whether the ports can be opened at all (the servers
+      // below still report a port taken in between).
       const allowList = allowKeysPath === undefined ? undefined : yield* readAllowList(allowKeysPath)
+      yield* checkPort(host, port, { port: "--port", host: "--host" })
+      if (o["metrics-port"] !== undefined) {
+        yield* checkPort(o["metrics-host"] as string, o["metrics-port"] as number, {
+          port: "--metrics-port",
+          host: "--metrics-host"
+        })
+      }
+      const identity = yield* loadOrCreateIdentity(identityPath).pipe(
+        Effect.mapError((error) => new CliError(error.message, ExitCode.Identity))
+      )
       const options: RelayServerOptions = {
         ...defaultRelayServerOptions(identity),
-        host: o.host as string,
-        port: int("port"),
+        logKeys,
+        host,
+        port,
         tickMs: int("tick-ms"),
         keepaliveTicks: int("keepalive-ticks"),
-        prefixLengths: { ipv4: int("ipv4-prefix-length"), ipv6: int("ipv6-prefix-length") },
-        core: {
-          ...defaultRelayConfig,
-          maxConnections: int("max-connections"),
-          maxConnectionsPerPrefix: (o["max-connections-per-ip"] as number | undefined) ?? int("max-connections-per-prefix"),
-          maxConnectionsPerKey: int("max-connections-per-key"),
-          maxHandshakes: int("max-handshakes"),
-          maxHandshakesPerPrefix: (o["max-handshakes-per-ip"] as number | undefined) ?? int("max-handshakes-per-prefix"),
-          maxUnidentifiedPerPrefix: int("max-unidentified-per-prefix"),
-          handshakeRatePerPrefix: int("handshake-rate-per-prefix"),
-          handshakeBurstPerPrefix: int("handshake-burst-per-prefix"),
-          maxBufferedBytes: int("max-buffered-bytes"),
-          stuckTunnelTicks: int("stuck-tunnel-ticks"),
-          // The one handshake deadline, in whole ticks.
-          handshakeTimeoutTicks: ticksOf(int("handshake-timeout-ms")),
-          helloTimeoutTicks: ticksOf(int("hello-timeout-ms")),
-          initTimeoutTicks: int("init-timeout-ticks"),
-          halfTunnelTicks: int("half-tunnel-ticks"),
-          maxPendingHalfTunnelsPerListener: int("max-pending-per-listener"),
-          maxUnidentified: int("max-unidentified"),
-          // --drain-ms is the one drain deadline: the core's own must not end it sooner.
-          shutdownDrainTicks: ticksOf(int("drain-ms")) + 1,
-          allowList
-        },
+        prefixLengths: prefixLengthsOf(o),
+        core: { ...coreConfigOf(o), allowList },
         rateLimit: rate === undefined
           ? undefined
           : { bytesPerSecond: rate, burstBytes: (o["rate-burst"] as number | undefined) ?? rate }
       }
-      if (options.tickMs < 1) return yield* Effect.fail(new CliError("--tick-ms must be at least 1"))
-      const prefixError = checkPrefixLengths(options.prefixLengths)
-      if (prefixError !== undefined) return yield* Effect.fail(new CliError(`--ipv4-prefix-length/--ipv6-prefix-length: ${prefixError}`))
-      const configError = checkRelayConfig(options.core)
-      if (configError !== undefined) return yield* Effect.fail(new CliError(`invalid limit: ${configError.message}`))
-      if (rate !== undefined && rate < 1) return yield* Effect.fail(new CliError("--rate-limit must be at least 1"))
-      const server = yield* makeRelayServer(options).pipe(Effect.mapError((error) => new CliError(error.message)))
+      // The system's reason, from the error's cause when it carries one,
+      // else from a second try on the same address (the error says "Open").
+      const server = yield* makeRelayServer(options).pipe(
+        Effect.catch((error) =>
+          Effect.flatMap(
+            errorCode(error) === undefined ? Effect.promise(() => probeListen(host, port)) : Effect.succeed(error),
+            (cause) =>
+              Effect.fail(
+                new CliError(
+                  describeListenFailure(errorCode(cause), host, port, { port: "--port", host: "--host" }, error.message),
+                  ExitCode.LocalAddress
+                )
+              )
+          )
+        )
+      )
       let stopping = false
       const metricsPort = o["metrics-port"] as number | undefined
+      const metricsHost = o["metrics-host"] as string
       if (metricsPort !== undefined) {
-        const bound = yield* serveMetrics(server.metrics, o["metrics-host"] as string, metricsPort, () => !stopping).pipe(
-          Effect.mapError((error) => new CliError(error.message))
+        const bound = yield* serveMetrics(server.metrics, metricsHost, metricsPort, () => !stopping).pipe(
+          Effect.mapError((error) =>
+            new CliError(
+              describeListenFailure(
+                errorCode(error),
+                metricsHost,
+                metricsPort,
+                { port: "--metrics-port", host: "--metrics-host" },
+                error.message
+              ),
+              ExitCode.LocalAddress
+            )
+          )
         )
         yield* Effect.logInfo("metrics endpoint listening").pipe(
           Effect.annotateLogs({ url: `http://${o["metrics-host"]}:${bound}/metrics` })
@@ -280,10 +315,15 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
       )
 
       // SIGHUP reloads the allow-list; a bad file keeps the old list.
-      const fs = yield* FileSystem.FileSystem
+      // Run with this program's services, so the reload is logged by the same
+      // logger (stderr, --log-format, --log-level) as everything else.
+      const services = yield* Effect.context<FileSystem.FileSystem>()
       const onHangup = () => {
-        if (allowKeysPath === undefined) return
-        Effect.runFork(
+        if (allowKeysPath === undefined) {
+          Effect.runForkWith(services)(Effect.logInfo("SIGHUP: nothing to reload (no --allow-keys)"))
+          return
+        }
+        Effect.runForkWith(services)(
           readAllowList(allowKeysPath).pipe(
             Effect.flatMap((keys) =>
               Effect.andThen(
@@ -291,8 +331,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
                 Effect.logInfo("allow-list reloaded").pipe(Effect.annotateLogs({ keys: keys.size }))
               )
             ),
-            Effect.catch((error) => Effect.logWarning(`allow-list not reloaded: ${error.message}`)),
-            Effect.provideService(FileSystem.FileSystem, fs)
+            Effect.catch((error) => Effect.logWarning(`allow-list not reloaded: ${error.message}`))
           )
         )
       }
@@ -312,11 +351,40 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   return runProgram(program, {
     logLevel: o["log-level"] as string,
     logFormat: o["log-format"] as string,
-    describeError: (error) => error.message
+    describeError: (error) => error.message,
+    exitCodeOf: (error) => error.exitCode,
+    command: "serve"
   })
 }
 
-/** A failure the CLI reports as one line. */
-class CliError extends Error {
-  readonly _tag = "CliError"
+// The flags' prefix lengths and relay core config (without the allow-list),
+// built once for the checks before the identity and once for the server.
+const prefixLengthsOf = (o: ParsedOptions) => ({ ipv4: o["ipv4-prefix-length"] as number, ipv6: o["ipv6-prefix-length"] as number })
+
+const coreConfigOf = (o: ParsedOptions): RelayConfig => {
+  const int = (name: string) => o[name] as number
+  // Wall-clock flags become whole ticks, rounded up: the core counts in ticks.
+  const ticksOf = (ms: number) => Math.ceil(ms / Math.max(1, int("tick-ms")))
+  return {
+    ...defaultRelayConfig,
+    maxConnections: int("max-connections"),
+    maxConnectionsPerPrefix: (o["max-connections-per-ip"] as number | undefined) ?? int("max-connections-per-prefix"),
+    maxConnectionsPerKey: int("max-connections-per-key"),
+    maxHandshakes: int("max-handshakes"),
+    maxHandshakesPerPrefix: (o["max-handshakes-per-ip"] as number | undefined) ?? int("max-handshakes-per-prefix"),
+    maxUnidentifiedPerPrefix: int("max-unidentified-per-prefix"),
+    handshakeRatePerPrefix: int("handshake-rate-per-prefix"),
+    handshakeBurstPerPrefix: int("handshake-burst-per-prefix"),
+    maxBufferedBytes: int("max-buffered-bytes"),
+    stuckTunnelTicks: int("stuck-tunnel-ticks"),
+    // The one handshake deadline, in whole ticks.
+    handshakeTimeoutTicks: ticksOf(int("handshake-timeout-ms")),
+    helloTimeoutTicks: ticksOf(int("hello-timeout-ms")),
+    initTimeoutTicks: int("init-timeout-ticks"),
+    halfTunnelTicks: int("half-tunnel-ticks"),
+    maxPendingHalfTunnelsPerListener: int("max-pending-per-listener"),
+    maxUnidentified: int("max-unidentified"),
+    // --drain-ms is the one drain deadline: the core's own must not end it sooner.
+    shutdownDrainTicks: ticksOf(int("drain-ms")) + 1
+  }
 }

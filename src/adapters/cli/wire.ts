@@ -3,6 +3,7 @@
  * A pure function of the arguments (those after `wire`) and the whole of
  * stdin; the caller does the reading and printing.
  */
+import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
 import { decodeWire, encodeWire, wireShapes, wireTypes } from "../../core/wire-json.ts"
 
 /** What the command prints and how it exits. */
@@ -37,13 +38,15 @@ export const wireHelp: string = [
   `  echo '{"message":"00ff"}' | offset-relay wire encode KaMessage`,
   "  echo 1004500101010111011202ff | offset-relay wire decode KaMessage",
   "",
-  "Errors go to stderr as one line; the exit code is then 1."
+  "Errors go to stderr as one line; the exit code is then 2 (bad input).",
+  "",
+  exitCodeHelp
 ].join("\n")
 
 const failure = (message: string): WireOutcome => ({
   stdout: "",
   stderr: `offset-relay wire: ${message}\n`,
-  exitCode: 1
+  exitCode: ExitCode.Usage
 })
 
 /** Runs `offset-relay wire <args>` on the given stdin text. */

@@ -30,7 +30,8 @@ import type { PeerStream } from "./tunnel-stream.ts"
 export type { AccessPolicy, Listener, ListenerEvent, ListenerOptions, RelayStatus } from "./listener.ts"
 export { ListenerClosedError } from "./listener.ts"
 export { ConnectError, type ConnectOptions } from "./connector.ts"
-export { PeerDuplex, type PeerStream, PeerStreamError } from "./tunnel-stream.ts"
+export { PeerDuplex, type PeerStream, PeerStreamError, StreamAbort } from "./tunnel-stream.ts"
+export type { StreamErrorCode, StreamErrorReport } from "../../core/stream-state.ts"
 export { TunnelOpenError } from "./tunnel.ts"
 
 /** Client settings without the crypto service (the layer takes it from `Crypto`). */

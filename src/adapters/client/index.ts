@@ -36,7 +36,7 @@ import type { ClientSettings } from "./tunnel.ts"
 
 export { ConnectError } from "./connector.ts"
 export type { ListenerEvent, RelayStatus } from "./listener.ts"
-export { PeerDuplex, PeerStreamError } from "./tunnel-stream.ts"
+export { PeerDuplex, PeerStreamError, StreamAbort } from "./tunnel-stream.ts"
 export type { Identity } from "../identity.ts"
 
 /** Settings shared by `listen` and `connect`. */

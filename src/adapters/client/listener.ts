@@ -65,6 +65,12 @@ export interface RelayStatus {
   readonly retryInMs?: number | undefined
   /** Why the last attempt or channel ended. */
   readonly lastError?: string | undefined
+  /**
+   * While backing off: the relay closed our listen channel soon after it
+   * opened, so another process probably listens with our identity there; we
+   * retry slowly (src/core/backoff.ts, "Displaced").
+   */
+  readonly displaced?: boolean | undefined
   /** When this state began (ms since the epoch). */
   readonly since: number
 }
@@ -154,6 +160,7 @@ export const makeListener = (
             failures: next.failures,
             retryInMs: next._tag === "BackingOff" ? next.delayMs : undefined,
             lastError: next._tag === "Listening" ? undefined : next.lastError,
+            displaced: next._tag === "BackingOff" ? next.displaced : undefined,
             since: at
           }
           statuses[index] = status
@@ -165,12 +172,13 @@ export const makeListener = (
         })
         report(state, yield* Clock.currentTimeMillis)
         while (true) {
-          const error = yield* Effect.scoped(listenOnce(relay, listening))
+          const ended = yield* Effect.scoped(listenOnce(relay, listening))
           const at = yield* Clock.currentTimeMillis
           const [backingOff, wait] = stepReconnect(policy, state, {
             _tag: "Failed",
             now: at,
-            error,
+            error: ended.error,
+            closedByRelay: ended.closedByRelay,
             jitter: jitterUnit(settings.crypto.randomBytes(4))
           })
           report(backingOff, at)
@@ -184,10 +192,12 @@ export const makeListener = (
     const listenOnce = (
       relay: RelayAddress,
       onListening: Effect.Effect<void>
-    ): Effect.Effect<string, never, Scope.Scope> =>
+    ): Effect.Effect<ListenEnd, never, Scope.Scope> =>
       Effect.gen(function*() {
         const opened = yield* Effect.result(openRelayConnection(relay, { _tag: "Listen" }, hop))
-        if (Result.isFailure(opened)) return describeOutcome(classifyFailure("relay", opened.failure))
+        if (Result.isFailure(opened)) {
+          return { error: describeOutcome(classifyFailure("relay", opened.failure)), closedByRelay: false }
+        }
         const channel = opened.success
         yield* onListening
         let inProgress = 0
@@ -197,7 +207,10 @@ export const makeListener = (
           if (decoded._tag === "Err") {
             // The relay broke the protocol: drop this channel and reconnect later.
             yield* channel.close
-            return `the relay sent a malformed IncomingConnection: ${decoded.error.message}`
+            return {
+              error: `the relay sent a malformed IncomingConnection: ${decoded.error.message}`,
+              closedByRelay: false
+            }
           }
           const peerKey = decoded.value.publicKey
           if (inProgress >= MAX_ACCEPTS_IN_PROGRESS) {
@@ -215,8 +228,11 @@ export const makeListener = (
         Effect.catch((error: ChannelError) =>
           Effect.succeed(
             error.reason === "Closed"
-              ? "the relay closed the listen channel"
-              : `the listen channel ended (${error.detail ?? error.reason}): ${error.message}`
+              ? { error: "the relay closed the listen channel", closedByRelay: true }
+              : {
+                error: `the listen channel ended (${error.detail ?? error.reason}): ${error.message}`,
+                closedByRelay: false
+              }
           )
         )
       )
@@ -272,6 +288,12 @@ export const makeListener = (
       status: () => [...statuses]
     } satisfies Listener
   })
+
+/** How one listen channel ended: why, and whether the relay closed it cleanly. */
+interface ListenEnd {
+  readonly error: string
+  readonly closedByRelay: boolean
+}
 
 const allowFunction = (policy: AccessPolicy): (peer: Uint8Array) => Effect.Effect<boolean> => {
   if (typeof policy === "function") {

@@ -38,6 +38,8 @@ import {
   type StreamCommand,
   type StreamConfig,
   type StreamError,
+  type StreamErrorCode,
+  type StreamErrorReport,
   type StreamEvent,
   type StreamState
 } from "../../core/stream-state.ts"
@@ -45,9 +47,28 @@ import type { ChannelError, MessageChannel } from "../message-channel.ts"
 
 /** Why a stream failed or a call on it was refused (reasons of src/core/stream-state.ts). */
 export class PeerStreamError extends Data.TaggedError("PeerStreamError")<{
+  /** "PeerError": the peer ended the stream with an error (its code in `peerCode`); the others: see stream-state.ts. */
   readonly reason: StreamError["reason"]
   readonly message: string
+  /** For "PeerError": the peer's code ("local-refused", "local-reset", "aborted", or one we do not know). */
+  readonly peerCode?: string | undefined
 }> {}
+
+/**
+ * Pass to `PeerDuplex.destroy()` to tell the peer why this side failed (a
+ * code it shows its user); any other error tells it "aborted".
+ */
+export class StreamAbort extends Error {
+  override readonly name = "StreamAbort"
+  readonly code: StreamErrorCode
+  /** Sent to the peer: keep it short and free of local secrets (e.g. the system's error code). */
+  readonly peerText: string
+  constructor(code: StreamErrorCode, peerText: string, message?: string) {
+    super(message ?? `${code}${peerText === "" ? "" : `: ${peerText}`}`)
+    this.code = code
+    this.peerText = peerText
+  }
+}
 
 /** A byte stream to one authenticated peer. */
 export interface PeerStream {
@@ -61,8 +82,13 @@ export interface PeerStream {
   readonly write: (data: Uint8Array) => Effect.Effect<void, PeerStreamError>
   /** Half close: we send no more; reading goes on until the peer ends. Idempotent. */
   readonly end: Effect.Effect<void, PeerStreamError>
-  /** Closes the tunnel at once (the peer sees an error unless it had finished). */
-  readonly abort: (message?: string) => Effect.Effect<void>
+  /**
+   * Closes the tunnel at once (the peer sees an error unless it had
+   * finished). The peer is first sent a stream error (PROTOCOL.md's stream
+   * convention; `tell`, default "aborted"), so it can say which side failed
+   * and why.
+   */
+  readonly abort: (message?: string, tell?: StreamErrorReport) => Effect.Effect<void>
   /** Completes once both sides ended cleanly; fails with the stream's error. */
   readonly done: Effect.Effect<void, PeerStreamError>
 }
@@ -113,6 +139,7 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
         switch (command._tag) {
           case "Send":
           case "SendEnd":
+          case "SendError":
           case "Deliver":
           case "DeliverEnd":
             io.push(command)
@@ -123,7 +150,8 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
             break
           case "Fail":
             Deferred.doneUnsafe(doneDeferred, Exit.fail(toError(command.error)))
-            closeScope()
+            // A SendError before it closes the scope itself, once it is sent.
+            if (!io.some((c) => c._tag === "SendError")) closeScope()
             break
           case "Refuse":
             refused = toError(command.error)
@@ -191,10 +219,19 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
       })
     )
 
-    const abort = (message?: string): Effect.Effect<void> =>
+    const abort = (message?: string, tell?: StreamErrorReport): Effect.Effect<void> =>
       Effect.suspend(() => {
-        apply({ _tag: "Abort", message: message ?? "the stream was aborted locally" })
-        return Scope.close(scope, Exit.void)
+        const { io } = apply({
+          _tag: "Abort",
+          message: message ?? "the stream was aborted locally",
+          tell: tell ?? { code: "aborted", text: "" }
+        })
+        const report = io.find((c) => c._tag === "SendError")
+        // Best effort, bounded: a peer that does not read must not hold the close.
+        const told = report === undefined
+          ? Effect.void
+          : Effect.ignore(channel.send(report.data).pipe(Effect.timeoutOrElse({ duration: TELL_TIMEOUT_MS, orElse: () => Effect.void })))
+        return Effect.andThen(told, Scope.close(scope, Exit.void))
       })
 
     // A failed channel fails the stream at once. A clean close is left to
@@ -230,13 +267,18 @@ export const checkMaxMessageBytes = (value: number): string | undefined =>
     ? undefined
     : `maxMessageBytes must be a whole number in 1..${MAX_MESSAGE_BYTES_LIMIT} (frames are at most 1 MiB), got ${value}`
 
+/** How long an abort waits to hand its error message to the channel. */
+const TELL_TIMEOUT_MS = 1000
+
 const toError = (error: StreamError): PeerStreamError =>
-  new PeerStreamError({ reason: error.reason, message: error.message })
+  new PeerStreamError({ reason: error.reason, message: error.message, peerCode: error.peerCode })
 
 const describeChannelEnd = (error: ChannelError): string => {
   switch (error.reason) {
     case "Closed":
-      return "the relay closed the tunnel"
+      // A peer of this version says why it fails (a stream error) before it
+      // closes; a close without one came from the relay's side.
+      return "the relay closed the tunnel without a word from the peer (the peer's process or its connection to the relay ended, or the relay closed it)"
     case "LocalClose":
       return "the tunnel was closed locally"
     case "Protocol":
@@ -305,7 +347,12 @@ export class PeerDuplex extends Duplex {
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    run(this.#stream.abort(error?.message ?? "the Duplex was destroyed"), () => callback(error))
+    // The peer learns that we aborted (and why, for a StreamAbort); a stream
+    // that already ended or failed sends nothing.
+    const tell: StreamErrorReport = error instanceof StreamAbort
+      ? { code: error.code, text: error.peerText }
+      : { code: "aborted", text: "" }
+    run(this.#stream.abort(error?.message ?? "the Duplex was destroyed", tell), () => callback(error))
   }
 }
 
