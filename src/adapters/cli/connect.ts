@@ -32,6 +32,7 @@ import {
   tickOption,
   untilStopSignal
 } from "./client-common.ts"
+import { cryptoOption } from "./runtime.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
@@ -57,7 +58,8 @@ const table: OptionTable = {
     help: "also try the next relay if the current one has not answered after this long"
   },
   "tick-ms": tickOption,
-  quiet: quietOption
+  quiet: quietOption,
+  crypto: cryptoOption
 }
 
 const usage = "offset-relay connect --identity FILE --relay ADDR [--relay ADDR ...] --to KEY [--local-port P]"
@@ -100,7 +102,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     }
   })
   if (typeof settings === "number") return settings
-  const identity = await loadIdentity("connect", settings.identityPath)
+  const identity = await loadIdentity("connect", settings.identityPath, settings.crypto)
   if (identity === undefined) return ExitCode.Identity
   return settings.localPort === undefined ? carryStdio(settings, identity) : forwardPort(settings, identity, settings.localPort)
 }
@@ -112,6 +114,7 @@ const progressOf = (settings: Settings) => (line: string) => {
 const reach = (settings: Settings, identity: Identity, signal?: AbortSignal): Promise<PeerDuplex> =>
   connect({
     identity,
+    crypto: settings.crypto,
     relays: settings.relays,
     to: settings.to,
     timeoutMs: settings.timeoutMs,

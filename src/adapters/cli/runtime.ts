@@ -11,7 +11,8 @@ import * as References from "effect/References"
 import type * as LogLevel from "effect/LogLevel"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import type * as FileSystem from "effect/FileSystem"
-import { layerNode, type Crypto } from "../crypto.ts"
+import { CRYPTO_CHOICES, type Crypto, type CryptoChoice, layerFor } from "../crypto.ts"
+import type { OptionSpec } from "./options.ts"
 import { UsageError } from "./options.ts"
 
 /** Log formats the CLI offers. */
@@ -37,15 +38,36 @@ export const checkLogOptions = (level: string, format: string): void => {
   }
 }
 
+/** The --crypto flag of every command that does crypto. */
+export const cryptoOption: OptionSpec = {
+  type: "string",
+  default: "auto",
+  value: "IMPL",
+  help: "crypto implementation: node (node:crypto), noble (portable JavaScript) or auto (node where it has everything)"
+}
+
+/** Checks a --crypto value. */
+export const checkCryptoChoice = (value: string): CryptoChoice => {
+  if (!(CRYPTO_CHOICES as ReadonlyArray<string>).includes(value)) {
+    throw new UsageError(`--crypto must be one of ${CRYPTO_CHOICES.join(", ")}; got '${value}'`)
+  }
+  return value as CryptoChoice
+}
+
 /** Runs a command's program; resolves with its exit code (failures are printed as one line on stderr). */
 export const runProgram = async <E>(
   program: Effect.Effect<number, E, Crypto | FileSystem.FileSystem>,
-  options: { readonly logLevel: string; readonly logFormat: string; readonly describeError: (error: E) => string }
+  options: {
+    readonly logLevel: string
+    readonly logFormat: string
+    readonly describeError: (error: E) => string
+    readonly crypto?: CryptoChoice
+  }
 ): Promise<number> => {
   const logger = options.logFormat === "json"
     ? Logger.withConsoleError(Logger.formatJson)
     : Logger.withConsoleError(Logger.formatLogFmt)
-  const layer = Layer.mergeAll(NodeFileSystem.layer, layerNode, Logger.layer([logger]))
+  const layer = Layer.mergeAll(NodeFileSystem.layer, layerFor(options.crypto ?? "auto"), Logger.layer([logger]))
   const exit = await Effect.runPromiseExit(
     program.pipe(
       Effect.provide(layer),

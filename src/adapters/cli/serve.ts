@@ -18,7 +18,7 @@ import { loadOrCreateIdentity } from "../identity.ts"
 import { serveMetrics } from "../metrics-http.ts"
 import { defaultRelayServerOptions, makeRelayServer, type RelayServerOptions } from "../relay-server.ts"
 import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
-import { checkLogOptions, runProgram } from "./runtime.ts"
+import { checkCryptoChoice, checkLogOptions, cryptoOption, runProgram } from "./runtime.ts"
 
 /** The default data directory: $XDG_DATA_HOME/offset-relay, else ~/.local/share/offset-relay. */
 export const defaultDataDir = (): string =>
@@ -102,7 +102,8 @@ const table: OptionTable = {
   "metrics-port": { type: "integer", value: "PORT", help: "serve /metrics and /healthz on this port (off when unset)" },
   "metrics-host": { type: "string", default: "127.0.0.1", value: "HOST", help: "address for the metrics endpoint" },
   "log-level": { type: "string", default: "info", value: "LEVEL", help: "debug, info, warn, error or none" },
-  "log-format": { type: "string", default: "pretty", value: "FORMAT", help: "pretty (logfmt) or json" }
+  "log-format": { type: "string", default: "pretty", value: "FORMAT", help: "pretty (logfmt) or json" },
+  crypto: cryptoOption
 }
 
 const usage = "offset-relay serve [options]"
@@ -120,6 +121,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     }
     if (parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
     checkLogOptions(parsed.options["log-level"] as string, parsed.options["log-format"] as string)
+    checkCryptoChoice(parsed.options.crypto as string)
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`offset-relay serve: ${error.message}\nRun 'offset-relay serve --help' for the options.\n`)
@@ -235,7 +237,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   return runProgram(program, {
     logLevel: o["log-level"] as string,
     logFormat: o["log-format"] as string,
-    describeError: (error) => error.message
+    describeError: (error) => error.message,
+    crypto: checkCryptoChoice(o.crypto as string)
   })
 }
 
