@@ -1,7 +1,7 @@
 /**
  * The client library for code without Effect: Promises and Node streams.
  *
- *     import { connect, listen, readIdentity } from "offset-relay/src/adapters/client/index.ts"
+ *     import { connect, listen, readIdentity } from "offset-relay"
  *
  *     // Be reachable through two relays by anyone on the allow-list:
  *     const listener = listen({ identity, relays: [relayA, relayB], allow: [friendKeyHex] })
