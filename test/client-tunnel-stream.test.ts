@@ -11,7 +11,9 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Scope from "effect/Scope"
 import { makePeerStream, PeerDuplex, type PeerStream } from "../src/adapters/client/tunnel-stream.ts"
-import { nodeCryptoService } from "../src/adapters/crypto.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService } from "../src/adapters/crypto.ts"
+const nodeCryptoService = autoCryptoService()
 import { LinkError, type FrameLink } from "../src/adapters/frame-link.ts"
 import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { newIdentity, randomData, readAll, sha256, writeAllAndEnd } from "./support/client-harness.ts"
