@@ -14,12 +14,14 @@ export {
   type CryptoChoice,
   type CryptoService,
   cryptoServiceFor,
+  CryptoUnavailableError,
   layerAuto,
   layerFor,
   layerNoble,
   layerNode,
   layerWith,
   nobleCryptoService,
+  nodeCryptoProblem,
   nodeCryptoService
 } from "./adapters/crypto.ts"
 export {

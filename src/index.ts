@@ -9,3 +9,4 @@
 export * from "./adapters/client/index.ts"
 export { type Relay, startRelay, type StartRelayOptions } from "./adapters/start-relay.ts"
 export { defaultRelayServerOptions, type RelayServerOptions, type RelayServerStats, ServerStartError } from "./adapters/relay-server.ts"
+export { CryptoUnavailableError } from "./adapters/crypto.ts"

@@ -7,7 +7,7 @@ import { execFileSync } from "node:child_process"
 import { join } from "node:path"
 import * as Effect from "effect/Effect"
 import { describe, expect, it } from "vitest"
-import { autoCryptoService, cryptoServiceFor, nodeCryptoService, nobleCryptoService } from "../src/adapters/crypto.ts"
+import { autoCryptoService, cryptoServiceFor, nodeCryptoProblem, nodeCryptoService, nobleCryptoService } from "../src/adapters/crypto.ts"
 import { connect, createIdentity, listen } from "../src/adapters/client/index.ts"
 import { RelayClient } from "../src/adapters/client/effect.ts"
 import { startRelay } from "../src/adapters/start-relay.ts"
@@ -17,6 +17,7 @@ const bin = join(process.cwd(), "bin/offset-relay.js")
 
 describe("crypto choice", () => {
   it("auto is node:crypto on Node 24 (ChaCha20-Poly1305 and raw keys present)", () => {
+    expect(nodeCryptoProblem()).toBeUndefined()
     expect(autoCryptoService()).toBe(nodeCryptoService)
     expect(cryptoServiceFor("noble")).toBe(nobleCryptoService)
     expect(cryptoServiceFor("node")).toBe(nodeCryptoService)

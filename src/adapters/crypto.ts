@@ -39,42 +39,65 @@ const sameBytes = (a: Uint8Array | undefined, b: Uint8Array | undefined): boolea
   a !== undefined && b !== undefined && a.length === b.length && a.every((byte, i) => byte === b[i])
 
 /**
- * True when this runtime's node:crypto has the raw key formats and
- * ChaCha20-Poly1305 and agrees with noble on a fixed sample (public
- * constants only): a runtime that lacks a primitive throws, one that
- * differs would be caught here rather than in a handshake.
+ * Why this runtime's node:crypto cannot serve (Bun's throws "Unknown cipher"
+ * for ChaCha20-Poly1305), or undefined when it can: every primitive is run on
+ * a fixed sample (public constants only) and must agree with noble, so a
+ * runtime that lacks or differs in a primitive is caught here rather than in
+ * a handshake. Decided once.
  */
-const nodeCryptoUsable = (): boolean => {
-  if (!nodeHasRawKeyFormats) return false
+export const nodeCryptoProblem = (): string | undefined => {
+  if (nodeProblem !== null) return nodeProblem
   try {
     const seed = new Uint8Array(32).fill(7)
     const message = new Uint8Array([1, 2, 3])
     const nonce = new Uint8Array(12).fill(1)
     const signature = nodeCrypto.ed25519Sign(seed, message)
     const otherPublic = nobleCrypto.x25519PublicKey(seed.map((byte) => byte ^ 1))
-    return sameBytes(nodeCrypto.ed25519PublicKey(seed), nobleCrypto.ed25519PublicKey(seed)) &&
-      sameBytes(signature, nobleCrypto.ed25519Sign(seed, message)) &&
-      nodeCrypto.ed25519Verify(nobleCrypto.ed25519PublicKey(seed), message, signature) &&
-      sameBytes(nodeCrypto.x25519(seed, otherPublic), nobleCrypto.x25519(seed, otherPublic)) &&
-      sameBytes(nodeCrypto.aeadSeal(seed, nonce, message), nobleCrypto.aeadSeal(seed, nonce, message)) &&
-      sameBytes(nodeCrypto.aeadOpen(seed, nonce, nobleCrypto.aeadSeal(seed, nonce, message)), message) &&
-      sameBytes(nodeCrypto.hkdfSha512_256(nonce, seed, message, 32), nobleCrypto.hkdfSha512_256(nonce, seed, message, 32))
-  } catch {
-    return false
+    const checks: ReadonlyArray<readonly [string, boolean]> = [
+      ["Ed25519 public key", sameBytes(nodeCrypto.ed25519PublicKey(seed), nobleCrypto.ed25519PublicKey(seed))],
+      ["Ed25519 signature", sameBytes(signature, nobleCrypto.ed25519Sign(seed, message))],
+      ["Ed25519 verify", nodeCrypto.ed25519Verify(nobleCrypto.ed25519PublicKey(seed), message, signature)],
+      ["X25519", sameBytes(nodeCrypto.x25519(seed, otherPublic), nobleCrypto.x25519(seed, otherPublic))],
+      ["ChaCha20-Poly1305 seal", sameBytes(nodeCrypto.aeadSeal(seed, nonce, message), nobleCrypto.aeadSeal(seed, nonce, message))],
+      ["ChaCha20-Poly1305 open", sameBytes(nodeCrypto.aeadOpen(seed, nonce, nobleCrypto.aeadSeal(seed, nonce, message)), message)],
+      ["HKDF-SHA-512/256", sameBytes(nodeCrypto.hkdfSha512_256(nonce, seed, message, 32), nobleCrypto.hkdfSha512_256(nonce, seed, message, 32))]
+    ]
+    const wrong = checks.find(([, ok]) => !ok)
+    nodeProblem = wrong === undefined ? undefined : `this runtime's node:crypto disagrees with noble on ${wrong[0]}`
+  } catch (error) {
+    nodeProblem = `this runtime's node:crypto fails: ${error instanceof Error ? error.message : String(error)}`
   }
+  return nodeProblem
+}
+let nodeProblem: string | undefined | null = null
+
+/** A crypto implementation was chosen that this runtime cannot run. */
+export class CryptoUnavailableError extends Error {
+  override readonly name = "CryptoUnavailableError"
 }
 
 let autoService: CryptoService | undefined
 
-/** The service `auto` picks on this runtime (decided once, on first use). */
+/**
+ * The service `auto` picks on this runtime (decided once, on first use):
+ * node:crypto where it has the raw key formats and passes
+ * `nodeCryptoProblem`, noble otherwise.
+ */
 export const autoCryptoService = (): CryptoService =>
-  autoService ??= nodeCryptoUsable() ? nodeCryptoService : nobleCryptoService
+  autoService ??= nodeHasRawKeyFormats && nodeCryptoProblem() === undefined ? nodeCryptoService : nobleCryptoService
 
-/** The service for a choice; `auto` as `autoCryptoService`. */
+/**
+ * The service for a choice; `auto` as `autoCryptoService`. Throws a
+ * CryptoUnavailableError for "node" where node:crypto cannot serve, rather
+ * than fail later inside a connection.
+ */
 export const cryptoServiceFor = (choice: CryptoChoice): CryptoService => {
   switch (choice) {
-    case "node":
+    case "node": {
+      const problem = nodeCryptoProblem()
+      if (problem !== undefined) throw new CryptoUnavailableError(`crypto "node": ${problem}; use "noble" or "auto"`)
       return nodeCryptoService
+    }
     case "noble":
       return nobleCryptoService
     case "auto":
@@ -91,9 +114,9 @@ export const layerNoble: Layer.Layer<CryptoKey> = nobleLayer
 /** node:crypto where this runtime's has all we need, noble otherwise; the default. */
 export const layerAuto: Layer.Layer<CryptoKey> = Layer.sync(CryptoKey, autoCryptoService)
 
-/** The layer for a choice (`--crypto node|noble|auto`). */
+/** The layer for a choice (`--crypto node|noble|auto`); "node" where it cannot serve dies with a CryptoUnavailableError. */
 export const layerFor = (choice: CryptoChoice): Layer.Layer<CryptoKey> =>
-  choice === "node" ? layerNode : choice === "noble" ? layerNoble : layerAuto
+  choice === "node" ? Layer.sync(CryptoKey, () => cryptoServiceFor("node")) : choice === "noble" ? layerNoble : layerAuto
 
 /**
  * Service key for the crypto primitives and secure randomness (the same key

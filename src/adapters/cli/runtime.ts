@@ -11,7 +11,7 @@ import * as References from "effect/References"
 import type * as LogLevel from "effect/LogLevel"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import type * as FileSystem from "effect/FileSystem"
-import { CRYPTO_CHOICES, type Crypto, type CryptoChoice, layerFor } from "../crypto.ts"
+import { CRYPTO_CHOICES, type Crypto, type CryptoChoice, layerFor, nodeCryptoProblem } from "../crypto.ts"
 import type { OptionSpec } from "./options.ts"
 import { UsageError } from "./options.ts"
 
@@ -51,6 +51,9 @@ export const checkCryptoChoice = (value: string): CryptoChoice => {
   if (!(CRYPTO_CHOICES as ReadonlyArray<string>).includes(value)) {
     throw new UsageError(`--crypto must be one of ${CRYPTO_CHOICES.join(", ")}; got '${value}'`)
   }
+  // Refused here, with the reason, rather than a connection failing later (Bun: no ChaCha20-Poly1305).
+  const problem = value === "node" ? nodeCryptoProblem() : undefined
+  if (problem !== undefined) throw new UsageError(`--crypto node: ${problem}; use noble or auto`)
   return value as CryptoChoice
 }
 
