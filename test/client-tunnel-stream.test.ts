@@ -170,6 +170,19 @@ describe("PeerDuplex", () => {
       expect(client.destroyed).toBe(true)
     }))
 
+  it.live("leaving a for-await loop early destroys the Duplex (as on Node, on every runtime)", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair()
+      const client = new PeerDuplex(streamA)
+      const server = new PeerDuplex(streamB)
+      client.write("first")
+      yield* Effect.promise(async () => {
+        for await (const _chunk of server) break
+      })
+      expect(server.destroyed).toBe(true)
+      client.destroy()
+    }))
+
   it.live("a tunnel error destroys the Duplex with a PeerStreamError", () =>
     Effect.gen(function*() {
       const { streamA, end } = yield* streamPair()
