@@ -1,7 +1,8 @@
 /**
  * Running a CLI command's Effect: the Node services (file system), the
- * node:crypto layer, and logs on stderr (stdout is kept for the command's
- * own output, e.g. the relay's address) in the chosen level and format.
+ * crypto layer chosen by --crypto (default auto), and logs on stderr
+ * (stdout is kept for the command's own output, e.g. the relay's address)
+ * in the chosen level and format.
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
