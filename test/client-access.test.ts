@@ -9,7 +9,9 @@ import * as Effect from "effect/Effect"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import { ConnectError, makeRelayClient, type ListenerEvent } from "../src/adapters/client/effect.ts"
-import { layerNode, nodeCryptoService } from "../src/adapters/crypto.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService, layerAuto as layerNode } from "../src/adapters/crypto.ts"
+const nodeCryptoService = autoCryptoService()
 import { defaultRelayServerOptions, makeRelayServer } from "../src/adapters/relay-server.ts"
 import { bytesToHex } from "../src/core/keys.ts"
 import type { RelayAddress } from "../src/core/relay-address.ts"

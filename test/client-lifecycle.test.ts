@@ -12,7 +12,9 @@ import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import { connect, ConnectError, listen, type PeerDuplex } from "../src/adapters/client/index.ts"
 import { makeRelayClient, RelayClient, RelayListener } from "../src/adapters/client/effect.ts"
-import { layerNode, nodeCryptoService } from "../src/adapters/crypto.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService, layerAuto as layerNode } from "../src/adapters/crypto.ts"
+const nodeCryptoService = autoCryptoService()
 import { bytesToHex } from "../src/core/keys.ts"
 import { formatRelayAddress, parseRelayAddress } from "../src/core/relay-address.ts"
 import { newIdentity, readAll, startRelay, TICK_MS, type TestRelay, waitFor } from "./support/client-harness.ts"

@@ -15,7 +15,9 @@ import * as Scope from "effect/Scope"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import type * as Socket from "effect/socket/Socket"
 import { connect, ConnectError, listen, type PeerDuplex } from "../src/adapters/client/index.ts"
-import { nodeCryptoService } from "../src/adapters/crypto.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService } from "../src/adapters/crypto.ts"
+const nodeCryptoService = autoCryptoService()
 import type { Identity } from "../src/adapters/identity.ts"
 import { exchangeVersion, makeSocketFrameLink } from "../src/adapters/frame-link.ts"
 import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"

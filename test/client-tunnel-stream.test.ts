@@ -11,7 +11,9 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Scope from "effect/Scope"
 import { makePeerStream, PeerDuplex, type PeerStream } from "../src/adapters/client/tunnel-stream.ts"
-import { nodeCryptoService } from "../src/adapters/crypto.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService } from "../src/adapters/crypto.ts"
+const nodeCryptoService = autoCryptoService()
 import { LinkError, type FrameLink } from "../src/adapters/frame-link.ts"
 import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { newIdentity, randomData, readAll, sha256, writeAllAndEnd } from "./support/client-harness.ts"
@@ -178,6 +180,19 @@ describe("PeerDuplex", () => {
       // Both halves ended: the Duplex closes by itself (and its tunnel with it).
       if (!client.closed) yield* Effect.promise(() => new Promise((resolve) => client.once("close", resolve)))
       expect(client.destroyed).toBe(true)
+    }))
+
+  it.live("leaving a for-await loop early destroys the Duplex (as on Node, on every runtime)", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair()
+      const client = new PeerDuplex(streamA)
+      const server = new PeerDuplex(streamB)
+      client.write("first")
+      yield* Effect.promise(async () => {
+        for await (const _chunk of server) break
+      })
+      expect(server.destroyed).toBe(true)
+      client.destroy()
     }))
 
   it.live("a tunnel error destroys the Duplex with a PeerStreamError", () =>

@@ -8,7 +8,9 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { nobleCrypto } from "../src/adapters/crypto-noble.ts"
-import { nodeCrypto } from "../src/adapters/crypto-node.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService } from "../src/adapters/crypto.ts"
+const nodeCrypto = autoCryptoService()
 import {
   type ConnectionError,
   type ConnectionState,

@@ -7,7 +7,9 @@
 import { createHash } from "node:crypto"
 import { describe, expect, it } from "vitest"
 import { nobleCrypto } from "../src/adapters/crypto-noble.ts"
-import { nodeCrypto } from "../src/adapters/crypto-node.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService } from "../src/adapters/crypto.ts"
+const nodeCrypto = autoCryptoService()
 import {
   ChannelMisuseError,
   type ConnectionConfig,

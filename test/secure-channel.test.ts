@@ -11,7 +11,9 @@ import { sha512_256 } from "@noble/hashes/sha2.js"
 import { createHash } from "node:crypto"
 import { describe, expect, it } from "vitest"
 import { nobleCrypto } from "../src/adapters/crypto-noble.ts"
-import { nodeCrypto } from "../src/adapters/crypto-node.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
+import { autoCryptoService } from "../src/adapters/crypto.ts"
+const nodeCrypto = autoCryptoService()
 import type { CryptoPrimitives } from "../src/core/crypto.ts"
 import { bytesToHex } from "../src/core/keys.ts"
 import {

@@ -1,13 +1,16 @@
 /**
  * CryptoPrimitives on @noble/curves, @noble/hashes and @noble/ciphers: pure
  * JavaScript, so it runs wherever JavaScript does (browsers, Deno, Bun, old
- * Node); slower than node:crypto.
+ * Node); slower than node:crypto. No `node:` import here or in anything this
+ * module imports: browser bundles include it.
  *
  * Agreement with the node layer (crypto-node.ts):
  * - Length rules are the same: our own secrets of the wrong size throw a
  *   RangeError; peer data (public keys, signatures, sealed frames) never
  *   throws and gives false / undefined.
- * - Ed25519 verification uses noble's strict mode (zip215: false): canonical
+ * - Ed25519 verification first applies our own encoding rules
+ *   (src/core/ed25519-rules.ts: no small-order or non-canonical keys, R or
+ *   S), as the node layer does, then noble's strict mode (zip215: false): canonical
  *   encodings only and small-order public keys rejected, as OpenSSL and ring
  *   (Offset's library) do, rather than noble's permissive ZIP-215 default.
  *   One difference remains and is accepted: noble checks the cofactored
@@ -23,6 +26,7 @@ import { chacha20poly1305 } from "@noble/ciphers/chacha.js"
 import { hkdf } from "@noble/hashes/hkdf.js"
 import { sha512_256 } from "@noble/hashes/sha2.js"
 import type { CryptoPrimitives } from "../core/crypto.ts"
+import { ed25519EncodingsAcceptable } from "../core/ed25519-rules.ts"
 
 const tagLength = 16
 const strictVerify = { zip215: false } as const
@@ -48,7 +52,7 @@ export const nobleCrypto: CryptoPrimitives = {
   },
 
   ed25519Verify: (publicKey, message, signature) => {
-    if (publicKey.length !== 32 || signature.length !== 64) return false
+    if (!ed25519EncodingsAcceptable(publicKey, signature)) return false
     try {
       return ed25519.verify(signature, message, publicKey, strictVerify)
     } catch {

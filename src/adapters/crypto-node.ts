@@ -19,6 +19,7 @@
  */
 import * as NodeCrypto from "node:crypto"
 import type { CryptoPrimitives } from "../core/crypto.ts"
+import { ed25519EncodingsAcceptable } from "../core/ed25519-rules.ts"
 
 type CurveName = "ed25519" | "x25519"
 
@@ -112,7 +113,8 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
     },
 
     ed25519Verify: (key, message, signature) => {
-      if (key.length !== 32 || signature.length !== 64) return false
+      // Our rules first: Bun's and Deno's node:crypto accept what OpenSSL refuses.
+      if (!ed25519EncodingsAcceptable(key, signature)) return false
       try {
         return NodeCrypto.verify(null, message, publicKey(raw, "ed25519", key), signature)
       } catch {

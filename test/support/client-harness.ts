@@ -9,7 +9,9 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Logger from "effect/Logger"
 import * as Scope from "effect/Scope"
-import { layerNode, nodeCryptoService } from "../../src/adapters/crypto.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run these.
+import { autoCryptoService, layerAuto as layerNode } from "../../src/adapters/crypto.ts"
+const nodeCryptoService = autoCryptoService()
 import type { Identity } from "../../src/adapters/identity.ts"
 import {
   defaultRelayServerOptions,

@@ -11,7 +11,9 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
-import { type CryptoService, nodeCryptoService } from "../../src/adapters/crypto.ts"
+// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run these.
+import { autoCryptoService, type CryptoService } from "../../src/adapters/crypto.ts"
+const nodeCryptoService = autoCryptoService()
 import type { MessageChannel } from "../../src/adapters/message-channel.ts"
 import { openRelayConnection, type RelayEndpoint } from "../../src/adapters/relay-connection.ts"
 import {

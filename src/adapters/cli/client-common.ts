@@ -12,6 +12,8 @@ import type { Identity } from "../identity.ts"
 import { parsePublicKeyHex, shortKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, relayHostPort, type RelayAddress } from "../../core/relay-address.ts"
 import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
+import type { CryptoChoice } from "../crypto.ts"
+import { checkCryptoChoice } from "./runtime.ts"
 import { helpText, type OptionSpec, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
 
 export { ExitCode } from "./exit-codes.ts"
@@ -34,6 +36,8 @@ export interface CommonSettings {
   readonly identityPath: string
   readonly tickMs: number
   readonly quiet: boolean
+  /** --crypto (see runtime.ts cryptoOption); the command's table must have it. */
+  readonly crypto: CryptoChoice
 }
 
 /**
@@ -59,7 +63,9 @@ export const parseCommand = <S extends object>(
     const identityPath = o.identity as string | undefined
     if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with: offset-relay keygen --out FILE)")
     const tickMs = o["tick-ms"] as number
-    return read(o, { identityPath, tickMs, quiet: o.quiet === true })
+    if (tickMs < 1) throw new UsageError("--tick-ms must be at least 1")
+    const crypto = checkCryptoChoice((o.crypto as string | undefined) ?? "auto")
+    return read(o, { identityPath, tickMs, quiet: o.quiet === true, crypto })
   } catch (error) {
     if (error instanceof UsageError) {
       say(command, `${error.message}\nRun 'offset-relay ${command} --help' for the options.`)
@@ -100,9 +106,9 @@ export const relayName = (address: string): string => {
 }
 
 /** Reads the identity file, or prints why not; undefined means exit with ExitCode.Identity. */
-export const loadIdentity = async (command: string, path: string): Promise<Identity | undefined> => {
+export const loadIdentity = async (command: string, path: string, crypto: CryptoChoice = "auto"): Promise<Identity | undefined> => {
   try {
-    return await readIdentity(path)
+    return await readIdentity(path, crypto)
   } catch (error) {
     say(command, error instanceof Error ? error.message : String(error))
     return undefined

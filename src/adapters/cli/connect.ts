@@ -34,6 +34,7 @@ import {
   untilStopSignal
 } from "./client-common.ts"
 import { describeListenFailure, errorCode } from "./listen-error.ts"
+import { cryptoOption } from "./runtime.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
@@ -61,7 +62,8 @@ const table: OptionTable = {
     help: "also try the next relay if the current one has not answered after this long"
   },
   "tick-ms": tickOption,
-  quiet: quietOption
+  quiet: quietOption,
+  crypto: cryptoOption
 }
 
 const usage = "offset-relay connect --identity FILE --relay ADDR [--relay ADDR ...] --to KEY [--local-port P]"
@@ -102,7 +104,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     }
   })
   if (typeof settings === "number") return settings
-  const identity = await loadIdentity("connect", settings.identityPath)
+  const identity = await loadIdentity("connect", settings.identityPath, settings.crypto)
   if (identity === undefined) return ExitCode.Identity
   return settings.localPort === undefined ? carryStdio(settings, identity) : forwardPort(settings, identity, settings.localPort)
 }
@@ -114,6 +116,7 @@ const progressOf = (settings: Settings) => (line: string) => {
 const reach = (settings: Settings, identity: Identity, signal?: AbortSignal): Promise<PeerDuplex> =>
   connect({
     identity,
+    crypto: settings.crypto,
     relays: settings.relays,
     to: settings.to,
     timeoutMs: settings.timeoutMs,

@@ -28,6 +28,7 @@ import {
   tickOption,
   untilStopSignal
 } from "./client-common.ts"
+import { cryptoOption } from "./runtime.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
@@ -53,7 +54,8 @@ const table: OptionTable = {
     help: "longest wait before reconnecting a relay"
   },
   "tick-ms": tickOption,
-  quiet: quietOption
+  quiet: quietOption,
+  crypto: cryptoOption
 }
 
 const usage = "offset-relay listen --identity FILE --relay ADDR [--relay ADDR ...] --allow KEY [...] --forward HOST:PORT"
@@ -83,7 +85,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   })
   if (typeof settings === "number") return settings
 
-  const identity = await loadIdentity("listen", settings.identityPath)
+  const identity = await loadIdentity("listen", settings.identityPath, settings.crypto)
   if (identity === undefined) return ExitCode.Identity
   const allow = [...settings.allow]
   if (settings.allowFile !== undefined) {
@@ -109,6 +111,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   const { host, port } = settings.forward
   const listener = listen({
     identity,
+    crypto: settings.crypto,
     relays: settings.relays,
     allow,
     tickMs: settings.tickMs,

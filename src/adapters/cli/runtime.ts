@@ -1,7 +1,8 @@
 /**
  * Running a CLI command's Effect: the Node services (file system), the
- * node:crypto layer, and logs on stderr (stdout is kept for the command's
- * own output, e.g. the relay's address) in the chosen level and format.
+ * crypto layer chosen by --crypto (default auto), and logs on stderr
+ * (stdout is kept for the command's own output, e.g. the relay's address)
+ * in the chosen level and format.
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -11,7 +12,8 @@ import * as References from "effect/References"
 import type * as LogLevel from "effect/LogLevel"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import type * as FileSystem from "effect/FileSystem"
-import { layerNode, type Crypto } from "../crypto.ts"
+import { CRYPTO_CHOICES, type Crypto, type CryptoChoice, layerFor, nodeCryptoProblem } from "../crypto.ts"
+import type { OptionSpec } from "./options.ts"
 import { UsageError } from "./options.ts"
 
 /** Log formats the CLI offers. */
@@ -47,6 +49,25 @@ export class CliError extends Error {
   }
 }
 
+/** The --crypto flag of every command that does crypto. */
+export const cryptoOption: OptionSpec = {
+  type: "string",
+  default: "auto",
+  value: "IMPL",
+  help: "crypto implementation: node (node:crypto), noble (portable JavaScript) or auto (node where it has everything)"
+}
+
+/** Checks a --crypto value. */
+export const checkCryptoChoice = (value: string): CryptoChoice => {
+  if (!(CRYPTO_CHOICES as ReadonlyArray<string>).includes(value)) {
+    throw new UsageError(`--crypto must be one of ${CRYPTO_CHOICES.join(", ")}; got '${value}'`)
+  }
+  // Refused here, with the reason, rather than a connection failing later (Bun: no ChaCha20-Poly1305).
+  const problem = value === "node" ? nodeCryptoProblem() : undefined
+  if (problem !== undefined) throw new UsageError(`--crypto node: ${problem}; use noble or auto`)
+  return value as CryptoChoice
+}
+
 /** Runs a command's program; resolves with its exit code (failures are printed as one line on stderr). */
 export const runProgram = async <E>(
   program: Effect.Effect<number, E, Crypto | FileSystem.FileSystem>,
@@ -58,12 +79,13 @@ export const runProgram = async <E>(
     readonly exitCodeOf?: (error: E) => number
     /** The subcommand, named at the start of an error line. */
     readonly command?: string
+    readonly crypto?: CryptoChoice
   }
 ): Promise<number> => {
   const logger = options.logFormat === "json"
     ? Logger.withConsoleError(Logger.formatJson)
     : Logger.withConsoleError(Logger.formatLogFmt)
-  const layer = Layer.mergeAll(NodeFileSystem.layer, layerNode, Logger.layer([logger]))
+  const layer = Layer.mergeAll(NodeFileSystem.layer, layerFor(options.crypto ?? "auto"), Logger.layer([logger]))
   const exit = await Effect.runPromiseExit(
     program.pipe(
       Effect.provide(layer),

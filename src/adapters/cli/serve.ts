@@ -22,7 +22,7 @@ import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
 import { describeListenFailure, errorCode, probeListen } from "./listen-error.ts"
 import { defaultRelayServerOptions, makeRelayServer, type RelayServerOptions } from "../relay-server.ts"
 import { helpText, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
-import { checkLogOptions, CliError, runProgram } from "./runtime.ts"
+import { checkCryptoChoice, checkLogOptions, CliError, cryptoOption, runProgram } from "./runtime.ts"
 
 /** The default data directory: $XDG_DATA_HOME/offset-relay, else ~/.local/share/offset-relay. */
 export const defaultDataDir = (): string =>
@@ -173,7 +173,8 @@ const table: OptionTable = {
     default: "short",
     value: "HOW",
     help: "client keys in log lines: short (first 8 hex digits) or full"
-  }
+  },
+  crypto: cryptoOption
 }
 
 const usage = "offset-relay serve [options]"
@@ -205,6 +206,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     if (prefixError !== undefined) throw new UsageError(`--ipv4-prefix-length/--ipv6-prefix-length: ${prefixError}`)
     const configError = checkRelayConfig(coreConfigOf(parsed.options))
     if (configError !== undefined) throw new UsageError(`invalid limit: ${configError.message}`)
+    checkCryptoChoice(parsed.options.crypto as string)
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`offset-relay serve: ${error.message}\nRun 'offset-relay serve --help' for the options.\n`)
@@ -353,7 +355,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     logFormat: o["log-format"] as string,
     describeError: (error) => error.message,
     exitCodeOf: (error) => error.exitCode,
-    command: "serve"
+    command: "serve",
+    crypto: checkCryptoChoice(o.crypto as string)
   })
 }
 

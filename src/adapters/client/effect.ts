@@ -9,7 +9,7 @@
  *       yield* stream.write(new TextEncoder().encode("hello"))
  *       yield* stream.end                                         // half close
  *       const answer = yield* stream.read                         // Option<bytes>
- *     }).pipe(Effect.scoped, Effect.provide(RelayClient.layer({ identity })), Effect.provide(layerNode))
+ *     }).pipe(Effect.scoped, Effect.provide(RelayClient.layer({ identity })), Effect.provide(layerAuto))
  *
  * Every stream and listener is a scoped resource: closing its scope closes
  * every socket, channel and fiber it opened.
@@ -20,7 +20,7 @@ import type * as FileSystem from "effect/FileSystem"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import type { RelayAddress } from "../../core/relay-address.ts"
-import { Crypto } from "../crypto.ts"
+import { Crypto, type CryptoChoice, cryptoServiceFor } from "../crypto.ts"
 import { type Identity, type IdentityFileError, readIdentityFile } from "../identity.ts"
 import { type ConnectError, type ConnectOptions, connectToPeer } from "./connector.ts"
 import { type Listener, type ListenerOptions, makeListener } from "./listener.ts"
@@ -34,8 +34,17 @@ export { PeerDuplex, type PeerStream, PeerStreamError, StreamAbort } from "./tun
 export type { StreamErrorCode, StreamErrorReport } from "../../core/stream-state.ts"
 export { TunnelOpenError } from "./tunnel.ts"
 
-/** Client settings without the crypto service (the layer takes it from `Crypto`). */
-export type RelayClientConfig = Omit<ClientSettings, "crypto">
+/**
+ * Client settings without the crypto service: the layer takes it from
+ * `Crypto` (e.g. `layerAuto`), or from `crypto` when that is given.
+ */
+export type RelayClientConfig = Omit<ClientSettings, "crypto"> & {
+  /** Use this implementation instead of the `Crypto` service, which is then not needed. */
+  readonly crypto?: CryptoChoice
+}
+
+/** What `RelayClient.layer(config)` needs: `Crypto` unless the config chooses one. */
+export type RelayClientLayerNeeds<C extends RelayClientConfig> = C extends { readonly crypto: CryptoChoice } ? never : Crypto
 
 /** The client side of the relay protocol, for one identity. */
 export interface RelayClientService {
@@ -54,8 +63,14 @@ export interface RelayClientService {
 /** Service key of the relay client. */
 export class RelayClient extends Context.Service<RelayClient, RelayClientService>()("offset-relay/RelayClient") {
   /** A client with the given identity and settings. */
-  static readonly layer = (config: RelayClientConfig): Layer.Layer<RelayClient, never, Crypto> =>
-    Layer.effect(RelayClient, Effect.map(Crypto, (crypto) => makeRelayClient({ ...config, crypto })))
+  static readonly layer = <C extends RelayClientConfig>(config: C): Layer.Layer<RelayClient, never, RelayClientLayerNeeds<C>> => {
+    const choice = config.crypto
+    const layer = choice === undefined
+      ? Layer.effect(RelayClient, Effect.map(Crypto, (crypto) => makeRelayClient({ ...config, crypto })))
+      : Layer.sync(RelayClient, () => makeRelayClient({ ...config, crypto: cryptoServiceFor(choice) }))
+    // Needs Crypto exactly when no choice was given, which is what RelayClientLayerNeeds says.
+    return layer as Layer.Layer<RelayClient, never, RelayClientLayerNeeds<C>>
+  }
 
   /** A client whose identity is read from a key file (see src/adapters/identity.ts). */
   static readonly layerFromIdentityFile = (
@@ -66,7 +81,7 @@ export class RelayClient extends Context.Service<RelayClient, RelayClientService
       RelayClient,
       Effect.gen(function*() {
         const identity: Identity = yield* readIdentityFile(path)
-        const crypto = yield* Crypto
+        const crypto = config.crypto === undefined ? yield* Crypto : cryptoServiceFor(config.crypto)
         return makeRelayClient({ ...config, identity, crypto })
       })
     )

@@ -1,7 +1,7 @@
 /**
  * The client library for code without Effect: Promises and Node streams.
  *
- *     import { connect, listen, readIdentity } from "offset-relay/src/adapters/client/index.ts"
+ *     import { connect, listen, readIdentity } from "offset-relay"
  *
  *     // Be reachable through two relays by anyone on the allow-list:
  *     const listener = listen({ identity, relays: [relayA, relayB], allow: [friendKeyHex] })
@@ -27,7 +27,7 @@ import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { type BackoffPolicy, checkBackoffPolicy, defaultBackoffPolicy } from "../../core/backoff.ts"
 import { bytesToHex, parsePublicKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
-import { Crypto, nodeCryptoService } from "../crypto.ts"
+import { type CryptoChoice, cryptoServiceFor, layerFor } from "../crypto.ts"
 import { generateIdentity, type Identity, readIdentityFile } from "../identity.ts"
 import { ConnectError, connectToPeer } from "./connector.ts"
 import { type Listener, type ListenerEvent, makeListener, type RelayStatus } from "./listener.ts"
@@ -38,6 +38,7 @@ export { ConnectError } from "./connector.ts"
 export type { ListenerEvent, RelayStatus } from "./listener.ts"
 export { PeerDuplex, PeerStreamError, StreamAbort } from "./tunnel-stream.ts"
 export type { Identity } from "../identity.ts"
+export type { CryptoChoice } from "../crypto.ts"
 
 /** Settings shared by `listen` and `connect`. */
 export interface ClientOptions {
@@ -49,6 +50,11 @@ export interface ClientOptions {
   readonly handshakeTimeoutMs?: number
   /** Largest message a stream sends (default 64 KiB). */
   readonly maxMessageBytes?: number
+  /**
+   * Crypto implementation (default "auto": node:crypto where this runtime's
+   * has ChaCha20-Poly1305 and raw keys, else the portable @noble/* one).
+   */
+  readonly crypto?: CryptoChoice
 }
 
 /** A relay: `<key hex>@<host>:<port>` text, or parsed. */
@@ -201,11 +207,12 @@ export const connect = async (options: ConnectOptions): Promise<PeerDuplex> => {
 }
 
 /** Reads an identity key file (mode 0600, see src/adapters/identity.ts). */
-export const readIdentity = (path: string): Promise<Identity> =>
-  Effect.runPromise(readIdentityFile(path).pipe(Effect.provide(Layer.merge(NodeFileSystem.layer, Crypto.layerNode))))
+export const readIdentity = (path: string, crypto: CryptoChoice = "auto"): Promise<Identity> =>
+  Effect.runPromise(readIdentityFile(path).pipe(Effect.provide(Layer.merge(NodeFileSystem.layer, layerFor(crypto)))))
 
 /** A new random identity (not saved anywhere). */
-export const createIdentity = (): Identity => Effect.runSync(generateIdentity.pipe(Effect.provide(Crypto.layerNode)))
+export const createIdentity = (crypto: CryptoChoice = "auto"): Identity =>
+  Effect.runSync(generateIdentity.pipe(Effect.provide(layerFor(crypto))))
 
 const settingsOf = (options: ClientOptions): ClientSettings => {
   if (options.maxMessageBytes !== undefined) {
@@ -213,7 +220,7 @@ const settingsOf = (options: ClientOptions): ClientSettings => {
     if (problem !== undefined) throw new InvalidArgumentError(problem)
   }
   return {
-    crypto: nodeCryptoService,
+    crypto: cryptoServiceFor(options.crypto ?? "auto"),
     identity: options.identity,
     tickMs: options.tickMs,
     handshakeTimeoutMs: options.handshakeTimeoutMs,

@@ -354,6 +354,33 @@ export class PeerDuplex extends Duplex {
       : { code: "aborted", text: "" }
     run(this.#stream.abort(error?.message ?? "the Duplex was destroyed", tell), () => callback(error))
   }
+
+  /**
+   * `for await (const chunk of socket)` as on Node on every runtime: the end
+   * of the peer's half ends the loop and leaves our half open for the
+   * answer. Deno's and Bun's stream iterators destroy the Duplex there,
+   * which closed the tunnel before the answer; leaving the loop early
+   * (break, throw) still destroys it, as Node does.
+   */
+  override [Symbol.asyncIterator](): NodeJS.AsyncIterator<any> {
+    const inner = this.iterator({ destroyOnReturn: false })
+    const early = async (value?: unknown): Promise<IteratorResult<any>> => {
+      if (!this.readableEnded) this.destroy()
+      return inner.return === undefined ? { done: true, value } : inner.return()
+    }
+    return {
+      next: () => inner.next(),
+      return: early,
+      throw: async (error?: unknown) => {
+        this.destroy(error instanceof Error ? error : undefined)
+        return inner.throw === undefined ? { done: true, value: undefined } : inner.throw(error)
+      },
+      [Symbol.asyncIterator]() {
+        return this
+      },
+      [Symbol.asyncDispose]: async () => void (await early())
+    }
+  }
 }
 
 const run = <A, E>(effect: Effect.Effect<A, E>, onExit: (exit: Exit.Exit<A, E>) => void): void => {

@@ -1,0 +1,22 @@
+/**
+ * `offset-relay/core`: the pure machines and rules, one namespace per
+ * module (several machines share names such as `step`). No I/O, no clock,
+ * no randomness, no Effect runtime: drive them with events and ticks and
+ * hand them random bytes (each module's header says how).
+ *
+ *     import { RelayCore, Keepalive } from "offset-relay/core"
+ */
+export * as AllowList from "./allow-list.ts"
+export * as Backoff from "./backoff.ts"
+export * as ConnectOutcome from "./connect-outcome.ts"
+export * as Connection from "./connection.ts"
+export type { CryptoPrimitives } from "./crypto.ts"
+export * as Ed25519Rules from "./ed25519-rules.ts"
+export * as Keepalive from "./keepalive.ts"
+export * as Keys from "./keys.ts"
+export * as Random from "./random.ts"
+export * as RelayAddress from "./relay-address.ts"
+export * as RelayCore from "./relay-core.ts"
+export * as SecureChannel from "./secure-channel.ts"
+export * as StreamState from "./stream-state.ts"
+export * as TokenBucket from "./token-bucket.ts"
