@@ -371,7 +371,6 @@ export const checkRelayConfig = (config: RelayConfig): RelayConfigError | undefi
     "initTimeoutTicks",
     "halfTunnelTicks",
     "maxPendingHalfTunnelsPerListener",
-    "maxConnections",
     "maxUnidentified",
     "maxUnidentifiedPerPrefix",
     "maxHandshakes",
@@ -389,11 +388,11 @@ export const checkRelayConfig = (config: RelayConfig): RelayConfigError | undefi
       return { _tag: "RelayConfigError", field, message: `${field} must be a whole number ≥ 1, got ${value}` }
     }
   }
-  if (!Number.isSafeInteger(config.shutdownDrainTicks) || config.shutdownDrainTicks < 0) {
-    return {
-      _tag: "RelayConfigError",
-      field: "shutdownDrainTicks",
-      message: `shutdownDrainTicks must be a whole number ≥ 0, got ${config.shutdownDrainTicks}`
+  // 0 is allowed: a relay that refuses every connection (maintenance), or drains at once.
+  for (const field of ["maxConnections", "shutdownDrainTicks"] as const) {
+    const value = config[field]
+    if (!Number.isSafeInteger(value) || value < 0) {
+      return { _tag: "RelayConfigError", field, message: `${field} must be a whole number ≥ 0, got ${value}` }
     }
   }
   return undefined
