@@ -80,6 +80,10 @@ describe("two listeners with the same identity", () => {
     expect(b.statuses.some((s) => s.displaced === true), context).toBe(true)
     const said = b.statuses.find((s) => s.displaced === true)!.lastError!
     expect(said).toContain("another process is probably listening with the same identity on this relay")
+    // The owner, whose channel B takes now and then, hears of it too.
+    expect(a.statuses.find((s) => s.state === "backing-off")?.lastError).toContain(
+      "another process with our identity took our place there"
+    )
     // A connect lands on the owner (B holds the channel only for a blip now and then:
     // right after A took it back, B's next try is at least 0.75 s away).
     const aBack = a.listenings()

@@ -118,11 +118,23 @@ describe("peer stream", () => {
       expect(Option.isNone(yield* streamB.read)).toBe(true)
     }))
 
-  it.live("a tunnel that closes before the peer finished fails the reader (ClosedEarly), not a clean end", () =>
+  it.live("a peer whose scope closes mid-stream tells us it aborted: an error, not a clean end", () =>
     Effect.gen(function*() {
       const { streamA, streamB, scopeA } = yield* streamPair()
       yield* streamA.write(bytes(5))
       yield* Scope.close(scopeA, Exit.void)
+      expect(Option.getOrThrow(yield* streamB.read)).toEqual(bytes(5))
+      const error = yield* Effect.flip(streamB.read)
+      expect(error).toMatchObject({ reason: "PeerError", peerCode: "aborted", message: "the peer aborted the stream" })
+    }))
+
+  it.live("a tunnel that closes without a word from the peer fails the reader (ClosedEarly), not a clean end", () =>
+    Effect.gen(function*() {
+      // A raw channel on the peer's side, with no stream to say anything: it sends, then its link closes.
+      const pair = yield* channelPair
+      const streamB = yield* makePeerStream({ channel: pair.b, scope: pair.scopeB, relay: "test" })
+      yield* pair.a.send(bytes(5))
+      yield* Scope.close(pair.scopeA, Exit.void)
       expect(Option.getOrThrow(yield* streamB.read)).toEqual(bytes(5))
       const error = yield* Effect.flip(streamB.read)
       expect(error.reason).toBe("ClosedEarly")

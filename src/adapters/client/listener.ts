@@ -228,7 +228,11 @@ export const makeListener = (
         Effect.catch((error: ChannelError) =>
           Effect.succeed(
             error.reason === "Closed"
-              ? { error: "the relay closed the listen channel", closedByRelay: true }
+              ? {
+                error:
+                  "the relay closed the listen channel (it is stopping, or another process with our identity took our place there)",
+                closedByRelay: true
+              }
               : {
                 error: `the listen channel ended (${error.detail ?? error.reason}): ${error.message}`,
                 closedByRelay: false

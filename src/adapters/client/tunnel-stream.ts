@@ -244,10 +244,22 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
           : Effect.sync(() => void apply({ _tag: "ChannelEnded", message: describeChannelEnd(error) }))),
       scope
     )
-    // Whatever closes the scope (the listener or caller closing theirs) ends the stream.
+    // Whatever closes the scope (the listener or caller closing theirs) ends
+    // the stream, and tells the peer we aborted: the send queues its frame at
+    // once (it runs synchronously up to the wait for the socket), and the
+    // channel's own close, which runs after this, flushes it (bounded).
     yield* Scope.addFinalizer(
       scope,
-      Effect.sync(() => void apply({ _tag: "Abort", message: "the stream's scope was closed" }))
+      Effect.sync(() => {
+        const { io } = apply({
+          _tag: "Abort",
+          message: "the stream's scope was closed",
+          tell: { code: "aborted", text: "" }
+        })
+        for (const command of io) {
+          if (command._tag === "SendError") Effect.runFork(Effect.ignore(channel.send(command.data)))
+        }
+      })
     )
 
     return {
