@@ -233,6 +233,7 @@ describe("relay server on real sockets", () => {
       const newer = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
       yield* expectEnded(older.channel)
       expect(closes(server, "replaced")).toBe(1)
+      expect(metricValue(server.metrics.render(), "offset_relay_listener_replacements_total")).toBe(1)
       // Connects now reach the newer listen channel.
       const connectorId = makeIdentity()
       const connect = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })

@@ -284,6 +284,11 @@ export const makeRelayServer = (
       "reason"
     )
     const relayedBytes = metrics.counter("offset_relay_relayed_bytes_total", "Tunnel payload bytes relayed.")
+    const replacements = metrics.counter(
+      "offset_relay_listener_replacements_total",
+      "Listen channels replaced by a newer one for the same key."
+    )
+    const contested = makeContestedListeners()
     metrics.gauge("offset_relay_listeners", "Listen channels.", () => core.stats().listeners)
     metrics.gauge("offset_relay_pending_half_tunnels", "Connect channels waiting for accept.", () => core.stats().pendingHalfTunnels)
     metrics.gauge("offset_relay_tunnels", "Relayed tunnels.", () => core.stats().tunnels)
@@ -518,8 +523,19 @@ export const makeRelayServer = (
               }
               return Effect.void
             }
-            return Effect.logInfo("connection closed").pipe(
-              Effect.annotateLogs({ connection: id, ip, client: formatKeyForLog(connection.clientKey, options.logKeys), reason, detail })
+            const client = formatKeyForLog(connection.clientKey, options.logKeys)
+            const closed = Effect.logInfo("connection closed").pipe(
+              Effect.annotateLogs({ connection: id, ip, client, reason, detail })
+            )
+            if (reason !== "replaced" || connection.clientKey === undefined) return closed
+            replacements.inc()
+            const recent = contested(connection.clientKey)
+            return recent === undefined ? closed : Effect.andThen(
+              closed,
+              Effect.logWarning(
+                `the listen channel of ${client} was replaced ${recent} times in a minute: ` +
+                  "probably two processes listen with the same identity on this relay"
+              ).pipe(Effect.annotateLogs({ client, replacements: recent }))
             )
           })
         // Admission is the core's, in this synchronous step with the accept,
@@ -755,6 +771,24 @@ export const LIMIT_ADVICE: Readonly<Record<(typeof OVER_LIMIT_LABELS)[number], s
   "stuck-tunnel": "a tunnel whose ends both stopped reading while the relay was at its memory budget; raise --max-buffered-bytes or --stuck-tunnel-ticks",
   "listener-backlog": "a listener that does not read its IncomingConnection messages; raise with --max-pending-per-listener",
   "rekey-rate": "a client rekeying far more often than once an hour (not configurable)"
+}
+
+// Counts listen-channel replacements per key over a minute; returns the
+// count when it reaches 3 (two processes taking turns), at most once a
+// minute per key, so the log names a contested key without flooding.
+const CONTESTED_WINDOW_MS = 60_000
+const makeContestedListeners = () => {
+  const byKey = new Map<string, { since: number; count: number; warned: boolean }>()
+  return (key: string): number | undefined => {
+    const now = Date.now()
+    for (const [k, entry] of byKey) if (now - entry.since > CONTESTED_WINDOW_MS) byKey.delete(k)
+    const entry = byKey.get(key) ?? { since: now, count: 0, warned: false }
+    byKey.set(key, entry)
+    entry.count++
+    if (entry.count < 3 || entry.warned) return undefined
+    entry.warned = true
+    return entry.count
+  }
 }
 
 // One log line per limit per REFUSAL_LOG_INTERVAL_MS at most; the next line
