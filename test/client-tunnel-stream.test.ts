@@ -194,6 +194,27 @@ describe("PeerDuplex", () => {
       expect(client.destroyed).toBe(true)
     }))
 
+  it.live("small writes queued behind one in flight go out as few large messages, every byte in order", () =>
+    Effect.gen(function*() {
+      const { streamA, streamB } = yield* streamPair()
+      const client = new PeerDuplex(streamA)
+      const pieces = Array.from({ length: 2000 }, (_, i) => Buffer.from(randomData(100 + (i % 7))))
+      for (const piece of pieces) client.write(piece)
+      client.end()
+      // Each message the peer reads is one chunk: count them.
+      let messages = 0
+      const received: Array<Uint8Array> = []
+      while (true) {
+        const chunk = yield* streamB.read
+        if (Option.isNone(chunk)) break
+        messages++
+        received.push(chunk.value)
+      }
+      expect(Buffer.concat(received).equals(Buffer.concat(pieces))).toBe(true)
+      expect(messages).toBeLessThan(pieces.length / 10)
+      client.destroy()
+    }))
+
   it.live("leaving a for-await loop early destroys the Duplex (as on Node, on every runtime)", () =>
     Effect.gen(function*() {
       const { streamA, streamB } = yield* streamPair()

@@ -354,6 +354,14 @@ export class PeerDuplex extends Duplex {
     run(this.#stream.write(chunk), (exit) => callback(Exit.isFailure(exit) ? errorOf(exit) : null))
   }
 
+  // Writes that queued while one was in flight (a socket piped in, each of
+  // its reads a chunk) go out together: one copy here, then messages of up
+  // to maxMessageBytes, rather than one tunnel message per read.
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
+    const data = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk))
+    run(this.#stream.write(data), (exit) => callback(Exit.isFailure(exit) ? errorOf(exit) : null))
+  }
+
   override _final(callback: (error?: Error | null) => void): void {
     run(this.#stream.end, (exit) => callback(Exit.isFailure(exit) ? errorOf(exit) : null))
   }
