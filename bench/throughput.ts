@@ -12,6 +12,7 @@ import { nobleCryptoService, nodeCryptoService, type CryptoService } from "../sr
 import type { MessageChannel } from "../src/adapters/message-channel.ts"
 import { startProxyProcess, startSinkServer, tcpThroughput } from "./baseline.ts"
 import type { CryptoBenchRow } from "./crypto.ts"
+import { cliThroughput } from "./cli-throughput.ts"
 import { listen, newIdentity, openTunnel, type PeerOptions } from "./peers.ts"
 import type { RelayProcess } from "./relay-process.ts"
 import { row, type BenchRow } from "./report.ts"
@@ -98,6 +99,20 @@ export const benchThroughput = async (
   const chunk = nodeCryptoService.randomBytes(CHUNK_BYTES)
   const rows: Array<BenchRow> = []
   try {
+    // The path users run: TCP → connect --local-port → relay → listen --forward → TCP.
+    const proxiedOne = await tcpThroughput(proxy.port, sink, volume, 1, chunk)
+    const cli = await cliThroughput(relay, sink, volume, chunk)
+    rows.push(
+      row("throughput", "1 tunnel through the CLI bridges", cli.mbps, "MB/s", [{ to: "proxy", baseline: proxiedOne }],
+        `${volume / mib} MiB from a TCP client into connect --local-port, out of listen --forward to a TCP sink`)
+    )
+    if (cli.relayCpuMs !== undefined) {
+      rows.push(
+        row("throughput", "relay MB per CPU second, CLI bridges", cli.megabytes / (cli.relayCpuMs / 1000), "MB/s", [
+          { to: "node seal+open", baseline: ceiling.find((c) => c.layer === "node")?.sealOpenMBps ?? Number.NaN }
+        ])
+      )
+    }
     for (const tunnels of [1, 8]) {
       const proxied = await tcpThroughput(proxy.port, sink, volume, tunnels, chunk)
       const direct = await tcpThroughput(sink.port, sink, volume, tunnels, chunk)
