@@ -12,7 +12,8 @@ import { freePort, repoRoot, type RelayProcess } from "./relay-process.ts"
 import { type SinkServer, tcpThroughput } from "./baseline.ts"
 import type { RelayTransfer } from "./throughput.ts"
 
-const BIN = Path.join(repoRoot, "bin", "offset-relay.js")
+// OFFSET_RELAY_BENCH_RELAY_ROOT (relay-process.ts) runs another checkout's CLI too.
+const BIN = Path.join(process.env.OFFSET_RELAY_BENCH_RELAY_ROOT ?? repoRoot, "bin", "offset-relay.js")
 
 // Runs `offset-relay args`, resolves with its stdout once it exits 0.
 const runCli = (args: ReadonlyArray<string>): Promise<string> =>
