@@ -194,6 +194,18 @@ describe("PeerDuplex", () => {
       expect(client.destroyed).toBe(true)
     }))
 
+  it.live("a Duplex whose scope we close (a listener closing) closes without an 'error' event", () =>
+    Effect.gen(function*() {
+      const { streamA, scopeA } = yield* streamPair()
+      const client = new PeerDuplex(streamA)
+      const errors: Array<Error> = []
+      client.on("error", (error) => errors.push(error))
+      yield* Scope.close(scopeA, Exit.void)
+      if (!client.closed) yield* Effect.promise(() => new Promise((resolve) => client.once("close", resolve)))
+      expect(client.destroyed).toBe(true)
+      expect(errors).toEqual([])
+    }))
+
   it.live("small writes queued behind one in flight go out as few large messages, every byte in order", () =>
     Effect.gen(function*() {
       const { streamA, streamB } = yield* streamPair()

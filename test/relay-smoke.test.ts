@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as References from "effect/References"
 import { layerNode, Crypto } from "../src/adapters/crypto.ts"
 import { defaultRelayServerOptions, makeRelayServer } from "../src/adapters/relay-server.ts"
 import { openRelayConnection } from "../src/adapters/relay-connection.ts"
@@ -38,5 +39,5 @@ describe("relay smoke", () => {
       yield* accept.send(new Uint8Array([4, 5]))
       expect([...(yield* connect.receive)]).toEqual([4, 5])
       expect(server.stats().core.tunnels).toBe(1)
-    }).pipe(Effect.provide(layerNode)))
+    }).pipe(Effect.provide(layerNode), Effect.provideService(References.MinimumLogLevel, "Error")))
 })

@@ -332,7 +332,12 @@ export class PeerDuplex extends Duplex {
     this.relay = stream.relay
     // A failure seen while nobody reads or writes (keepalive, a lost relay) still surfaces.
     run(stream.done, (exit) => {
-      if (Exit.isFailure(exit) && !this.destroyed) this.destroy(errorOf(exit))
+      if (!Exit.isFailure(exit) || this.destroyed) return
+      const error = errorOf(exit)
+      // Aborted on our side (the listener or the caller closed the stream's
+      // scope): the Duplex closes as a socket we destroy does, with no
+      // 'error' event for an application that is not listening for one.
+      this.destroy(error instanceof PeerStreamError && error.reason === "Aborted" ? undefined : error)
     })
   }
 
