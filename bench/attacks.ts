@@ -22,9 +22,9 @@ import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import { nodeCryptoService } from "../src/adapters/crypto.ts"
 import { openRelayConnection } from "../src/adapters/relay-connection.ts"
-import { pack, unpack } from "../src/core/capnp.ts"
 import { bytesToHex } from "../src/core/keys.ts"
 import { encodeChannelMessage, encodeKaMessage } from "../src/core/messages.ts"
+import { inflate } from "../test/support/capnp-bombs.ts"
 import { RawClient } from "../test/support/relay-harness.ts"
 import { newIdentity, type PeerOptions } from "./peers.ts"
 import { repoRoot, startChild, startRelayProcess, type RelayProcess } from "./relay-process.ts"
@@ -47,17 +47,6 @@ const peakRss = (relay: RelayProcess): number => {
   const status = Fs.readFileSync(`/proc/${relay.pid}/status`, "utf8")
   const line = status.split("\n").find((l) => l.startsWith("VmHWM:"))
   return line === undefined ? NaN : Number(line.replace(/\D+/g, "")) / 1024
-}
-
-// `packed` with its one segment grown to `words` mostly-zero words (see test/resource-safety.test.ts).
-const inflate = (packed: Uint8Array, words: number): Uint8Array => {
-  const unpacked = unpack(packed, Infinity)
-  if (unpacked._tag === "Err") throw new Error(unpacked.error.message)
-  const out = new Uint8Array(8 + words * 8)
-  out.set(unpacked.value)
-  new DataView(out.buffer).setUint32(4, words, true)
-  for (let at = unpacked.value.length; at < out.length; at += 4096) out[at] = 1
-  return pack(out)
 }
 
 // A raw client from `address` that finished its handshake (ok), or was refused or closed (not ok).

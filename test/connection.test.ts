@@ -20,10 +20,10 @@ import {
   step
 } from "../src/core/connection.ts"
 import type { CryptoPrimitives } from "../src/core/crypto.ts"
-import { pack, unpack } from "../src/core/capnp.ts"
 import { decodeChannelMessage, decodeKaMessage, encodeChannelMessage, encodeKaMessage } from "../src/core/messages.ts"
 import { makeDeterministicRandom } from "../src/core/random.ts"
 import { step as channelStep, transportNonce } from "../src/core/secure-channel.ts"
+import { inflate } from "./support/capnp-bombs.ts"
 import { type Link, makeIdentity, makeLink, type Side } from "./support/sim-link.ts"
 
 const layers: ReadonlyArray<CryptoPrimitives> = [nodeCrypto, nobleCrypto]
@@ -294,16 +294,6 @@ describe("rekeys during transfer", () => {
 })
 
 describe("hop bounds: decoding cannot amplify, rekeys are rate-limited", () => {
-  // `packed` with its one segment grown to `words` words of unreferenced, mostly zero data.
-  const inflate = (packed: Uint8Array, words: number): Uint8Array => {
-    const unpacked = unpack(packed, Infinity)
-    if (unpacked._tag === "Err") throw new Error(unpacked.error.message)
-    const out = new Uint8Array(8 + words * 8)
-    out.set(unpacked.value)
-    new DataView(out.buffer).setUint32(4, words, true)
-    for (let at = unpacked.value.length; at < out.length; at += 4096) out[at] = 1
-    return pack(out)
-  }
   const sealAs = (link: ConnectionLink, plaintext: Uint8Array): Uint8Array => {
     const send = channelPhase(link.a).send
     const nonce = transportNonce(send.counter)

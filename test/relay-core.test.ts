@@ -19,6 +19,7 @@ import {
   type CloseReason,
   ConnectionId,
   defaultRelayConfig,
+  idleRelayStats,
   RelayCore,
   type RelayCommand,
   type RelayConfig,
@@ -119,17 +120,7 @@ const summary = (commands: ReadonlyArray<RelayCommand>): Array<string> =>
 const close = (n: number, reason: CloseReason, limit?: RelayLimit): RelayCommand =>
   limit === undefined ? { _tag: "Close", id: id(n), reason } : { _tag: "Close", id: id(n), reason, limit }
 
-const emptyStats = {
-  unidentified: 0,
-  handshaking: 0,
-  listeners: 0,
-  pendingHalfTunnels: 0,
-  tunnels: 0,
-  connections: 0,
-  heldBytes: 0,
-  memoryPressure: 0,
-  pausedReading: 0
-}
+const emptyStats = idleRelayStats
 const emptySizes = { connections: 0, listeners: 0, deadlines: 0, prefixes: 0, keys: 0, usage: 0 }
 
 describe("the seed's diagrams", () => {

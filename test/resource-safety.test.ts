@@ -13,7 +13,6 @@ import * as References from "effect/References"
 import type * as Scope from "effect/Scope"
 import { type Crypto, layerNode } from "../src/adapters/crypto.ts"
 import type { RelayServer, RelayServerOptions } from "../src/adapters/relay-server.ts"
-import { pack, unpack } from "../src/core/capnp.ts"
 import { encodeChannelMessage, encodeKaMessage } from "../src/core/messages.ts"
 import { defaultRelayConfig, type RelayConfig } from "../src/core/relay-core.ts"
 import {
@@ -30,26 +29,12 @@ import {
   type TestClient,
   waitUntil
 } from "./support/relay-harness.ts"
+import { inflate } from "./support/capnp-bombs.ts"
 
 const live = <A, E>(effect: Effect.Effect<A, E, Scope.Scope | Crypto>) =>
   effect.pipe(Effect.provide(layerNode), Effect.provideService(References.MinimumLogLevel, "Error"))
 
 const MiB = 1024 * 1024
-
-/**
- * `packed` with its single segment grown to `words` words: unreferenced
- * zero words with one non-zero byte per 4 KiB page, so it still packs small
- * (about 6 bytes a page) and decodes as the same message.
- */
-const inflate = (packed: Uint8Array, words: number): Uint8Array => {
-  const unpacked = unpack(packed, Infinity)
-  if (unpacked._tag === "Err") throw new Error(unpacked.error.message)
-  const out = new Uint8Array(8 + words * 8)
-  out.set(unpacked.value)
-  new DataView(out.buffer).setUint32(4, words, true)
-  for (let at = unpacked.value.length; at < out.length; at += 4096) out[at] = 1
-  return pack(out)
-}
 
 /**
  * Runs `attack` against a relay (with `core` overrides) while a legitimate

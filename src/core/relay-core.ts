@@ -423,6 +423,19 @@ export type RelayStats = {
   readonly pausedReading: number
 }
 
+/** The stats of a core that holds nothing. */
+export const idleRelayStats: RelayStats = {
+  unidentified: 0,
+  handshaking: 0,
+  listeners: 0,
+  pendingHalfTunnels: 0,
+  tunnels: 0,
+  connections: 0,
+  heldBytes: 0,
+  memoryPressure: 0,
+  pausedReading: 0
+}
+
 /** What a connection is, as the core sees it; for tests and debugging. */
 export type ConnectionRole = "handshaking" | "awaiting-init" | "listen" | "pending-connect" | "tunnel"
 
