@@ -12,14 +12,14 @@ import { ConnectError, makeRelayClient, type ListenerEvent } from "../src/adapte
 // auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
 import { autoCryptoService, layerAuto as layerNode } from "../src/adapters/crypto.ts"
 const nodeCryptoService = autoCryptoService()
-import { defaultRelayServerOptions, makeRelayServer } from "../src/adapters/relay-server.ts"
+import { makeRelayServer, testRelayOptions } from "../src/adapters/relay-server.ts"
 import { bytesToHex } from "../src/core/keys.ts"
 import type { RelayAddress } from "../src/core/relay-address.ts"
 import { newIdentity, TICK_MS } from "./support/client-harness.ts"
 
 const relay = Effect.gen(function*() {
   const identity = newIdentity()
-  const server = yield* makeRelayServer({ ...defaultRelayServerOptions(identity), port: 0, tickMs: TICK_MS })
+  const server = yield* makeRelayServer(testRelayOptions(identity, TICK_MS))
   const address: RelayAddress = { publicKey: identity.publicKey, host: "127.0.0.1", port: server.port }
   return { server, address }
 })

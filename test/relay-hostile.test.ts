@@ -4,7 +4,6 @@
  * reason (offset_relay_closes_total, offset_relay_over_limit_total), the
  * server keeps serving, and the tunnel's bytes arrive intact at the end.
  */
-import { defaultRelayConfig } from "../src/core/relay-core.ts"
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as References from "effect/References"
@@ -26,9 +25,9 @@ import {
   rawEnded,
   startRelay,
   TEST_TICK_MS,
-  waitUntil
+  waitUntil,
+  type RelayOverrides
 } from "./support/relay-harness.ts"
-import type { RelayServerOptions } from "../src/adapters/relay-server.ts"
 
 const endpointOf = (server: RelayServer, publicKey: Uint8Array) => ({ publicKey, host: "127.0.0.1", port: server.port })
 
@@ -42,7 +41,7 @@ const live = <A, E>(effect: Effect.Effect<A, E, Scope.Scope | Crypto>) =>
  * ends up holding nothing.
  */
 const withFlowingTunnel = <A, E>(
-  overrides: Partial<RelayServerOptions>,
+  overrides: RelayOverrides,
   hostile: (server: RelayServer, port: number, relayKey: Uint8Array) => Effect.Effect<A, E, Scope.Scope | Crypto>
 ) =>
   live(Effect.gen(function*() {
@@ -198,7 +197,7 @@ describe("hostile clients while a tunnel flows", () => {
       })))
 
   it.live("more unidentified connections from one address than allowed are refused at once; other addresses are not affected", () =>
-    withFlowingTunnel({ core: { ...defaultRelayConfig, maxUnidentifiedPerPrefix: 4 } }, (server, port) =>
+    withFlowingTunnel({ core: { maxUnidentifiedPerPrefix: 4 } }, (server, port) =>
       Effect.gen(function*() {
         const allowed = yield* Effect.all(Array.from({ length: 4 }, () => rawConnect(port, "127.0.0.2")))
         yield* waitUntil("four admitted", () => server.stats().sockets === 7)
@@ -216,7 +215,7 @@ describe("hostile clients while a tunnel flows", () => {
       })))
 
   it.live("more concurrent handshakes than allowed are refused, even when they arrive in one burst", () =>
-    withFlowingTunnel({ core: { ...defaultRelayConfig, maxHandshakes: 3, helloTimeoutTicks: 8 } }, (server, port) =>
+    withFlowingTunnel({ core: { maxHandshakes: 3, helloTimeoutTicks: 8 } }, (server, port) =>
       Effect.gen(function*() {
         // Ten dials at once from one address that never start their handshake:
         // the address cannot evict its own, so seven are refused.
@@ -233,7 +232,7 @@ describe("hostile clients while a tunnel flows", () => {
       })))
 
   it.live("a connection that sends no version and ExchangeRandNonce within the hello deadline is closed", () =>
-    withFlowingTunnel({ core: { ...defaultRelayConfig, helloTimeoutTicks: 2, handshakeTimeoutTicks: 40 } }, (server, port) =>
+    withFlowingTunnel({ core: { helloTimeoutTicks: 2, handshakeTimeoutTicks: 40 } }, (server, port) =>
       Effect.gen(function*() {
         const silent = yield* rawConnect(port, "127.0.0.2")
         const started = Date.now()
@@ -244,7 +243,7 @@ describe("hostile clients while a tunnel flows", () => {
       })))
 
   it.live("more connections in total than allowed are refused at once", () =>
-    withFlowingTunnel({ core: { ...defaultRelayConfig, maxConnections: 5 } }, (server, port) =>
+    withFlowingTunnel({ core: { maxConnections: 5 } }, (server, port) =>
       Effect.gen(function*() {
         const two = yield* Effect.all([rawConnect(port), rawConnect(port)])
         yield* waitUntil("two admitted", () => server.stats().sockets === 5)

@@ -14,7 +14,7 @@ import * as Scope from "effect/Scope"
 import { Crypto, layerNode } from "../src/adapters/crypto.ts"
 import { establishChannel, tunnelFrameLink, type MessageChannel } from "../src/adapters/message-channel.ts"
 import type { RelayServer } from "../src/adapters/relay-server.ts"
-import { defaultRelayConfig, idleRelayStats } from "../src/core/relay-core.ts"
+import { idleRelayStats } from "../src/core/relay-core.ts"
 import {
   decodeIncomingConnection,
   encodeRejectConnection
@@ -394,7 +394,7 @@ describe("relay server on real sockets", () => {
   it.live("graceful shutdown: new connections refused, listeners closed, a transfer in progress finishes", () =>
     live(Effect.gen(function*() {
       // The core's own drain limit (ticks) well past the 8 s given to shutdown, so drainMs decides.
-      const { server, endpoint } = yield* startRelay({ core: { ...defaultRelayConfig, shutdownDrainTicks: 400 } })
+      const { server, endpoint } = yield* startRelay({ core: { shutdownDrainTicks: 400 } })
       const { listen, connect, accept } = yield* makeTunnel(server, endpoint)
       const data = patternBytes(2 * MiB, 11)
       const receiving = yield* Effect.forkScoped(receiveBytes(accept.channel, data.length))

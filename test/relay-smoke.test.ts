@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as References from "effect/References"
 import { layerNode, Crypto } from "../src/adapters/crypto.ts"
-import { defaultRelayServerOptions, makeRelayServer } from "../src/adapters/relay-server.ts"
+import { makeRelayServer, testRelayOptions } from "../src/adapters/relay-server.ts"
 import { openRelayConnection } from "../src/adapters/relay-connection.ts"
 import { decodeIncomingConnection } from "../src/core/messages.ts"
 
@@ -16,7 +16,7 @@ describe("relay smoke", () => {
     Effect.gen(function*() {
       const crypto = yield* Crypto
       const relayId = identity(crypto)
-      const server = yield* makeRelayServer({ ...defaultRelayServerOptions(relayId), port: 0, tickMs: 100 })
+      const server = yield* makeRelayServer(testRelayOptions(relayId, 100))
       const endpoint = { publicKey: relayId.publicKey, host: "127.0.0.1", port: server.port }
       const listener = identity(crypto)
       const connector = identity(crypto)

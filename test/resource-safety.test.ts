@@ -12,9 +12,9 @@ import * as Effect from "effect/Effect"
 import * as References from "effect/References"
 import type * as Scope from "effect/Scope"
 import { type Crypto, layerNode } from "../src/adapters/crypto.ts"
-import type { RelayServer, RelayServerOptions } from "../src/adapters/relay-server.ts"
+import type { RelayServer } from "../src/adapters/relay-server.ts"
 import { encodeChannelMessage, encodeKaMessage } from "../src/core/messages.ts"
-import { defaultRelayConfig, type RelayConfig } from "../src/core/relay-core.ts"
+import type { RelayConfig } from "../src/core/relay-core.ts"
 import {
   closes,
   expectIdle,
@@ -27,7 +27,8 @@ import {
   startRelay,
   TEST_TICK_MS,
   type TestClient,
-  waitUntil
+  waitUntil,
+  type RelayOverrides
 } from "./support/relay-harness.ts"
 import { inflate } from "./support/capnp-bombs.ts"
 
@@ -44,10 +45,10 @@ const MiB = 1024 * 1024
 const underAttack = <A, E>(
   core: Partial<RelayConfig>,
   attack: (server: RelayServer, port: number, relayKey: Uint8Array) => Effect.Effect<A, E, Scope.Scope | Crypto>,
-  overrides: Partial<RelayServerOptions> = {}
+  overrides: RelayOverrides = {}
 ) =>
   live(Effect.gen(function*() {
-    const { server, endpoint } = yield* startRelay({ ...overrides, core: { ...defaultRelayConfig, ...core } })
+    const { server, endpoint } = yield* startRelay({ ...overrides, core: { ...core } })
     const { listen, connect, accept } = yield* openTunnel(server, endpoint)
     const flow = yield* keepFlowing(connect.channel, accept.channel)
     const before = flow.bytesSoFar()

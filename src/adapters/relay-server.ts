@@ -145,6 +145,22 @@ export const defaultRelayServerOptions = (identity: RelayIdentity): RelayServerO
   rateLimit: undefined
 })
 
+/**
+ * The defaults with short ticks (tests, simulations): the hello deadline
+ * gets the handshake's ticks, since two ticks of a few dozen milliseconds
+ * would cut off an honest client on a busy machine; everything else counts
+ * in ticks as it does at 1 s.
+ */
+export const testRelayOptions = (identity: RelayIdentity, tickMs: number): RelayServerOptions => {
+  const defaults = defaultRelayServerOptions(identity)
+  return {
+    ...defaults,
+    port: 0,
+    tickMs,
+    core: { ...defaults.core, helloTimeoutTicks: defaults.core.handshakeTimeoutTicks }
+  }
+}
+
 /** min(1 GiB, a quarter of this machine's memory): the default memory budget. */
 export const defaultMaxBufferedBytes = (): number =>
   Math.min(defaultRelayConfig.maxBufferedBytes, Math.floor(NodeOs.totalmem() / 4))

@@ -14,8 +14,8 @@ import { autoCryptoService, layerAuto as layerNode } from "../../src/adapters/cr
 const nodeCryptoService = autoCryptoService()
 import type { Identity } from "../../src/adapters/identity.ts"
 import {
-  defaultRelayServerOptions,
   makeRelayServer,
+  testRelayOptions,
   type RelayServer,
   type RelayServerOptions
 } from "../../src/adapters/relay-server.ts"
@@ -48,7 +48,7 @@ export const startRelay = async (
   let scope = Scope.makeUnsafe()
   const start = (port: number) =>
     Effect.runPromise(
-      makeRelayServer({ ...defaultRelayServerOptions(identity), tickMs: TICK_MS, ...overrides, port }).pipe(
+      makeRelayServer({ ...testRelayOptions(identity, TICK_MS), ...overrides, port }).pipe(
         Scope.provide(scope),
         Effect.provide(layerNode),
         Effect.provide(Logger.layer([]))

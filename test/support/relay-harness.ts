@@ -17,7 +17,7 @@ const nodeCryptoService = autoCryptoService()
 import type { MessageChannel } from "../../src/adapters/message-channel.ts"
 import { openRelayConnection, type RelayEndpoint } from "../../src/adapters/relay-connection.ts"
 import {
-  defaultRelayServerOptions,
+  testRelayOptions,
   makeRelayServer,
   type RelayIdentity,
   type RelayServer,
@@ -26,6 +26,7 @@ import {
 import { makeConnection, step as stepConnection, type ConnectionState } from "../../src/core/connection.ts"
 import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts"
 import { encodeInitConnection, type InitConnection } from "../../src/core/messages.ts"
+import type { RelayConfig } from "../../src/core/relay-core.ts"
 import { encodeVersion } from "../../src/core/version.ts"
 import { transportNonce } from "../../src/core/secure-channel.ts"
 import { Crypto } from "../../src/adapters/crypto.ts"
@@ -39,20 +40,16 @@ export const makeIdentity = (crypto: CryptoService = nodeCryptoService): RelayId
   return { seed, publicKey: crypto.ed25519PublicKey(seed) }
 }
 
+/** Options for a test relay: any server option, and any part of the core's config. */
+export type RelayOverrides = Partial<Omit<RelayServerOptions, "core">> & { readonly core?: Partial<RelayConfig> }
+
 /** A relay on 127.0.0.1 with an ephemeral port and 50 ms ticks, living in the current scope. */
-export const startRelay = (overrides: Partial<RelayServerOptions> = {}) =>
+export const startRelay = (overrides: RelayOverrides = {}) =>
   Effect.gen(function*() {
     const identity = makeIdentity(yield* Crypto)
-    const defaults = defaultRelayServerOptions(identity)
-    const server = yield* makeRelayServer({
-      ...defaults,
-      port: 0,
-      tickMs: TEST_TICK_MS,
-      // 50 ms ticks: the hello deadline gets the handshake's 8 ticks, so a busy
-      // machine does not cut a test client off (the hello rule has its own test).
-      ...overrides,
-      core: { ...defaults.core, helloTimeoutTicks: 8, ...overrides.core }
-    })
+    // Short ticks: the hello deadline gets the handshake's (the hello rule has its own test).
+    const defaults = testRelayOptions(identity, TEST_TICK_MS)
+    const server = yield* makeRelayServer({ ...defaults, ...overrides, core: { ...defaults.core, ...overrides.core } })
     const endpoint: RelayEndpoint = { publicKey: identity.publicKey, host: "127.0.0.1", port: server.port }
     return { server, endpoint, identity }
   })
