@@ -174,6 +174,28 @@ describe("backoff", () => {
     expect(state).toMatchObject({ _tag: "BackingOff", lastError: "lost" })
   })
 
+  it("the owner of a contested channel (closed by the relay after the window) retries on the first step every time", () => {
+    let state: ReconnectState = initialReconnect
+    const feed = (event: Parameters<typeof stepReconnect>[2]) => {
+      const [next, command] = stepReconnect(policy, state, event)
+      state = next
+      return command
+    }
+    feed({ _tag: "Listening", now: 0 })
+    // Taken over again and again after 1.5 s up (past the 1 s window, short of the 5 s reset):
+    // the wait stays at the first step, well inside a newcomer's window.
+    for (let round = 0, now = 1500; round < 6; round++, now += 1700) {
+      expect(feed({ _tag: "Failed", now, error: "closed", jitter: 0, closedByRelay: true })).toEqual({ _tag: "Wait", delayMs: 100 })
+      feed({ _tag: "RetryDue" })
+      feed({ _tag: "Listening", now: now + 200 })
+    }
+    // A channel the relay did not close (a reset) after the window still counts up.
+    expect(feed({ _tag: "Failed", now: 20_000, error: "reset", jitter: 0 })).toEqual({ _tag: "Wait", delayMs: 100 })
+    feed({ _tag: "RetryDue" })
+    feed({ _tag: "Listening", now: 20_100 })
+    expect(feed({ _tag: "Failed", now: 21_600, error: "reset", jitter: 0 })).toEqual({ _tag: "Wait", delayMs: 200 })
+  })
+
   it("a listen channel the relay closes soon after it opened, twice in a row, was displaced: a slower schedule of its own, said in the status", () => {
     let state: ReconnectState = initialReconnect
     const feed = (event: Parameters<typeof stepReconnect>[2]) => {

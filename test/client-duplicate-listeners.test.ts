@@ -73,7 +73,9 @@ describe("two listeners with the same identity", () => {
     const bStarted = Date.now()
     await new Promise((resolve) => setTimeout(resolve, 6000))
     const context = log.join("\n")
-    expect(a.listenings() + b.listenings(), context).toBeLessThanOrEqual(10)
+    // Settled: A's first listen, two quick swaps before B counts itself
+    // displaced, then one swap per displaced try of B (jittered 0.75-3 s).
+    expect(a.listenings() + b.listenings(), context).toBeLessThanOrEqual(14)
     // A, the owner, holds the channel but for B's short tries; B stands back and says why.
     const settled = bStarted + 2000
     expect(a.listeningMs(settled, Date.now()), context).toBeGreaterThan(0.8 * (Date.now() - settled))

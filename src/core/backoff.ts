@@ -16,9 +16,10 @@
  * the adapter drew), `RetryDue` once the wait is over. Time and randomness
  * come in with the events; the step only decides.
  *
- * The failure count resets when a channel stayed up for `resetAfterMs`: a
- * relay that drops us once a day is retried quickly, one that accepts and
- * drops at once is retried ever more slowly.
+ * The failure count resets when a channel stayed up for `resetAfterMs`, or
+ * was closed cleanly by the relay after `displacedWithinMs` (below): a relay
+ * that drops us once a day is retried quickly, one that accepts and drops at
+ * once is retried ever more slowly.
  *
  * Displaced: the relay keeps one listen channel per key, the newest, and
  * closes the older one. Two processes listening with one identity on one
@@ -211,7 +212,12 @@ export const stepReconnect = (
     case "Failed": {
       if (state._tag === "BackingOff") return [state, none]
       const upMs = state._tag === "Listening" ? event.now - state.since : undefined
-      const healthy = upMs !== undefined && upMs >= policy.resetAfterMs
+      // Up for resetAfterMs, or closed cleanly by the relay after the
+      // displacement window: the owner of a contested channel (a newcomer
+      // took it) comes back on the first step of the schedule every time,
+      // so it stays well inside the newcomer's window and the two settle.
+      const healthy = upMs !== undefined &&
+        (upMs >= policy.resetAfterMs || (event.closedByRelay === true && upMs >= policy.displacedWithinMs))
       const failures = healthy ? 0 : state.failures
       const quickClose = upMs !== undefined && event.closedByRelay === true && upMs < policy.displacedWithinMs
       const displacements = quickClose ? state.displacements + 1 : 0
