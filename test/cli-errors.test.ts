@@ -11,36 +11,7 @@ import * as Net from "node:net"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-
-const NODE = NodePath.resolve("node_modules/.bin/node")
-const BIN = NodePath.resolve("bin/offset-relay.js")
-
-interface Finished {
-  readonly code: number | null
-  readonly stdout: string
-  readonly stderr: string
-}
-
-/** Runs one command to its end; `input` undefined keeps stdin open until `closeStdin` resolves. */
-const run = (args: ReadonlyArray<string>, input: string | undefined, closeStdin?: Promise<unknown>): Promise<Finished> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(NODE, [BIN, ...args], { stdio: ["pipe", "pipe", "pipe"] })
-    let out = ""
-    let err = ""
-    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (err += chunk.toString()))
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL")
-      reject(new Error(`offset-relay ${args.join(" ")} did not finish; stderr:\n${err}`))
-    }, 20_000)
-    child.on("close", (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout: out, stderr: err })
-    })
-    child.stdin.on("error", () => {})
-    if (input !== undefined) child.stdin.end(input)
-    else void closeStdin?.then(() => child.stdin.end())
-  })
+import { BIN, NODE, runCli } from "./support/cli-process.ts"
 
 interface Running {
   readonly child: ChildProcess
@@ -75,7 +46,7 @@ const start = (args: ReadonlyArray<string>): Running => {
 }
 
 const keygen = async (name: string): Promise<string> =>
-  (await run(["keygen", "--out", NodePath.join(dir, `${name}.key`)], "")).stdout.trim()
+  (await runCli(["keygen", "--out", NodePath.join(dir, `${name}.key`)], { input: "" })).stdout.trim()
 
 let dir: string
 let relay: Running
@@ -135,10 +106,9 @@ afterAll(async () => {
 })
 
 const connect = (as: string, to: string, input: string | undefined, closeStdin?: Promise<unknown>, relays = [relayAddress]) =>
-  run(
+  runCli(
     ["connect", "--identity", NodePath.join(dir, `${as}.key`), ...relays.flatMap((r) => ["--relay", r]), "--to", to, "--timeout-ms", "5000"],
-    input,
-    closeStdin
+    { ...(input === undefined ? {} : { input }), ...(closeStdin === undefined ? {} : { closeStdin }) }
   )
 
 describe("errors that name the right party", () => {

@@ -9,21 +9,13 @@
  * run `serve` as a child process, since they send it signals. 127.0.0.1
  * only; exit codes from exit-codes.ts.
  */
-import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
+import { type Finished, runCli, watchCli } from "./support/cli-process.ts"
 
-const NODE = NodePath.resolve("node_modules/.bin/node")
-const BIN = NodePath.resolve("bin/offset-relay.js")
-
-interface Finished {
-  readonly code: number | null
-  readonly stdout: string
-  readonly stderr: string
-}
 
 const commands: Record<string, () => Promise<{ run: (args: ReadonlyArray<string>) => Promise<number> }>> = {
   serve: () => import("../src/adapters/cli/serve.ts"),
@@ -59,24 +51,6 @@ const run = (args: ReadonlyArray<string>): Promise<Finished> => {
   queue = next.catch(() => {})
   return next
 }
-
-/** Runs `offset-relay <args>` as a child process. */
-const runProcess = (args: ReadonlyArray<string>, timeoutMs = 20_000): Promise<Finished> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(NODE, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] })
-    let out = ""
-    let err = ""
-    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (err += chunk.toString()))
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL")
-      reject(new Error(`offset-relay ${args.join(" ")} did not finish; stderr:\n${err}`))
-    }, timeoutMs)
-    child.on("close", (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout: out, stderr: err })
-    })
-  })
 
 let dir: string
 let busy: Net.Server
@@ -207,29 +181,16 @@ describe("the log", () => {
   const serveAndReload = async (format: "json" | "pretty") => {
     const allow = NodePath.join(dir, `allow-${format}`)
     NodeFs.writeFileSync(allow, `${"ab".repeat(32)}\n${"cd".repeat(32)}\n`)
-    const child = spawn(
-      NODE,
-      [BIN, "serve", "--port", "0", "--data-dir", NodePath.join(dir, `log-${format}`), "--allow-keys", allow, "--log-format", format],
-      { stdio: ["ignore", "pipe", "pipe"] }
+    const { child, stdout, stderr, until } = watchCli(
+      ["serve", "--port", "0", "--data-dir", NodePath.join(dir, `log-${format}`), "--allow-keys", allow, "--log-format", format]
     )
-    let out = ""
-    let err = ""
-    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (err += chunk.toString()))
-    const until = async (check: () => boolean) => {
-      const deadline = Date.now() + 15_000
-      while (!check()) {
-        if (Date.now() > deadline) throw new Error(`timed out; stderr:\n${err}`)
-        await new Promise((resolve) => setTimeout(resolve, 25))
-      }
-    }
-    await until(() => out.includes("\n"))
+    await until(() => stdout().includes("\n"))
     child.kill("SIGHUP")
-    await until(() => err.includes("allow-list reloaded"))
+    await until(() => stderr().includes("allow-list reloaded"))
     const exited = new Promise<number | null>((resolve) => child.once("exit", resolve))
     child.kill("SIGTERM")
     expect(await exited).toBe(0)
-    return { stdout: out, lines: err.trim().split("\n") }
+    return { stdout: stdout(), lines: stderr().trim().split("\n") }
   }
 
   it("json: every stderr line is one JSON object, the reload among them; stdout is the address alone", async () => {
@@ -250,24 +211,15 @@ describe("the log", () => {
   })
   it("a client's key appears in the relay's log as its first 8 hex digits by default", async () => {
     const data = NodePath.join(dir, "keys")
-    const child = spawn(NODE, [BIN, "serve", "--port", "0", "--data-dir", data, "--log-format", "json"], {
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let out = ""
-    let err = ""
-    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (err += chunk.toString()))
-    const until = async (check: () => boolean) => {
-      const deadline = Date.now() + 15_000
-      while (!check() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 25))
-    }
+    const { child, stdout, stderr, until } = watchCli(["serve", "--port", "0", "--data-dir", data, "--log-format", "json"])
     try {
-      await until(() => out.includes("\n"))
+      await until(() => stdout().includes("\n"))
       const key = NodePath.join(dir, "keys-client.key")
-      const clientKey = (await runProcess(["keygen", "--out", key])).stdout.trim()
+      const clientKey = (await runCli(["keygen", "--out", key])).stdout.trim()
       // Nobody listens as this key: the relay closes the connect and logs it.
-      await runProcess(["connect", "--identity", key, "--relay", out.trim(), "--to", "cd".repeat(32), "--timeout-ms", "3000"])
-      await until(() => err.includes("connection closed"))
+      await runCli(["connect", "--identity", key, "--relay", stdout().trim(), "--to", "cd".repeat(32), "--timeout-ms", "3000"])
+      await until(() => stderr().includes("connection closed"))
+      const err = stderr()
       const closes = err.trim().split("\n").map((line) => JSON.parse(line) as { message: string; annotations: Record<string, unknown> })
         .filter((r) => r.message === "connection closed")
       expect(closes.length).toBeGreaterThan(0)
