@@ -8,12 +8,11 @@ import { afterEach, describe, expect, it } from "vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
-import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
-import type * as Socket from "effect/socket/Socket"
 import { listen, type ListenerEvent } from "../src/adapters/client/index.ts"
 import { MAX_ACCEPTS_IN_PROGRESS } from "../src/adapters/client/listener.ts"
 import { nodeCryptoService } from "../src/adapters/crypto.ts"
-import { exchangeVersion, makeSocketFrameLink } from "../src/adapters/frame-link.ts"
+import { exchangeVersion, type FrameLink } from "../src/adapters/frame-link.ts"
+import { serveFrames } from "./support/frame-server.ts"
 import { establishChannel } from "../src/adapters/message-channel.ts"
 import { decodeInitConnection, decodeRejectConnection, encodeIncomingConnection } from "../src/core/messages.ts"
 import { formatRelayAddress } from "../src/core/relay-address.ts"
@@ -34,9 +33,8 @@ describe("a flood of IncomingConnection", () => {
     let rejects = 0
     // Takes every accept connection and then says nothing, so each accept
     // stays under way (in its end-to-end handshake) until the test ends.
-    const handle = (socket: Socket.Socket) =>
+    const handle = (link: FrameLink) =>
       Effect.gen(function*() {
-        const link = yield* makeSocketFrameLink(socket)
         yield* exchangeVersion(link)
         const channel = yield* establishChannel(link, { crypto: nodeCryptoService, identity })
         const init = decodeInitConnection(yield* channel.receive)
@@ -54,10 +52,8 @@ describe("a flood of IncomingConnection", () => {
           mostAcceptsOpen = Math.max(mostAcceptsOpen, acceptsOpen)
           yield* Effect.ensuring(channel.ended, Effect.sync(() => acceptsOpen--))
         }
-      }).pipe(Effect.scoped, Effect.ignore)
-    const server = await Effect.runPromise(NodeSocketServer.make({ host: "127.0.0.1", port: 0 }).pipe(Scope.provide(scope)))
-    Effect.runFork(server.run(handle).pipe(Effect.forkIn(scope)))
-    const port = server.address._tag === "UnixPathAddress" ? 0 : server.address.port
+      })
+    const port = await Effect.runPromise(serveFrames(handle).pipe(Scope.provide(scope)))
     cleanups.push(() => Effect.runPromise(Scope.close(scope, Exit.void)))
 
     const busy: Array<ListenerEvent> = []

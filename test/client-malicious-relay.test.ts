@@ -12,14 +12,13 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
-import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
-import type * as Socket from "effect/socket/Socket"
 import { connect, ConnectError, listen, type PeerDuplex } from "../src/adapters/client/index.ts"
 // auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
 import { autoCryptoService } from "../src/adapters/crypto.ts"
 const nodeCryptoService = autoCryptoService()
 import type { Identity } from "../src/adapters/identity.ts"
-import { exchangeVersion, makeSocketFrameLink } from "../src/adapters/frame-link.ts"
+import { exchangeVersion, type FrameLink } from "../src/adapters/frame-link.ts"
+import { serveFrames } from "./support/frame-server.ts"
 import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { type ConnectionEvent, makeConnection, step as stepConnection } from "../src/core/connection.ts"
 import { bytesToHex } from "../src/core/keys.ts"
@@ -74,9 +73,8 @@ const startEvilRelay = async (mode: Mode) => {
       }
     })
 
-  const handle = (socket: Socket.Socket) =>
+  const handle = (link: FrameLink) =>
     Effect.gen(function*() {
-      const link = yield* makeSocketFrameLink(socket)
       yield* exchangeVersion(link)
       const channel = yield* establishChannel(link, { crypto, identity })
       yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(TICK_MS), Effect.sync(channel.tick))))
@@ -110,14 +108,9 @@ const startEvilRelay = async (mode: Mode) => {
           yield* Effect.raceFirst(pump(channel, accept, true), pump(accept, channel, false)).pipe(Effect.ignore)
         }
       }
-    }).pipe(Effect.scoped, Effect.ignore)
+    })
 
-  const server = await Effect.runPromise(
-    NodeSocketServer.make({ host: "127.0.0.1", port: 0 }).pipe(Scope.provide(scope))
-  )
-  Effect.runFork(server.run(handle).pipe(Effect.forkIn(scope)))
-  // A TCP server bound on 127.0.0.1 always has a port.
-  const port = server.address._tag === "UnixPathAddress" ? 0 : server.address.port
+  const port = await Effect.runPromise(serveFrames(handle).pipe(Scope.provide(scope)))
   cleanups.push(() => Effect.runPromise(Scope.close(scope, Exit.void)))
   return {
     address: formatRelayAddress({ publicKey: identity.publicKey, host: "127.0.0.1", port }),

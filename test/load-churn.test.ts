@@ -15,9 +15,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { nodeCryptoService } from "../src/adapters/crypto.ts"
-import { exchangeVersion, makeSocketFrameLink } from "../src/adapters/frame-link.ts"
+import { exchangeVersion, makeStreamFrameLink } from "../src/adapters/frame-link.ts"
+import { tcpByteStream } from "../src/adapters/transport-tcp.ts"
 import { ChannelError, establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { openRelayConnection, type RelayEndpoint } from "../src/adapters/relay-connection.ts"
 import { encodeInitConnection } from "../src/core/messages.ts"
@@ -53,15 +53,16 @@ const options: PeerOptions = { crypto: nodeCryptoService, tickMs: TICK_MS }
  */
 const openResettableTunnel = (relay: RelayEndpoint, identity: PeerIdentity, listenerKey: Uint8Array) =>
   Effect.gen(function*() {
+    // A Net socket of our own, for the reset the transport interface does not offer.
     const netSocket = yield* Effect.acquireRelease(
       Effect.callback<Net.Socket, ChannelError>((resume) => {
-        const s = Net.connect({ host: relay.host, port: relay.port, noDelay: true })
+        const s = Net.connect({ host: relay.host, port: relay.port, noDelay: true, allowHalfOpen: true })
         s.once("connect", () => resume(Effect.succeed(s)))
         s.once("error", (e) => resume(Effect.fail(new ChannelError({ reason: "Reset", message: e.message }))))
       }),
       (s) => Effect.sync(() => s.destroy())
     )
-    const link = yield* makeSocketFrameLink(yield* NodeSocket.fromDuplex(Effect.succeed(netSocket)))
+    const link = makeStreamFrameLink(tcpByteStream(netSocket))
     yield* exchangeVersion(link)
     const hop = yield* establishChannel(link, {
       crypto: options.crypto,

@@ -8,11 +8,10 @@ import * as Net from "node:net"
 import { createHash } from "node:crypto"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as Deferred from "effect/Deferred"
 import { type CryptoService, nobleCryptoService, nodeCryptoService } from "../src/adapters/crypto.ts"
-import { exchangeVersion, makeSocketFrameLink } from "../src/adapters/frame-link.ts"
+import { exchangeVersion } from "../src/adapters/frame-link.ts"
+import { dialFrames, serveFrames } from "./support/frame-server.ts"
 import { type ChannelError, establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 
 const identity = (crypto: CryptoService) => {
@@ -33,13 +32,9 @@ const pair = (options: {
   readonly rekeyIntervalTicks?: number
 }) =>
   Effect.gen(function*() {
-    const server = yield* NodeSocketServer.make({ host: "127.0.0.1", port: 0 })
-    const port = server.address._tag === "UnixPathAddress" ? 0 : server.address.port
     const serverSide = yield* Deferred.make<Exit.Exit<MessageChannel, unknown>>()
-    yield* Effect.forkScoped(
-      server.run((socket) =>
+    const port = yield* serveFrames((link) =>
         Effect.gen(function*() {
-          const link = yield* makeSocketFrameLink(socket)
           const result = yield* Effect.exit(
             Effect.andThen(
               exchangeVersion(link),
@@ -54,11 +49,9 @@ const pair = (options: {
           )
           yield* Deferred.succeed(serverSide, result)
           yield* Effect.never
-        }).pipe(Effect.scoped)
-      )
+        })
     )
-    const socket = yield* NodeSocket.makeNet({ host: "127.0.0.1", port })
-    const link = yield* makeSocketFrameLink(socket)
+    const link = yield* dialFrames(port)
     const client = yield* Effect.exit(
       Effect.andThen(
         exchangeVersion(link),
@@ -190,8 +183,7 @@ describe("pipeline over loopback TCP", () => {
         () => Effect.sync(() => server.close())
       )
       const port = (server.address() as Net.AddressInfo).port
-      const socket = yield* NodeSocket.makeNet({ host: "127.0.0.1", port })
-      const link = yield* makeSocketFrameLink(socket)
+      const link = yield* dialFrames(port)
       const started = Date.now()
       const result = yield* Effect.exit(
         Effect.andThen(

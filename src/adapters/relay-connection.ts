@@ -1,5 +1,6 @@
 /**
- * A client's connection to one relay: TCP, version prefix, then the secure
+ * A client's connection to one relay: a transport stream (TCP unless the
+ * options name another), version prefix, then the secure
  * channel expecting the relay's key, then the InitConnection that says what
  * the connection is for. The client library builds listen, connect and
  * accept channels from this.
@@ -11,15 +12,15 @@
  * relay had sent bytes we had not read, and a reset makes the relay drop
  * our own last messages that it had not read yet.
  */
-import * as Net from "node:net"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { CLOSED_BEFORE_VERSION } from "../core/connect-outcome.ts"
 import { encodeInitConnection, type InitConnection } from "../core/messages.ts"
 import type { CryptoService } from "./crypto.ts"
-import { closeGracefully, exchangeVersion, LinkError, makeSocketFrameLink } from "./frame-link.ts"
+import { exchangeVersion, LinkError, makeStreamFrameLink } from "./frame-link.ts"
 import { ChannelError, establishChannel, type ChannelOptions, type MessageChannel } from "./message-channel.ts"
+import type { Transport } from "./transport.ts"
+import { tcpTransport } from "./transport-tcp.ts"
 
 /** Where a relay is and who it must prove to be. */
 export interface RelayEndpoint {
@@ -39,6 +40,8 @@ export interface RelayConnectionOptions {
   /** On close, how long to wait for the relay to close its side before destroying the socket (default 2 s). */
   readonly closeLingerMs?: number
   readonly channel?: Pick<ChannelOptions, "inboxBytes" | "machine">
+  /** How to reach the relay (default TCP). */
+  readonly transport?: Transport
 }
 
 /** Default bound on a graceful close. */
@@ -56,17 +59,19 @@ export const openRelayConnection = (
   Effect.gen(function*() {
     const timeoutMs = options.handshakeTimeoutMs ?? 10_000
     const channel = yield* Effect.gen(function*() {
-      const conn = yield* dial(relay)
-      const socket = yield* NodeSocket.fromDuplex(Effect.succeed(conn))
-      const link = yield* makeSocketFrameLink(socket)
+      const transport = options.transport ?? tcpTransport
+      const stream = yield* transport.dial({ host: relay.host, port: relay.port }).pipe(
+        Effect.mapError((error) => new ChannelError({ reason: "Reset", message: error.message }))
+      )
+      const link = makeStreamFrameLink(stream)
       // Added before the channel's own finalizer, so it runs after the
       // channel's fibers have stopped. A connection that never finished its
       // handshake carries nothing worth flushing: it is cut at once.
       let established = false
       yield* Effect.addFinalizer(() =>
         established
-          ? closeGracefully(conn, link, options.closeLingerMs ?? DEFAULT_CLOSE_LINGER_MS)
-          : Effect.sync(() => conn.destroy())
+          ? link.closeGracefully(options.closeLingerMs ?? DEFAULT_CLOSE_LINGER_MS)
+          : Effect.sync(link.destroy)
       )
       // A relay that refuses us at once (a connection limit, shutting down)
       // closes before it sends anything: tell that apart from a close later on.
@@ -104,22 +109,3 @@ export const openRelayConnection = (
     yield* channel.send(encodeInitConnection(init))
     return channel
   })
-
-// A TCP connection to the relay, destroyed when the scope closes (the
-// graceful close runs before that).
-const dial = (relay: RelayEndpoint): Effect.Effect<Net.Socket, ChannelError, Scope.Scope> =>
-  Effect.acquireRelease(
-    Effect.callback<Net.Socket, ChannelError>((resume) => {
-      const conn = Net.createConnection({ host: relay.host, port: relay.port, noDelay: true })
-      // Stays attached for the socket's life: an 'error' after the reader
-      // has detached its listeners (a reset while closing) must not become
-      // an uncaught exception.
-      conn.on("error", (cause) =>
-        resume(Effect.fail(
-          new ChannelError({ reason: "Reset", message: `cannot connect to ${relay.host}:${relay.port}: ${cause.message}` })
-        )))
-      conn.once("connect", () => resume(Effect.succeed(conn)))
-      return Effect.sync(() => conn.destroy())
-    }),
-    (conn) => Effect.sync(() => conn.destroy())
-  )

@@ -42,12 +42,9 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
-import * as Socket from "effect/socket/Socket"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
+import * as FiberSet from "effect/FiberSet"
 import * as Clock from "effect/Clock"
 import { publicKeyHex as keyHex } from "../core/keys.ts"
-import * as Option from "effect/Option"
 import * as NodeOs from "node:os"
 import { addressPrefix, defaultPrefixLengths, type PrefixLengths } from "../core/address-prefix.ts"
 import { formatKeyForLog, type LogKeys } from "../core/log-keys.ts"
@@ -64,16 +61,11 @@ import {
   type RelayLimit
 } from "../core/relay-core.ts"
 import { Crypto } from "./crypto.ts"
-import {
-  closeGracefully,
-  exchangeVersion,
-  type FrameLink,
-  LinkError,
-  makeSocketFrameLink,
-  type SocketFrameLink
-} from "./frame-link.ts"
+import { exchangeVersion, type FrameLink, LinkError, makeStreamFrameLink, type StreamFrameLink } from "./frame-link.ts"
 import { ChannelError, establishChannel, type MessageChannel } from "./message-channel.ts"
 import { Metrics, registerProcessMetrics } from "./metrics.ts"
+import type { ByteStream, Transport } from "./transport.ts"
+import { tcpTransport } from "./transport-tcp.ts"
 
 /** An Ed25519 identity: the 32-byte secret seed and its public key. */
 export interface RelayIdentity {
@@ -111,6 +103,8 @@ export interface RelayServerOptions {
   readonly logKeys: LogKeys
   /** Per client key: bytes per second and burst; undefined = no rate limit. */
   readonly rateLimit: { readonly bytesPerSecond: number; readonly burstBytes: number } | undefined
+  /** What clients connect over (default TCP). */
+  readonly transport?: Transport
 }
 
 /**
@@ -258,19 +252,10 @@ export const makeRelayServer = (
     // The listening socket has its own scope so that shutdown can stop
     // accepting (new dials are refused by the OS) before the server's scope ends.
     const listenScope = yield* Scope.fork(scope)
-    // noDelay: the handshake writes small frames back to back; with Nagle on,
-    // the second waits for the peer's delayed ACK (40 ms on Linux) and a
-    // tunnel setup (three handshakes) takes several times longer.
-    const server = yield* NodeSocketServer.make({ host: options.host, port: options.port, noDelay: true }).pipe(
-      Scope.provide(listenScope),
-      Effect.mapError(
-        (error) =>
-          new ServerStartError({
-            message: `cannot listen on ${options.host}:${options.port}: ${error.message}`
-          })
-      )
-    )
-    const boundPort = server.address._tag === "UnixPathAddress" ? options.port : server.address.port
+    // Every accepted stream is served in its own fiber, in a set that
+    // shutdown interrupts once the listener is closed.
+    const handlersScope = yield* Scope.fork(scope)
+    const runHandler = yield* FiberSet.makeRuntime<never, void, never>().pipe(Scope.provide(handlersScope))
     const core = new RelayCore(options.core)
     const connections = new Map<ConnectionId, Connection>()
     const buckets = new Map<string, { bucket: TokenBucket; users: number }>()
@@ -491,14 +476,12 @@ export const makeRelayServer = (
       })
 
     // The life of one accepted socket, from admission to close.
-    const serveConnection = (socket: Socket.Socket) =>
+    const serveConnection = (stream: ByteStream): Effect.Effect<void> =>
       Effect.gen(function*() {
-        // The socket server provides the Node socket to every handler.
-        const netSocket = Option.getOrThrow(yield* Effect.serviceOption(NodeSocket.NetSocket))
-        const ip = netSocket.remoteAddress ?? "unknown"
+        const ip = stream.remoteAddress
         const id = ConnectionId(nextId++)
         accepted.inc()
-        let link: SocketFrameLink | undefined
+        let link: StreamFrameLink | undefined
         const connection: Connection = {
           id,
           ip,
@@ -510,7 +493,7 @@ export const makeRelayServer = (
           closeOrder: Deferred.makeUnsafe<string>(),
           spliced: Deferred.makeUnsafe<void>(),
           unsentIncoming: 0,
-          held: () => (connection.channel?.bufferedBytes() ?? link?.bufferedBytes() ?? 0) + netSocket.writableLength,
+          held: () => (connection.channel?.bufferedBytes() ?? link?.bufferedBytes() ?? 0) + stream.writableLength(),
           delivered: 0,
           paused: false,
           resume: undefined,
@@ -566,7 +549,7 @@ export const makeRelayServer = (
             Effect.sync(() => {
               sockets--
               if (connection.clientKey !== undefined && connection.bucket !== undefined) releaseThrottle(connection.clientKey)
-              netSocket.destroy()
+              stream.destroy()
             })
           )
         )
@@ -575,18 +558,12 @@ export const makeRelayServer = (
           // Refused at once: no handshake, no core state, no lingering.
           const reason = yield* Deferred.await(connection.closeOrder)
           yield* report(reason, "refused on accept")
-          netSocket.destroy()
+          stream.destroy()
           return
         }
-        // The link lives in this outer scope, so the socket stays open while
-        // it lingers after the channel (inner scope) is gone.
-        const linkExit = yield* Effect.exit(makeSocketFrameLink(socket))
-        if (Exit.isFailure(linkExit)) {
-          const error = failureOf(linkExit)
-          yield* report(error === undefined ? "connection-lost" : adapterCloseReason(error, false), error?.message ?? "")
-          return
-        }
-        const socketLink = linkExit.value
+        // The link outlives the channel (inner scope), so the stream stays
+        // open while it lingers after the channel is gone.
+        const socketLink = makeStreamFrameLink(stream)
         link = socketLink
         socketLink.setReadThrottle(readGate(connection))
         // Version, ExchangeRandNonce, ExchangeDh: the frames before the client is authenticated.
@@ -677,11 +654,19 @@ export const makeRelayServer = (
         // A client we merely stop serving gets a graceful close, so nothing
         // written to it is lost to a reset; a hostile or dead one is cut off.
         if (ABRUPT_CLOSE_REASONS.has(reason) || (reason === "over-limit" && !gracefulLimit(connection))) {
-          netSocket.destroy()
-        } else yield* closeGracefully(netSocket, socketLink, options.closeLingerMs)
+          stream.destroy()
+        } else yield* socketLink.closeGracefully(options.closeLingerMs)
       }).pipe(Effect.scoped)
 
-    const serverFiber = yield* Effect.forkIn(server.run(serveConnection), scope)
+    const transport = options.transport ?? tcpTransport
+    const bound = yield* transport.listen(
+      { host: options.host, port: options.port },
+      (stream) => runHandler(serveConnection(stream))
+    ).pipe(
+      Scope.provide(listenScope),
+      Effect.mapError((error) => new ServerStartError({ message: error.message, code: error.code }))
+    )
+    const boundPort = bound.port
 
     const tickFiber = yield* Effect.forkIn(
       Effect.forever(
@@ -710,9 +695,10 @@ export const makeRelayServer = (
         }
         drainOver = true
         for (const c of [...connections.values()]) Deferred.doneUnsafe(c.closeOrder, Exit.succeed("shutting-down"))
-        // Interrupting the handlers destroys every socket still open (lingering ones too).
-        yield* Fiber.interrupt(serverFiber)
+        // Accept no more, then interrupt the handlers: that destroys every
+        // stream still open (lingering ones too).
         yield* Scope.close(listenScope, Exit.void)
+        yield* Scope.close(handlersScope, Exit.void)
         yield* Fiber.interrupt(tickFiber)
       })
 
@@ -741,8 +727,11 @@ export const makeRelayServer = (
 /** The relay could not start (port in use, bad address). */
 export class ServerStartError extends Error {
   readonly _tag = "ServerStartError"
-  constructor(options: { readonly message: string }) {
+  /** The platform's error code (EADDRINUSE, ...), when there is one. */
+  readonly code: string | undefined
+  constructor(options: { readonly message: string; readonly code?: string | undefined }) {
     super(options.message)
+    this.code = options.code
   }
 }
 
