@@ -19,12 +19,16 @@
  * Hop channels refuse messages that unpack to more than HOP_MAX_EXPANSION
  * times their wire size, and peers that rekey more than HOP_PEER_REKEY_LIMIT.
  *
- * Every close is reported once: to the core (`Closed`, harmless when the core
- * ordered it), to `offset_relay_closes_total` under one reason, to the log.
- * A hostile or dead client is cut off (destroy); any other gets a graceful
- * close (frame-link.ts `closeGracefully`: FIN after what was written, then
- * drain until the client's FIN, bounded by closeLingerMs), because a reset
- * can make the client lose bytes we wrote to it.
+ * Every close is the core's: an end the adapter sees (the client's FIN, a
+ * reset, a bad frame, a keepalive timeout) goes to the core as `Ended`, and
+ * the core answers with the `Close` that says its reason and its mode. The
+ * adapter only carries it out: "abort" destroys the stream, "graceful" runs
+ * frame-link.ts `closeGracefully` (FIN after what was written, then drain
+ * until the client's FIN, bounded by closeLingerMs). Each close is counted
+ * once in `offset_relay_closes_total` under its reason, and logged. Which
+ * connections the core reads (the first message, listen channels) and which
+ * are tunnel payload is the core's role for the connection (`roleOf`); the
+ * adapter keeps no copy of it. The shutdown drain is the core's deadline.
  *
  * Memory: what a connection holds (`heldBytes`) is its inbox (whole unpacked
  * buffers, ≤ inboxBytes + one message), its link's partial and decoded-ahead
@@ -51,7 +55,10 @@ import { formatKeyForLog, type LogKeys } from "../core/log-keys.ts"
 import { makeTokenBucket, takeTokens, type TokenBucket } from "../core/token-bucket.ts"
 import {
   CLOSE_REASONS,
+  type CloseMode,
+  type CloseReason,
   ConnectionId,
+  type EndReason,
   defaultRelayConfig,
   RELAY_LIMITS,
   RelayCore,
@@ -200,11 +207,16 @@ export interface RelayServer {
   /**
    * Graceful shutdown: refuse new connections, close everything but tunnels
    * ("shutting-down"), let tunnels finish and their last bytes flush for up
-   * to `drainMs`, then close the rest ("shutting-down") and stop listening.
-   * The core also ends tunnels after `core.shutdownDrainTicks`: the drain
-   * ends at whichever comes first.
+   * to `drainMs` (rounded up to whole ticks: the core's drain deadline),
+   * then close the rest ("shutting-down") and stop listening.
    */
   readonly shutdown: (drainMs: number) => Effect.Effect<void>
+}
+
+// How the core told the adapter to close a connection.
+interface CloseOrder {
+  readonly reason: CloseReason
+  readonly mode: CloseMode
 }
 
 // What the adapter keeps per connection, beside the core's view.
@@ -216,15 +228,12 @@ interface Connection {
   channel: MessageChannel | undefined
   clientKey: string | undefined
   /** "core": messages go to the core; "held": a pending connect channel; "tunnel": relayed. */
-  mode: "core" | "held" | "tunnel"
   /** The other side, once spliced. */
   peer: Connection | undefined
   /** Completed with the reason once the connection must close: the core's Close, or an adapter limit or shutdown. */
-  readonly closeOrder: Deferred.Deferred<string>
+  readonly closeOrder: Deferred.Deferred<CloseOrder>
   /** Completed by Splice for a held connect channel. */
   readonly spliced: Deferred.Deferred<void>
-  /** IncomingConnection messages handed to the channel and not yet written to the socket. */
-  unsentIncoming: number
   /** What this connection holds now (module header, "Memory"). */
   readonly held: () => number
   /** Tunnel payload bytes written to this connection so far. */
@@ -234,7 +243,7 @@ interface Connection {
   /** Wakes the read gate waiting on `paused`. */
   resume: (() => void) | undefined
   /** The limit an "over-limit" close ordered by the core names. */
-  limit: RelayLimit | "listener-backlog" | "rekey-rate" | undefined
+  limit: RelayLimit | undefined
   /** The client key's rate-limit bucket, once authenticated (with --rate-limit). */
   bucket: TokenBucket | undefined
 }
@@ -262,22 +271,18 @@ export const makeRelayServer = (
     let nextId = 1
     let sockets = 0
     let bytesRelayed = 0
-    let drainOver = false
     const publicKeyHexText = keyHex(options.identity.publicKey)
-    // A listener with this many IncomingConnection messages stuck in its
-    // outbox is not reading its listen channel; more would only pile up.
-    const maxUnsentIncoming = options.core.maxPendingHalfTunnelsPerListener
 
     const metrics = new Metrics()
     const closes = metrics.counter("offset_relay_closes_total", "Connections closed, by reason.", "reason")
-    for (const reason of [...CLOSE_REASONS, ...ADAPTER_CLOSE_REASONS]) closes.inc(0, reason)
+    for (const reason of CLOSE_REASONS) closes.inc(0, reason)
     const accepted = metrics.counter("offset_relay_connections_accepted_total", "TCP connections accepted.")
     const overLimit = metrics.counter(
       "offset_relay_over_limit_total",
       "Connections refused, evicted or closed by a limit, by limit.",
       "limit"
     )
-    for (const limit of OVER_LIMIT_LABELS) overLimit.inc(0, limit)
+    for (const limit of RELAY_LIMITS) overLimit.inc(0, limit)
     const refusalLog = makeRefusalLog()
     const handshakeFailures = metrics.counter(
       "offset_relay_handshake_failures_total",
@@ -340,14 +345,6 @@ export const makeRelayServer = (
           const c = connections.get(command.id)
           const channel = c?.channel
           if (c === undefined || channel === undefined || c.scope === undefined) return
-          if (c.unsentIncoming >= maxUnsentIncoming) {
-            // Closing the listener closes its half tunnels "listener-gone" once
-            // its fiber reports the close; the core needs no new event now.
-            c.limit = "listener-backlog"
-            Deferred.doneUnsafe(c.closeOrder, Exit.succeed("over-limit"))
-            return
-          }
-          c.unsentIncoming++
           // The send runs in the listener's scope, so it ends with the listener
           // (or the server); a failed send ends the channel, which the
           // listener's own fiber reports.
@@ -355,26 +352,21 @@ export const makeRelayServer = (
             Effect.runFork(
               channel.send(command.message).pipe(
                 Effect.ignore,
-                Effect.ensuring(Effect.sync(() => c.unsentIncoming--))
+                Effect.ensuring(Effect.sync(() => dispatch({ _tag: "IncomingConnectionWritten", id: c.id })))
               )
             ),
             c.scope
           )
           return
         }
-        case "HoldConnect": {
-          const c = connections.get(command.id)
-          if (c !== undefined) c.mode = "held"
-          return
-        }
+        case "HoldConnect":
+          return // the connection's loop asks the core for its role
         case "Splice": {
           const connect = connections.get(command.connectId)
           const accept = connections.get(command.acceptId)
           if (connect === undefined || accept === undefined) return
           connect.peer = accept
           accept.peer = connect
-          connect.mode = "tunnel"
-          accept.mode = "tunnel"
           Deferred.doneUnsafe(connect.spliced, Exit.void)
           return
         }
@@ -382,9 +374,7 @@ export const makeRelayServer = (
           const c = connections.get(command.id)
           if (c === undefined) return
           if (command.limit !== undefined) c.limit = command.limit
-          // Past the drain deadline every close is the shutdown's, even the
-          // "peer-closed" the core gives one tunnel side when the other goes first.
-          Deferred.doneUnsafe(c.closeOrder, Exit.succeed(drainOver ? "shutting-down" : command.reason))
+          Deferred.doneUnsafe(c.closeOrder, Exit.succeed({ reason: command.reason, mode: command.mode }))
           return
         }
         case "PauseReading": {
@@ -458,7 +448,7 @@ export const makeRelayServer = (
     const relay = (from: Connection): Effect.Effect<never, ChannelError> =>
       Effect.gen(function*() {
         const channel = from.channel!
-        const to = from.peer!.channel! // set by Splice, before mode became "tunnel"
+        const to = from.peer!.channel! // set by Splice, before the core made both sides tunnels
         while (true) {
           // Forwarded in the KaMessage it came in: one encoding less per message.
           const message = yield* channel.receiveForwardable
@@ -488,11 +478,9 @@ export const makeRelayServer = (
           scope: undefined,
           channel: undefined,
           clientKey: undefined,
-          mode: "core",
           peer: undefined,
-          closeOrder: Deferred.makeUnsafe<string>(),
+          closeOrder: Deferred.makeUnsafe<CloseOrder>(),
           spliced: Deferred.makeUnsafe<void>(),
-          unsentIncoming: 0,
           held: () => (connection.channel?.bufferedBytes() ?? link?.bufferedBytes() ?? 0) + stream.writableLength(),
           delivered: 0,
           paused: false,
@@ -556,7 +544,7 @@ export const makeRelayServer = (
         const refused = Deferred.isDoneUnsafe(connection.closeOrder)
         if (refused) {
           // Refused at once: no handshake, no core state, no lingering.
-          const reason = yield* Deferred.await(connection.closeOrder)
+          const { reason } = yield* Deferred.await(connection.closeOrder)
           yield* report(reason, "refused on accept")
           stream.destroy()
           return
@@ -605,11 +593,15 @@ export const makeRelayServer = (
           dispatch({ _tag: "Authenticated", id, publicKey: channel.remotePublicKey })
 
           // Until the core makes it a connect or accept channel, every message goes to the core.
-          while (connection.mode === "core") {
+          // The core reads the first message, and every message of a listen
+          // channel; its role says when the messages become tunnel payload.
+          let role = core.roleOf(id)
+          while (role === "awaiting-init" || role === "listen") {
             const message = yield* channel.receive
             dispatch({ _tag: "Received", id, message })
+            role = core.roleOf(id)
           }
-          if (connection.mode === "held") {
+          if (role === "pending-connect") {
             // (fix) A connect channel that closes while held is dropped at once,
             // so watch its end while waiting for the accept.
             const ended = yield* Effect.raceFirst(
@@ -617,6 +609,9 @@ export const makeRelayServer = (
               channel.ended
             )
             if (ended !== undefined) return yield* Effect.fail(ended)
+          } else if (role !== "tunnel") {
+            // The core closed it: its close order ends this connection.
+            return yield* Effect.never
           }
           return yield* relay(connection)
         })
@@ -627,35 +622,34 @@ export const makeRelayServer = (
         // channel), so the core closes a tunnel's other side without delay;
         // closing the inner scope then stops the channel's fibers and the
         // sends forked for it.
-        const reason = yield* Effect.scoped(
+        const order = yield* Effect.scoped(
           Effect.gen(function*() {
             connection.scope = yield* Effect.scope
             const outcome = yield* Effect.raceFirst(
               Effect.map(Effect.exit(life), (exit) => ({ _tag: "Ended" as const, exit })),
-              Effect.map(Deferred.await(connection.closeOrder), (reason) => ({ _tag: "Ordered" as const, reason }))
+              Effect.map(Deferred.await(connection.closeOrder), (order) => ({ _tag: "Ordered" as const, order }))
             )
             if (outcome._tag === "Ordered") {
-              yield* report(outcome.reason, "")
-              return outcome.reason
+              yield* report(outcome.order.reason, "")
+              return outcome.order
             }
+            // The core decides how an end we saw is closed (and closes what
+            // depended on it); an id it has forgotten was closed by it already.
             const error = failureOf(outcome.exit)
-            if (error !== undefined) {
-              const reason = adapterCloseReason(error, connection.channel !== undefined)
-              if (error instanceof ChannelError && error.detail === "RekeyFlood") connection.limit = "rekey-rate"
-              yield* report(reason, error.message)
-              return reason
+            if (error === undefined) {
+              // `life` only ends by failing: anything else is a bug here, made visible.
+              yield* Effect.logError("connection ended unexpectedly", outcome.exit)
             }
-            // `life` only ends by failing: anything else is a bug here, made visible.
-            yield* Effect.logError("connection ended unexpectedly", outcome.exit)
-            yield* report("internal-error", "")
-            return "internal-error"
+            dispatch({ _tag: "Ended", id, reason: error === undefined ? "internal-error" : endReasonOf(error, connection.channel !== undefined) })
+            const order = Deferred.isDoneUnsafe(connection.closeOrder)
+              ? yield* Deferred.await(connection.closeOrder)
+              : { reason: "internal-error" as const, mode: "abort" as const }
+            yield* report(order.reason, error?.message ?? "")
+            return order
           })
         )
-        // A client we merely stop serving gets a graceful close, so nothing
-        // written to it is lost to a reset; a hostile or dead one is cut off.
-        if (ABRUPT_CLOSE_REASONS.has(reason) || (reason === "over-limit" && !gracefulLimit(connection))) {
-          stream.destroy()
-        } else yield* socketLink.closeGracefully(options.closeLingerMs)
+        if (order.mode === "abort") stream.destroy()
+        else yield* socketLink.closeGracefully(options.closeLingerMs)
       }).pipe(Effect.scoped)
 
     const transport = options.transport ?? tcpTransport
@@ -685,16 +679,15 @@ export const makeRelayServer = (
 
     const shutdown = (drainMs: number): Effect.Effect<void> =>
       Effect.gen(function*() {
-        // The core now refuses new connections and closes all but tunnels.
-        dispatch({ _tag: "Shutdown" })
+        // The core now refuses new connections and closes all but tunnels,
+        // which may drain until its deadline (the only one), then it closes them.
+        dispatch({ _tag: "Shutdown", drainTicks: Math.ceil(drainMs / options.tickMs) })
         // Tunnels may finish on their own; a closed side lingers to flush its
         // last bytes, so wait for the sockets, not only the core's tunnels.
-        const deadline = (yield* Clock.currentTimeMillis) + drainMs
-        while (sockets > 0 && (yield* Clock.currentTimeMillis) < deadline) {
-          yield* Effect.sleep(Math.min(50, options.tickMs))
+        while (sockets > 0 && !core.drainDeadlinePassed) yield* Effect.sleep(Math.min(50, options.tickMs))
+        for (const c of [...connections.values()]) {
+          Deferred.doneUnsafe(c.closeOrder, Exit.succeed({ reason: "shutting-down", mode: "abort" }))
         }
-        drainOver = true
-        for (const c of [...connections.values()]) Deferred.doneUnsafe(c.closeOrder, Exit.succeed("shutting-down"))
         // Accept no more, then interrupt the handlers: that destroys every
         // stream still open (lingering ones too).
         yield* Scope.close(listenScope, Exit.void)
@@ -735,18 +728,6 @@ export class ServerStartError extends Error {
   }
 }
 
-/** Close reasons seen only by the adapter (the core's are CLOSE_REASONS). */
-export const ADAPTER_CLOSE_REASONS = [
-  "client-closed",
-  "handshake-failed",
-  "timeout-handshake",
-  "frame-too-long",
-  "version-mismatch",
-  "keepalive-timeout",
-  "connection-lost",
-  "internal-error"
-] as const
-
 /**
  * Largest handshake frame the relay takes from a client. The version frame
  * is 4 bytes, ExchangeRandNonce and ExchangeDh a few hundred (fixed-size
@@ -756,11 +737,8 @@ export const ADAPTER_CLOSE_REASONS = [
  */
 export const HANDSHAKE_FRAME_LIMIT = 4096
 
-/** Labels of offset_relay_over_limit_total: the core's limits, the listener backlog and the rekey rate. */
-export const OVER_LIMIT_LABELS = [...RELAY_LIMITS, "listener-backlog", "rekey-rate"] as const
-
 /** What each limit is and which flag raises it, for the refusal log line. */
-export const LIMIT_ADVICE: Readonly<Record<(typeof OVER_LIMIT_LABELS)[number], string>> = {
+export const LIMIT_ADVICE: Readonly<Record<RelayLimit, string>> = {
   "max-connections": "connections in all; raise with --max-connections",
   "max-buffered-bytes": "the relay holds its memory budget; raise with --max-buffered-bytes",
   "handshake-rate": "handshakes per second from one address prefix; raise with --handshake-rate-per-prefix or --handshake-burst-per-prefix",
@@ -801,7 +779,7 @@ const makeContestedListeners = () => {
 const REFUSAL_LOG_INTERVAL_MS = 10_000
 const makeRefusalLog = () => {
   const last = new Map<string, { at: number; suppressed: number }>()
-  return (limit: (typeof OVER_LIMIT_LABELS)[number]) => {
+  return (limit: RelayLimit) => {
     const now = Date.now()
     const entry = last.get(limit)
     if (entry !== undefined && now - entry.at < REFUSAL_LOG_INTERVAL_MS) {
@@ -813,28 +791,6 @@ const makeRefusalLog = () => {
   }
 }
 
-// An authenticated client refused by a limit on what it asked for (a cap on
-// channels, a listener's queue) is served a graceful close, like any client
-// we stop serving; one that evicted, stuck, or flooded rekeys is cut off.
-const gracefulLimit = (connection: Connection): boolean =>
-  connection.channel !== undefined && connection.limit !== "stuck-tunnel" && connection.limit !== "rekey-rate" &&
-  connection.limit !== "unidentified-evicted"
-
-// Closes caused by a hostile or dead peer: destroyed at once, no lingering
-// for a FIN (there is nothing it should still read from us).
-const ABRUPT_CLOSE_REASONS: ReadonlySet<string> = new Set([
-  "handshake-failed",
-  "timeout-handshake",
-  "timeout-init",
-  "frame-too-long",
-  "version-mismatch",
-  "keepalive-timeout",
-  "connection-lost",
-  "protocol-violation",
-  "adapter-misuse",
-  "internal-error"
-])
-
 const failureOf = (exit: Exit.Exit<unknown, unknown>): ChannelError | LinkError | undefined => {
   if (!Exit.isFailure(exit)) return undefined
   for (const reason of exit.cause.reasons) {
@@ -845,8 +801,8 @@ const failureOf = (exit: Exit.Exit<unknown, unknown>): ChannelError | LinkError 
   return undefined
 }
 
-// Names a connection's end for logs and metrics when the core did not order it.
-const adapterCloseReason = (error: ChannelError | LinkError, established: boolean): string => {
+// Names an end the adapter saw, for the core (Ended).
+const endReasonOf = (error: ChannelError | LinkError, established: boolean): EndReason => {
   switch (error.reason) {
     case "Closed":
     case "LocalClose":
@@ -857,10 +813,11 @@ const adapterCloseReason = (error: ChannelError | LinkError, established: boolea
       return "frame-too-long"
     case "VersionMismatch":
       return "version-mismatch"
-    case "HandshakeTimeout":
-      return "timeout-handshake"
+    case "HandshakeTimeout": // the core's deadline is the relay's; the channel's own is not set here
+      return "handshake-failed"
     case "Protocol":
       if (error instanceof ChannelError && error.detail === "KeepaliveTimeout") return "keepalive-timeout"
+      if (error instanceof ChannelError && error.detail === "RekeyFlood") return "rekey-rate"
       return established ? "protocol-violation" : "handshake-failed"
     default:
       return absurd(error)
