@@ -8,6 +8,7 @@
  */
 export * as AllowList from "./allow-list.ts"
 export * as Backoff from "./backoff.ts"
+export * as ConnectGate from "./connect-gate.ts"
 export * as ConnectOutcome from "./connect-outcome.ts"
 export * as Connection from "./connection.ts"
 export type { CryptoPrimitives } from "./crypto.ts"
