@@ -37,6 +37,7 @@ import {
   type ConnectionConfig,
   type ConnectionEvent
 } from "../core/connection.ts"
+import { absurd } from "../core/absurd.ts"
 
 /** Why a message channel ended. */
 export class ChannelError extends Data.TaggedError("ChannelError")<{
@@ -338,9 +339,6 @@ class Signal {
 
 const fromLinkError = (error: LinkError): ChannelError => new ChannelError({ reason: error.reason, message: error.message })
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 /**
  * A frame link inside a relayed tunnel: each message of the outer channel is

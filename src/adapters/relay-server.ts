@@ -59,6 +59,7 @@ import { Hop, type HopServer } from "./relay-hop.ts"
 import { Metrics, registerProcessMetrics } from "./metrics.ts"
 import type { ByteStream, Transport } from "./transport.ts"
 import { tcpTransport } from "./transport-tcp.ts"
+import { absurd } from "../core/absurd.ts"
 
 /** An Ed25519 identity: the 32-byte secret seed and its public key. */
 export interface RelayIdentity {
@@ -555,8 +556,4 @@ const makeRefusalLog = () => {
     last.set(limit, { at: now, suppressed: 0 })
     return { limit, suppressed: entry?.suppressed ?? 0 }
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

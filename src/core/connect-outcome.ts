@@ -21,6 +21,7 @@
  * the tunnel it is someone other than the peer answering (a relay trying to
  * read or forge our traffic).
  */
+import { absurd } from "./absurd.ts"
 
 /** The low-level failure of one phase, as the channel adapter reports it (its reason and detail codes). */
 export interface PhaseFailure {
@@ -182,8 +183,4 @@ export const describeOutcome = (outcome: AttemptOutcome): string => {
     default:
       return absurd(outcome)
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

@@ -62,6 +62,7 @@ import {
   type Rekey
 } from "./messages.ts"
 import { unpackBound } from "./unpack-bound.ts"
+import { absurd } from "./absurd.ts"
 
 /** Bytes of the nonce at the start of every transport frame. */
 export const TRANSPORT_NONCE_LENGTH = 12
@@ -253,9 +254,6 @@ export type SecureChannelStep = readonly [SecureChannelState, ReadonlyArray<Secu
 
 const noCommands: ReadonlyArray<SecureChannelCommand> = []
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 const requireTicks = (what: string, value: number): number => {
   if (!(value === Number.POSITIVE_INFINITY || (Number.isSafeInteger(value) && value >= 1))) {
