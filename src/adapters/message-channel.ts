@@ -31,6 +31,7 @@ import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import type { CryptoService } from "./crypto.ts"
 import { LinkError, type FrameLink } from "./frame-link.ts"
+import type { ChannelFailureDetail, ChannelFailureReason } from "../core/connect-outcome.ts"
 import {
   makeConnection,
   step as stepConnection,
@@ -41,13 +42,9 @@ import { absurd } from "../core/absurd.ts"
 
 /** Why a message channel ended. */
 export class ChannelError extends Data.TaggedError("ChannelError")<{
-  readonly reason:
-    | LinkError["reason"] // the transport below ended or misbehaved
-    | "HandshakeTimeout"
-    | "Protocol" // the secure channel or keepalive refused the peer (see `detail`)
-    | "LocalClose" // we closed it
-  /** The secure channel's own reason code for "Protocol" (e.g. BadSignature, KeepaliveTimeout). */
-  readonly detail?: string
+  readonly reason: ChannelFailureReason
+  /** The machine's own reason for "Protocol" (e.g. BadSignature, KeepaliveTimeout). */
+  readonly detail?: ChannelFailureDetail
   readonly message: string
 }> {}
 
