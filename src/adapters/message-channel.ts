@@ -39,6 +39,7 @@ import {
   type ConnectionEvent
 } from "../core/connection.ts"
 import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
 
 /** Why a message channel ended. */
 export class ChannelError extends Data.TaggedError("ChannelError")<{
@@ -80,7 +81,7 @@ interface ForwardableMessage {
 /** What a channel needs beyond the link. */
 export interface ChannelOptions {
   readonly crypto: CryptoService
-  readonly identity: { readonly seed: Uint8Array; readonly publicKey: Uint8Array }
+  readonly identity: Identity
   /** The key the peer must prove; undefined accepts any (a relay accepting clients). */
   readonly expectedRemotePublicKey?: Uint8Array | undefined
   /** Wall-clock bound on the handshake. */

@@ -43,11 +43,12 @@ import { checkVersion, encodeVersion } from "../core/version.ts"
 import type { CryptoService } from "./crypto.ts"
 import type { ByteStream } from "./transport.ts"
 import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
 
 /** What a hop needs from its server: the core, the clock, and where to report. */
 export interface HopServer {
   readonly crypto: CryptoService
-  readonly identity: { readonly seed: Uint8Array; readonly publicKey: Uint8Array }
+  readonly identity: Identity
   readonly machine: Pick<ConnectionConfig, "keepaliveTicks" | "rekeyIntervalTicks" | "maxPaddingBytes" | "maxExpansion" | "peerRekeyLimit">
   /**
    * Bytes a hop may hold for its client before reading stops: a connect
