@@ -13,14 +13,12 @@ import { parseAllowList } from "../../core/allow-list.ts"
 import { defaultBackoffPolicy } from "../../core/backoff.ts"
 import { hexToBytes } from "../../core/keys.ts"
 import { parseHostPort } from "../../core/relay-address.ts"
-import { listen, type ListenerEvent, type PeerDuplex, type RelayStatus } from "../client/index.ts"
+import type { ListenerEvent, PeerDuplex, RelayStatus } from "../client/index.ts"
 import {
   ExitCode,
   identityOption,
   keyOf,
-  loadIdentity,
   parseCommand,
-  pipeBothWays,
   quietOption,
   relayName,
   relaysOf,
@@ -28,7 +26,7 @@ import {
   tickOption,
   untilStopSignal
 } from "./client-common.ts"
-import { cryptoOption } from "./runtime.ts"
+import { cryptoOption } from "./crypto-option.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
@@ -67,7 +65,7 @@ const description = [
 
 /** Entry point of `offset-relay listen`. */
 export const run = async (args: ReadonlyArray<string>): Promise<number> => {
-  const settings = parseCommand("listen", args, { usage, description, table }, (o, common) => {
+  const settings = await parseCommand("listen", args, { usage, description, table }, (o, common) => {
     const relays = relaysOf(o.relay as ReadonlyArray<string>)
     const forwardText = o.forward as string | undefined
     if (forwardText === undefined) throw new UsageError("--forward HOST:PORT is required: the local service to expose")
@@ -85,6 +83,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   })
   if (typeof settings === "number") return settings
 
+  // The client library, loaded only now: --help and usage errors need none of it.
+  const { listen, loadIdentity, pipeBothWays } = await import("./local-bridge.ts")
   const identity = await loadIdentity("listen", settings.identityPath, settings.crypto)
   if (identity === undefined) return ExitCode.Identity
   const allow = [...settings.allow]
