@@ -1,14 +1,16 @@
 /**
  * What the client commands load and keep: `--help` and usage errors answer
  * without the client library (no Effect, no crypto, no sockets), the flags'
- * defaults written out for that purpose agree with the library's. (How long
- * any of it takes is bench/cli-footprint.ts's business.)
+ * defaults written out for that purpose agree with the library's, and the
+ * idle compactor collects once per idle period, never while a tunnel is open.
+ * (How long any of it takes is bench/cli-footprint.ts's business.)
  */
 import { execFileSync } from "node:child_process"
 import * as NodePath from "node:path"
-import { describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_STAGGER_MS } from "../src/adapters/client/connector.ts"
 import { CONNECT_DEFAULTS } from "../src/adapters/cli/connect.ts"
+import { makeIdleCompactor, memoryReducingGc } from "../src/adapters/cli/idle-memory.ts"
 
 const bin = NodePath.join(import.meta.dirname, "..", "bin", "offset-relay.js")
 
@@ -47,5 +49,57 @@ describe("client commands load the library only to run", () => {
 
   it("connect's defaults on --help are the library's", () => {
     expect(CONNECT_DEFAULTS).toEqual({ timeoutMs: DEFAULT_CONNECT_TIMEOUT_MS, staggerMs: DEFAULT_STAGGER_MS })
+  })
+})
+
+describe("idle compactor", () => {
+  afterEach(() => {
+    vi.useRealTimers()
+  })
+
+  it("collects once after startup, again only after a tunnel came and went, never while one is open", () => {
+    vi.useFakeTimers()
+    const collect = vi.fn()
+    const compactor = makeIdleCompactor({ delayMs: 100, collect })
+    vi.advanceTimersByTime(99)
+    expect(collect).not.toHaveBeenCalled()
+    vi.advanceTimersByTime(1)
+    expect(collect).toHaveBeenCalledTimes(1)
+    vi.advanceTimersByTime(1000)
+    expect(collect).toHaveBeenCalledTimes(1) // still idle: nothing more to give back
+
+    compactor.busy()
+    compactor.busy()
+    compactor.idle()
+    vi.advanceTimersByTime(1000)
+    expect(collect).toHaveBeenCalledTimes(1) // one tunnel still open
+    compactor.idle()
+    vi.advanceTimersByTime(50)
+    compactor.busy() // activity before the delay ran out: wait for the next idle period
+    vi.advanceTimersByTime(1000)
+    expect(collect).toHaveBeenCalledTimes(1)
+    compactor.idle()
+    vi.advanceTimersByTime(100)
+    expect(collect).toHaveBeenCalledTimes(2)
+
+    compactor.busy()
+    compactor.idle()
+    compactor.stop()
+    vi.advanceTimersByTime(1000)
+    expect(collect).toHaveBeenCalledTimes(2)
+  })
+
+  it("does nothing without a collector (a runtime without V8's gc)", () => {
+    vi.useFakeTimers()
+    const compactor = makeIdleCompactor({ delayMs: 10, collect: undefined })
+    compactor.busy()
+    compactor.idle()
+    expect(vi.getTimerCount()).toBe(0)
+  })
+
+  it("on Node, the memory-reducing collection exists and runs", () => {
+    const collect = memoryReducingGc()
+    expect(collect).toBeTypeOf("function")
+    collect!()
   })
 })

@@ -29,6 +29,7 @@ import {
   untilStopSignal
 } from "./client-common.ts"
 import { cryptoOption } from "./crypto-option.ts"
+import { makeIdleCompactor } from "./idle-memory.ts"
 import { describeListenFailure, errorCode } from "./listen-error.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 
@@ -200,8 +201,11 @@ const forwardPort = async (bridge: Bridge, settings: Settings, identity: Identit
   // Aborted on shutdown: connects still in progress give up instead of
   // keeping the process alive until their deadline.
   const shutdown = new AbortController()
+  const compactor = makeIdleCompactor()
   const server = Net.createServer({ allowHalfOpen: true }, (local) => {
     track(local)
+    compactor.busy()
+    local.once("close", compactor.idle)
     const from = `${local.remoteAddress ?? "?"}:${local.remotePort ?? "?"}`
     // Until pipeBothWays takes over, a local reset must not be an unhandled
     // 'error' event: that would end the process and every other tunnel.
@@ -249,6 +253,7 @@ const forwardPort = async (bridge: Bridge, settings: Settings, identity: Identit
   progress(`listening on ${address}; each connection goes to the peer through its own tunnel`)
   const signal = await untilStopSignal()
   progress(`${signal}: closing`)
+  compactor.stop()
   shutdown.abort()
   await new Promise<void>((resolve) => {
     server.close(() => resolve())

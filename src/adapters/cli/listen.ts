@@ -27,6 +27,7 @@ import {
   untilStopSignal
 } from "./client-common.ts"
 import { cryptoOption } from "./crypto-option.ts"
+import { makeIdleCompactor } from "./idle-memory.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 
 const table: OptionTable = {
@@ -137,7 +138,10 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
         return absurd(event)
     }
   })
+  const compactor = makeIdleCompactor()
   listener.on("connection", (tunnel: PeerDuplex) => {
+    compactor.busy()
+    tunnel.once("close", compactor.idle)
     const peer = tunnel.remotePublicKey
     progress(`peer ${peer}: connected through ${relayName(tunnel.relay)}; forwarding to ${host}:${port}`)
     const local = Net.connect({ host, port, allowHalfOpen: true })
@@ -149,6 +153,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
 
   const signal = await untilStopSignal()
   progress(`${signal}: closing every relay and tunnel`)
+  compactor.stop()
   await listener.close()
   return ExitCode.Ok
 }
