@@ -10,6 +10,7 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { IDLE_COMPACT_DELAY_MS } from "../src/adapters/cli/idle-memory.ts"
 import { CLI_BIN, runCli, startCli, stopCli } from "./cli-throughput.ts"
 import { freePort, type RelayProcess } from "./relay-process.ts"
 import { row, type BenchRow } from "./report.ts"
@@ -40,8 +41,11 @@ export const residentBytesOf = (pid: number): number | undefined => {
   }
 }
 
-/** How long a started command is left alone before its memory is read: startup garbage settles, a few ticks pass. */
-const SETTLE_MS = 3000
+/**
+ * How long a started command is left alone before its memory is read: a few
+ * ticks pass, and the command's idle compaction (IDLE_COMPACT_DELAY_MS) has run.
+ */
+const SETTLE_MS = IDLE_COMPACT_DELAY_MS + 3000
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -94,7 +98,7 @@ export const benchCliFootprint = async (relay: RelayProcess, quick: boolean): Pr
       if (rss === undefined) continue
       rows.push(
         row("cli", `idle ${name} RSS`, rss / 2 ** 20, "MiB", baselines,
-          name === "listen" ? "resident memory (/proc) after it is ready and 3 s idle; bare node: one listening socket" : undefined)
+          name === "listen" ? `resident memory (/proc) after it is ready and ${SETTLE_MS / 1000} s idle; bare node: one listening socket` : undefined)
       )
     }
     return rows
