@@ -202,7 +202,7 @@ const forwardPort = async (bridge: Bridge, settings: Settings, identity: Identit
   // keeping the process alive until their deadline.
   const shutdown = new AbortController()
   const compactor = makeIdleCompactor()
-  const server = Net.createServer({ allowHalfOpen: true }, (local) => {
+  const server = Net.createServer({ allowHalfOpen: true, noDelay: true }, (local) => {
     track(local)
     compactor.busy()
     local.once("close", compactor.idle)

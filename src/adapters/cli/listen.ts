@@ -144,7 +144,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     tunnel.once("close", compactor.idle)
     const peer = tunnel.remotePublicKey
     progress(`peer ${peer}: connected through ${relayName(tunnel.relay)}; forwarding to ${host}:${port}`)
-    const local = Net.connect({ host, port, allowHalfOpen: true })
+    const local = Net.connect({ host, port, allowHalfOpen: true, noDelay: true })
     pipeBothWays(tunnel, local).then(
       (counts) => progress(`peer ${peer}: closed (${counts.toPeer} bytes to the peer, ${counts.fromPeer} from it)`),
       (error: Error) => say("listen", `peer ${peer}: ${error.message}`)
