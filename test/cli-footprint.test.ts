@@ -1,7 +1,8 @@
 /**
  * What the client commands load and keep: `--help` and usage errors answer
  * without the client library (no Effect, no crypto, no sockets), the flags'
- * defaults written out for that purpose agree with the library's, and the
+ * defaults written out for that purpose agree with the library's, the young
+ * generation stays at its initial size under a load that grows it, and the
  * idle compactor collects once per idle period, never while a tunnel is open.
  * (How long any of it takes is bench/cli-footprint.ts's business.)
  */
@@ -49,6 +50,27 @@ describe("client commands load the library only to run", () => {
 
   it("connect's defaults on --help are the library's", () => {
     expect(CONNECT_DEFAULTS).toEqual({ timeoutMs: DEFAULT_CONNECT_TIMEOUT_MS, staggerMs: DEFAULT_STAGGER_MS })
+  })
+})
+
+describe("young generation", () => {
+  // A child process, since the setting is process-wide: how big the young
+  // generation (V8's new space) is after a load whose survivors make V8 grow it.
+  const newSpaceAfterLoad = (keepSmall: boolean): number => {
+    const program = `
+      import v8 from "node:v8"
+      import { keepYoungGenerationSmall } from ${JSON.stringify(NodePath.join(import.meta.dirname, "..", "src", "adapters", "cli", "young-generation.ts"))}
+      if (${keepSmall}) keepYoungGenerationSmall()
+      const recent = new Array(100_000)
+      for (let i = 0; i < 400_000; i++) recent[i % recent.length] = { i, payload: [i, i + 1] }
+      console.log(v8.getHeapSpaceStatistics().find((s) => s.space_name === "new_space").space_size)
+    `
+    return Number(execFileSync(process.execPath, ["--input-type=module", "-e", program], { encoding: "utf8" }))
+  }
+
+  it("keepYoungGenerationSmall stops V8 from growing it (it grows without)", () => {
+    expect(newSpaceAfterLoad(true)).toBeLessThanOrEqual(2 * 2 ** 20)
+    expect(newSpaceAfterLoad(false)).toBeGreaterThan(2 * 2 ** 20)
   })
 })
 

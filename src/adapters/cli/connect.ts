@@ -32,6 +32,7 @@ import { cryptoOption } from "./crypto-option.ts"
 import { makeIdleCompactor } from "./idle-memory.ts"
 import { describeListenFailure, errorCode } from "./listen-error.ts"
 import { UsageError, type OptionTable } from "./options.ts"
+import { keepYoungGenerationSmall } from "./young-generation.ts"
 
 /**
  * The library's defaults (DEFAULT_CONNECT_TIMEOUT_MS and DEFAULT_STAGGER_MS
@@ -110,6 +111,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     }
   })
   if (typeof settings === "number") return settings
+  // Before the library loads: its loading is the first thing that would grow it.
+  keepYoungGenerationSmall()
   // The client library, loaded only now: --help and usage errors need none of it.
   const bridge = await import("./local-bridge.ts")
   const identity = await bridge.loadIdentity("connect", settings.identityPath, settings.crypto)

@@ -2,15 +2,13 @@
  * Gives memory back to the system while a long-running client command
  * (`listen`, `connect --local-port`) is idle.
  *
- * Loading the modules, the handshakes and any bulk transfer grow V8's young
- * generation to its largest size (32 MiB on 64-bit Node), and V8 keeps those
- * pages although an idle process uses well under 1 MiB of them: about a
- * quarter of an idle `listen`'s resident memory. Only a memory-reducing
- * collection (V8's "last resort" kind, which it runs itself under memory
- * pressure) shrinks it and returns the pages; a plain collection shrinks the
- * space but keeps the pages. (`--max-semi-space-size` would cap the growth,
- * but a flag cannot be set from inside the process once V8 runs, and
- * `node bin/offset-relay.js` gives none.)
+ * Loading the modules and the handshakes leave garbage behind, and V8
+ * keeps the pages it freed, both in the old generation and in the young one
+ * (which grows to 32 MiB on 64-bit Node unless young-generation.ts stops
+ * it). A plain collection frees the objects but keeps the pages; only a
+ * memory-reducing collection (V8's "last resort" kind, which it runs itself
+ * under memory pressure) returns them: about 5 MB of an idle `listen` with
+ * the young generation kept small, about 25 MB without.
  *
  * So the command calls `busy()` when a tunnel opens and `idle()` when it
  * closes; once nothing has been open for IDLE_COMPACT_DELAY_MS, one such

@@ -29,6 +29,7 @@ import {
 import { cryptoOption } from "./crypto-option.ts"
 import { makeIdleCompactor } from "./idle-memory.ts"
 import { UsageError, type OptionTable } from "./options.ts"
+import { keepYoungGenerationSmall } from "./young-generation.ts"
 
 const table: OptionTable = {
   identity: identityOption,
@@ -84,6 +85,8 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   })
   if (typeof settings === "number") return settings
 
+  // Before the library loads: its loading is the first thing that would grow it.
+  keepYoungGenerationSmall()
   // The client library, loaded only now: --help and usage errors need none of it.
   const { listen, loadIdentity, pipeBothWays } = await import("./local-bridge.ts")
   const identity = await loadIdentity("listen", settings.identityPath, settings.crypto)
