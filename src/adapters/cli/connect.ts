@@ -37,7 +37,7 @@ import { keepYoungGenerationSmall } from "./young-generation.ts"
 /**
  * The library's defaults (DEFAULT_CONNECT_TIMEOUT_MS and DEFAULT_STAGGER_MS
  * of client/connector.ts), written out here so that --help need not load the
- * library; test/cli-connect.test.ts checks that they agree.
+ * library; test/cli-footprint.test.ts checks that they agree.
  */
 export const CONNECT_DEFAULTS = { timeoutMs: 20_000, staggerMs: 1000 } as const
 
@@ -239,6 +239,7 @@ const forwardPort = async (bridge: Bridge, settings: Settings, identity: Identit
     server.listen(localPort, settings.localHost, () => resolve(server.address() as Net.AddressInfo))
   })
   if (bound instanceof Error) {
+    compactor.stop()
     say(
       "connect",
       describeListenFailure(
