@@ -7,12 +7,13 @@
  *
  *   node bench/run.ts [--quick] [--only <scenario>[,<scenario>…]]
  *
- * Scenarios: crypto, setup, throughput, isolation, scale. `--quick` runs
+ * Scenarios: crypto, setup, throughput, isolation, scale, cli. `--quick` runs
  * each with small volumes (seconds, for CI smoke runs; its numbers are
  * noisier).
  */
 import * as Path from "node:path"
 import process from "node:process"
+import { benchCliFootprint } from "./cli-footprint.ts"
 import { benchCrypto, type CryptoBenchRow } from "./crypto.ts"
 import { ONE_HOST_AS_MANY_ARGS, repoRoot, startRelayProcess, type RelayProcess } from "./relay-process.ts"
 import { formatTable, row, runInfo, writeResults, type BenchRow } from "./report.ts"
@@ -22,7 +23,7 @@ import { benchSetupLatency } from "./setup-latency.ts"
 import { benchThroughput } from "./throughput.ts"
 
 /** The scenarios, in the order they run. */
-export const SCENARIOS = ["crypto", "setup", "throughput", "isolation", "scale"] as const
+export const SCENARIOS = ["crypto", "setup", "throughput", "isolation", "scale", "cli"] as const
 /** One scenario's name. */
 export type Scenario = (typeof SCENARIOS)[number]
 
@@ -105,6 +106,7 @@ export const runBench = async (args: BenchArgs, log: (line: string) => void): Pr
     const ceiling = cryptoCeiling()
     await withRelay("scale", SCALE_RELAY_ARGS, (relay) => benchScale(relay, args.quick, ceiling, log))
   }
+  if (wants("cli")) await withRelay("cli", [], (relay) => benchCliFootprint(relay, args.quick))
   return rows
 }
 

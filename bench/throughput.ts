@@ -106,11 +106,20 @@ export const benchThroughput = async (
       row("throughput", "1 tunnel through the CLI bridges", cli.mbps, "MB/s", [{ to: "proxy", baseline: proxiedOne }],
         `${volume / mib} MiB from a TCP client into connect --local-port, out of listen --forward to a TCP sink`)
     )
+    const nodeSealOpen = ceiling.find((c) => c.layer === "node")?.sealOpenMBps ?? Number.NaN
     if (cli.relayCpuMs !== undefined) {
       rows.push(
         row("throughput", "relay MB per CPU second, CLI bridges", cli.megabytes / (cli.relayCpuMs / 1000), "MB/s", [
-          { to: "node seal+open", baseline: ceiling.find((c) => c.layer === "node")?.sealOpenMBps ?? Number.NaN }
+          { to: "node seal+open", baseline: nodeSealOpen }
         ])
+      )
+    }
+    // Each bridge seals (connect) or opens (listen) twice per byte, end to end and on its hop.
+    for (const [name, cpuMs] of [["connect --local-port", cli.connectCpuMs], ["listen --forward", cli.listenCpuMs]] as const) {
+      if (cpuMs === undefined) continue
+      rows.push(
+        row("throughput", `${name} MB per CPU second, CLI bridges`, cli.megabytes / (cpuMs / 1000), "MB/s", [{ to: "node seal+open", baseline: nodeSealOpen }],
+          name === "listen --forward" ? undefined : "bytes carried / the bridge process's CPU time (/proc): what one core of the bridge moves")
       )
     }
     for (const tunnels of [1, 8]) {

@@ -57,6 +57,13 @@ describe("npm run bench -- --quick", () => {
     expectMeasured(rowsOf(rows, "isolation", "fast receiver"))
   }, 60_000)
 
+  it("cli prints the help time and the idle listen and connect memory", async () => {
+    const { code, stderr, rows } = await runBench("cli")
+    expect(code, stderr).toBe(0)
+    expect(rowsOf(rows, "cli", "offset-relay").length).toBe(2)
+    expectMeasured(rowsOf(rows, "cli", ""))
+  }, 60_000)
+
   it("scale prints memory per idle tunnel, freed descriptors and handshakes per second", async () => {
     const { code, stderr, rows } = await runBench("scale")
     expect(code, stderr).toBe(0)

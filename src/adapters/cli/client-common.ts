@@ -1,19 +1,16 @@
 /**
- * What `offset-relay listen` and `offset-relay connect` share: exit codes,
- * argument checks, identity loading, progress lines on stderr, and piping a
- * tunnel to a local TCP connection with TCP's half close.
+ * What `offset-relay listen` and `offset-relay connect` share before they
+ * load the client library: exit codes, argument checks and progress lines on
+ * stderr. Nothing here loads Effect, the crypto or the sockets, so `--help`
+ * and usage errors answer at once; local-bridge.ts has the rest.
  *
  * Exit codes: src/adapters/cli/exit-codes.ts (one table for every command).
  */
-import type * as Net from "node:net"
-import { ConnectError, readIdentity } from "../client/index.ts"
-import { type PeerDuplex, PeerStreamError, StreamAbort } from "../client/tunnel-stream.ts"
-import type { Identity } from "../identity.ts"
 import { parsePublicKeyHex, shortKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, relayHostPort, type RelayAddress } from "../../core/relay-address.ts"
 import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
-import type { CryptoChoice } from "../crypto.ts"
-import { checkCryptoChoice } from "./runtime.ts"
+import type { CryptoChoice } from "../crypto-service.ts"
+import { cryptoChoiceOf, unavailableCryptoError } from "./crypto-option.ts"
 import { helpText, type OptionSpec, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
 
 export { ExitCode } from "./exit-codes.ts"
@@ -43,15 +40,15 @@ export interface CommonSettings {
 /**
  * Parses a client command's arguments. Prints `--help` (with the exit
  * codes); `read` builds the settings from the parsed flags and may throw
- * UsageError, which is printed with a hint. Returns the settings, or the
- * exit code to return at once.
+ * UsageError, which is printed with a hint. Resolves with the settings, or
+ * the exit code to return at once.
  */
-export const parseCommand = <S extends object>(
+export const parseCommand = async <S extends object>(
   command: "listen" | "connect",
   args: ReadonlyArray<string>,
   help: { readonly usage: string; readonly description: string; readonly table: OptionTable },
   read: (options: ParsedOptions, common: CommonSettings) => S
-): S | number => {
+): Promise<S | number> => {
   try {
     const parsed = parseOptions(args, help.table)
     if (parsed.help) {
@@ -64,8 +61,12 @@ export const parseCommand = <S extends object>(
     if (identityPath === undefined) throw new UsageError("--identity FILE is required (create one with: offset-relay keygen --out FILE)")
     const tickMs = o["tick-ms"] as number
     if (tickMs < 1) throw new UsageError("--tick-ms must be at least 1")
-    const crypto = checkCryptoChoice((o.crypto as string | undefined) ?? "auto")
-    return read(o, { identityPath, tickMs, quiet: o.quiet === true, crypto })
+    const crypto = cryptoChoiceOf((o.crypto as string | undefined) ?? "auto")
+    const settings = read(o, { identityPath, tickMs, quiet: o.quiet === true, crypto })
+    // Only --crypto node needs the implementations loaded to be checked.
+    const unavailable = crypto === "node" ? unavailableCryptoError(crypto, (await import("../crypto.ts")).nodeCryptoProblem) : undefined
+    if (unavailable !== undefined) throw unavailable
+    return settings
   } catch (error) {
     if (error instanceof UsageError) {
       say(command, `${error.message}\nRun 'offset-relay ${command} --help' for the options.`)
@@ -105,93 +106,7 @@ export const relayName = (address: string): string => {
   return parsed._tag === "Ok" ? `${shortKeyHex(parsed.value.publicKey)}@${relayHostPort(parsed.value)}` : address
 }
 
-/** Reads the identity file, or prints why not; undefined means exit with ExitCode.Identity. */
-export const loadIdentity = async (command: string, path: string, crypto: CryptoChoice = "auto"): Promise<Identity | undefined> => {
-  try {
-    return await readIdentity(path, crypto)
-  } catch (error) {
-    say(command, error instanceof Error ? error.message : String(error))
-    return undefined
-  }
-}
-
 /** One progress or error line on stderr. */
 export const say = (command: string, line: string): void => {
   process.stderr.write(`offset-relay ${command}: ${line}\n`)
 }
-
-/** The exit code of a tunnel that failed after it was established: the peer's error, or the relay's side. */
-export const tunnelExitCode = (error: unknown): number =>
-  error instanceof PeerStreamError && error.reason === "PeerError" ? ExitCode.PeerError : ExitCode.Failed
-
-/** The exit code for a failed connect. */
-export const connectExitCode = (error: unknown): number =>
-  error instanceof ConnectError
-    ? error.reason === "Authentication" ? ExitCode.Authentication : ExitCode.Unreachable
-    : ExitCode.Failed
-
-/** Byte counts of one piped connection. */
-export interface PipeCounts {
-  /** Bytes from the tunnel to the local socket. */
-  fromPeer: number
-  /** Bytes from the local socket to the tunnel. */
-  toPeer: number
-}
-
-/**
- * Pipes a tunnel and a local TCP socket both ways with half close (each
- * side's end becomes the other's end) and resolves once both directions are
- * done, or rejects with the first error after destroying both. When the
- * local side fails, the peer is told so (a stream error: our local service
- * refused, or our local connection was reset), so it does not blame the
- * relay. The local socket must have been made with `allowHalfOpen: true`.
- */
-export const pipeBothWays = (tunnel: PeerDuplex, local: Net.Socket): Promise<PipeCounts> =>
-  new Promise((resolve, reject) => {
-    const counts: PipeCounts = { fromPeer: 0, toPeer: 0 }
-    let settled = false
-    let localConnected = !local.connecting
-    local.once("connect", () => (localConnected = true))
-    const fail = (error: Error, tell?: StreamAbort) => {
-      if (settled) return
-      settled = true
-      tunnel.destroy(tell)
-      local.destroy()
-      reject(error)
-    }
-    const localFailed = (error: NodeJS.ErrnoException) => {
-      const code = error.code ?? "error"
-      const tell = localConnected
-        ? new StreamAbort("local-reset", code)
-        : new StreamAbort("local-refused", code)
-      fail(
-        new Error(localConnected ? `the local connection failed: ${error.message}` : `the local service refused: ${error.message}`),
-        tell
-      )
-    }
-    tunnel.on("data", (chunk: Buffer) => (counts.fromPeer += chunk.length))
-    local.on("data", (chunk: Buffer) => (counts.toPeer += chunk.length))
-    tunnel.on("error", (error) => fail(error))
-    local.on("error", localFailed)
-    tunnel.pipe(local)
-    local.pipe(tunnel)
-    // A side that closes before its readable end was read ended early (a
-    // reset, a destroy): the other side must not wait for it.
-    let closed = 0
-    const onClose = (stream: "tunnel" | "local", ended: boolean) => {
-      if (!ended) {
-        return stream === "tunnel"
-          ? fail(new Error("the tunnel closed before the peer finished"))
-          : fail(
-            new Error("the local connection closed before it finished"),
-            new StreamAbort("local-reset", "closed before it finished")
-          )
-      }
-      if (++closed === 2 && !settled) {
-        settled = true
-        resolve(counts)
-      }
-    }
-    tunnel.on("close", () => onClose("tunnel", tunnel.readableEnded))
-    local.on("close", () => onClose("local", local.readableEnded))
-  })

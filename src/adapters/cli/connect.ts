@@ -12,30 +12,37 @@
  * Progress and errors go to stderr. Exit codes: see client-common.ts.
  */
 import * as Net from "node:net"
-import { connect, type PeerDuplex } from "../client/index.ts"
-import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_STAGGER_MS } from "../client/connector.ts"
+import type { PeerDuplex } from "../client/index.ts"
 import type { Identity } from "../identity.ts"
 import type { RelayAddress } from "../../core/relay-address.ts"
 import {
   type CommonSettings,
-  connectExitCode,
   ExitCode,
   identityOption,
   keyOf,
-  loadIdentity,
   parseCommand,
-  pipeBothWays,
   quietOption,
   relayName,
   relaysOf,
   say,
   tickOption,
-  tunnelExitCode,
   untilStopSignal
 } from "./client-common.ts"
+import { cryptoOption } from "./crypto-option.ts"
+import { makeIdleCompactor } from "./idle-memory.ts"
 import { describeListenFailure, errorCode } from "./listen-error.ts"
-import { cryptoOption } from "./runtime.ts"
 import { UsageError, type OptionTable } from "./options.ts"
+import { keepYoungGenerationSmall } from "./young-generation.ts"
+
+/**
+ * The library's defaults (DEFAULT_CONNECT_TIMEOUT_MS and DEFAULT_STAGGER_MS
+ * of client/connector.ts), written out here so that --help need not load the
+ * library; test/cli-footprint.test.ts checks that they agree.
+ */
+export const CONNECT_DEFAULTS = { timeoutMs: 20_000, staggerMs: 1000 } as const
+
+/** What the commands below use from the client library (local-bridge.ts), loaded once the flags are checked. */
+type Bridge = typeof import("./local-bridge.ts")
 
 const table: OptionTable = {
   identity: identityOption,
@@ -50,14 +57,14 @@ const table: OptionTable = {
   "local-host": { type: "string", default: "127.0.0.1", value: "HOST", help: "address for --local-port" },
   "timeout-ms": {
     type: "integer",
-    default: DEFAULT_CONNECT_TIMEOUT_MS,
+    default: CONNECT_DEFAULTS.timeoutMs,
     min: 1,
     value: "MS",
     help: "give up reaching the peer after this long"
   },
   "stagger-ms": {
     type: "integer",
-    default: DEFAULT_STAGGER_MS,
+    default: CONNECT_DEFAULTS.staggerMs,
     value: "MS",
     help: "also try the next relay if the current one has not answered after this long"
   },
@@ -87,7 +94,7 @@ interface Settings extends CommonSettings {
 
 /** Entry point of `offset-relay connect`. */
 export const run = async (args: ReadonlyArray<string>): Promise<number> => {
-  const settings = parseCommand("connect", args, { usage, description, table }, (o, common): Settings => {
+  const settings = await parseCommand("connect", args, { usage, description, table }, (o, common): Settings => {
     const relays = relaysOf(o.relay as ReadonlyArray<string>)
     const toText = o.to as string | undefined
     if (toText === undefined) throw new UsageError("--to KEY is required: the public key of the peer to reach")
@@ -104,17 +111,23 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     }
   })
   if (typeof settings === "number") return settings
-  const identity = await loadIdentity("connect", settings.identityPath, settings.crypto)
+  // Before the library loads: its loading is the first thing that would grow it.
+  keepYoungGenerationSmall()
+  // The client library, loaded only now: --help and usage errors need none of it.
+  const bridge = await import("./local-bridge.ts")
+  const identity = await bridge.loadIdentity("connect", settings.identityPath, settings.crypto)
   if (identity === undefined) return ExitCode.Identity
-  return settings.localPort === undefined ? carryStdio(settings, identity) : forwardPort(settings, identity, settings.localPort)
+  return settings.localPort === undefined
+    ? carryStdio(bridge, settings, identity)
+    : forwardPort(bridge, settings, identity, settings.localPort)
 }
 
 const progressOf = (settings: Settings) => (line: string) => {
   if (!settings.quiet) say("connect", line)
 }
 
-const reach = (settings: Settings, identity: Identity, signal?: AbortSignal): Promise<PeerDuplex> =>
-  connect({
+const reach = (bridge: Bridge, settings: Settings, identity: Identity, signal?: AbortSignal): Promise<PeerDuplex> =>
+  bridge.connect({
     identity,
     crypto: settings.crypto,
     relays: settings.relays,
@@ -126,14 +139,14 @@ const reach = (settings: Settings, identity: Identity, signal?: AbortSignal): Pr
   })
 
 // netcat mode: stdin → peer, peer → stdout, with the half close in between.
-const carryStdio = async (settings: Settings, identity: Identity): Promise<number> => {
+const carryStdio = async (bridge: Bridge, settings: Settings, identity: Identity): Promise<number> => {
   const progress = progressOf(settings)
   let tunnel: PeerDuplex
   try {
-    tunnel = await reach(settings, identity)
+    tunnel = await reach(bridge, settings, identity)
   } catch (error) {
     say("connect", error instanceof Error ? error.message : String(error))
-    return connectExitCode(error)
+    return bridge.connectExitCode(error)
   }
   progress(`connected to ${tunnel.remotePublicKey} through ${relayName(tunnel.relay)}`)
   const stdin = process.stdin
@@ -157,7 +170,7 @@ const carryStdio = async (settings: Settings, identity: Identity): Promise<numbe
     const onInterrupt = () => finish(ExitCode.Interrupted, "interrupted")
     process.once("SIGINT", onInterrupt)
     process.once("SIGTERM", onInterrupt)
-    tunnel.on("error", (error) => finish(tunnelExitCode(error), `the tunnel failed: ${error.message}`))
+    tunnel.on("error", (error) => finish(bridge.tunnelExitCode(error), `the tunnel failed: ${error.message}`))
     stdout.on("error", (error) => finish(ExitCode.Failed, `cannot write to stdout: ${error.message}`))
     stdin.on("error", (error) => finish(ExitCode.Failed, `cannot read stdin: ${error.message}`))
     tunnel.pipe(stdout, { end: false })
@@ -180,7 +193,7 @@ const carryStdio = async (settings: Settings, identity: Identity): Promise<numbe
 }
 
 // ssh -L mode: each local connection gets its own tunnel.
-const forwardPort = async (settings: Settings, identity: Identity, localPort: number): Promise<number> => {
+const forwardPort = async (bridge: Bridge, settings: Settings, identity: Identity, localPort: number): Promise<number> => {
   const progress = progressOf(settings)
   // Everything open, so a signal can close it all and let the process exit.
   const open = new Set<{ destroy: () => void }>()
@@ -191,8 +204,11 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
   // Aborted on shutdown: connects still in progress give up instead of
   // keeping the process alive until their deadline.
   const shutdown = new AbortController()
-  const server = Net.createServer({ allowHalfOpen: true }, (local) => {
+  const compactor = makeIdleCompactor()
+  const server = Net.createServer({ allowHalfOpen: true, noDelay: true }, (local) => {
     track(local)
+    compactor.busy()
+    local.once("close", compactor.idle)
     const from = `${local.remoteAddress ?? "?"}:${local.remotePort ?? "?"}`
     // Until pipeBothWays takes over, a local reset must not be an unhandled
     // 'error' event: that would end the process and every other tunnel.
@@ -200,13 +216,13 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
     local.on("error", onEarlyError)
     // Hold what the local client sends until the tunnel is there.
     local.pause()
-    reach(settings, identity, shutdown.signal).then(
+    reach(bridge, settings, identity, shutdown.signal).then(
       (tunnel) => {
         track(tunnel)
         local.off("error", onEarlyError)
         if (local.destroyed) return void tunnel.destroy()
         progress(`${from}: connected to ${tunnel.remotePublicKey} through ${relayName(tunnel.relay)}`)
-        pipeBothWays(tunnel, local).then(
+        bridge.pipeBothWays(tunnel, local).then(
           (counts) => progress(`${from}: closed (${counts.fromPeer} bytes from the peer, ${counts.toPeer} to it)`),
           (error: Error) => say("connect", `${from}: ${error.message}`)
         )
@@ -223,6 +239,7 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
     server.listen(localPort, settings.localHost, () => resolve(server.address() as Net.AddressInfo))
   })
   if (bound instanceof Error) {
+    compactor.stop()
     say(
       "connect",
       describeListenFailure(
@@ -240,6 +257,7 @@ const forwardPort = async (settings: Settings, identity: Identity, localPort: nu
   progress(`listening on ${address}; each connection goes to the peer through its own tunnel`)
   const signal = await untilStopSignal()
   progress(`${signal}: closing`)
+  compactor.stop()
   shutdown.abort()
   await new Promise<void>((resolve) => {
     server.close(() => resolve())

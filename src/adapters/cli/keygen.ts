@@ -9,7 +9,7 @@ import { generateIdentity, shellQuote, writeIdentityFile } from "../identity.ts"
 import { helpText, parseOptions, UsageError, type OptionTable } from "./options.ts"
 import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
 import { CliError, runProgram } from "./runtime.ts"
-import { defaultDataDir } from "./serve.ts"
+import { defaultDataDir } from "./data-dir.ts"
 
 const table: OptionTable = {
   out: { type: "string", value: "FILE", help: "where to write the key file (default: DATA_DIR/identity.key)" },

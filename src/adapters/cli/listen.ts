@@ -13,14 +13,12 @@ import { parseAllowList } from "../../core/allow-list.ts"
 import { defaultBackoffPolicy } from "../../core/backoff.ts"
 import { hexToBytes } from "../../core/keys.ts"
 import { parseHostPort } from "../../core/relay-address.ts"
-import { listen, type ListenerEvent, type PeerDuplex, type RelayStatus } from "../client/index.ts"
+import type { ListenerEvent, PeerDuplex, RelayStatus } from "../client/index.ts"
 import {
   ExitCode,
   identityOption,
   keyOf,
-  loadIdentity,
   parseCommand,
-  pipeBothWays,
   quietOption,
   relayName,
   relaysOf,
@@ -28,9 +26,11 @@ import {
   tickOption,
   untilStopSignal
 } from "./client-common.ts"
-import { cryptoOption } from "./runtime.ts"
+import { cryptoOption } from "./crypto-option.ts"
+import { makeIdleCompactor } from "./idle-memory.ts"
 import { UsageError, type OptionTable } from "./options.ts"
 import { absurd } from "../../core/absurd.ts"
+import { keepYoungGenerationSmall } from "./young-generation.ts"
 
 const table: OptionTable = {
   identity: identityOption,
@@ -68,7 +68,7 @@ const description = [
 
 /** Entry point of `offset-relay listen`. */
 export const run = async (args: ReadonlyArray<string>): Promise<number> => {
-  const settings = parseCommand("listen", args, { usage, description, table }, (o, common) => {
+  const settings = await parseCommand("listen", args, { usage, description, table }, (o, common) => {
     const relays = relaysOf(o.relay as ReadonlyArray<string>)
     const forwardText = o.forward as string | undefined
     if (forwardText === undefined) throw new UsageError("--forward HOST:PORT is required: the local service to expose")
@@ -86,6 +86,10 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
   })
   if (typeof settings === "number") return settings
 
+  // Before the library loads: its loading is the first thing that would grow it.
+  keepYoungGenerationSmall()
+  // The client library, loaded only now: --help and usage errors need none of it.
+  const { listen, loadIdentity, pipeBothWays } = await import("./local-bridge.ts")
   const identity = await loadIdentity("listen", settings.identityPath, settings.crypto)
   if (identity === undefined) return ExitCode.Identity
   const allow = [...settings.allow]
@@ -138,10 +142,13 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
         return absurd(event)
     }
   })
+  const compactor = makeIdleCompactor()
   listener.on("connection", (tunnel: PeerDuplex) => {
+    compactor.busy()
+    tunnel.once("close", compactor.idle)
     const peer = tunnel.remotePublicKey
     progress(`peer ${peer}: connected through ${relayName(tunnel.relay)}; forwarding to ${host}:${port}`)
-    const local = Net.connect({ host, port, allowHalfOpen: true })
+    const local = Net.connect({ host, port, allowHalfOpen: true, noDelay: true })
     pipeBothWays(tunnel, local).then(
       (counts) => progress(`peer ${peer}: closed (${counts.toPeer} bytes to the peer, ${counts.fromPeer} from it)`),
       (error: Error) => say("listen", `peer ${peer}: ${error.message}`)
@@ -150,6 +157,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
 
   const signal = await untilStopSignal()
   progress(`${signal}: closing every relay and tunnel`)
+  compactor.stop()
   await listener.close()
   return ExitCode.Ok
 }

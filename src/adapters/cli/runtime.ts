@@ -12,9 +12,11 @@ import * as References from "effect/References"
 import type * as LogLevel from "effect/LogLevel"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import type * as FileSystem from "effect/FileSystem"
-import { CRYPTO_CHOICES, type Crypto, type CryptoChoice, layerFor, nodeCryptoProblem } from "../crypto.ts"
-import type { OptionSpec } from "./options.ts"
+import { type Crypto, type CryptoChoice, layerFor, nodeCryptoProblem } from "../crypto.ts"
+import { cryptoChoiceOf, unavailableCryptoError } from "./crypto-option.ts"
 import { UsageError } from "./options.ts"
+
+export { cryptoOption } from "./crypto-option.ts"
 
 /** Log formats the CLI offers. */
 const LOG_FORMATS = ["pretty", "json"] as const
@@ -49,23 +51,12 @@ export class CliError extends Error {
   }
 }
 
-/** The --crypto flag of every command that does crypto. */
-export const cryptoOption: OptionSpec = {
-  type: "string",
-  default: "auto",
-  value: "IMPL",
-  help: "crypto implementation: node (node:crypto), noble (portable JavaScript) or auto (node where it has everything)"
-}
-
-/** Checks a --crypto value. */
+/** Checks a --crypto value, and that this runtime can run it (refused here, with the reason, rather than a connection failing later). */
 export const checkCryptoChoice = (value: string): CryptoChoice => {
-  if (!(CRYPTO_CHOICES as ReadonlyArray<string>).includes(value)) {
-    throw new UsageError(`--crypto must be one of ${CRYPTO_CHOICES.join(", ")}; got '${value}'`)
-  }
-  // Refused here, with the reason, rather than a connection failing later (Bun: no ChaCha20-Poly1305).
-  const problem = value === "node" ? nodeCryptoProblem() : undefined
-  if (problem !== undefined) throw new UsageError(`--crypto node: ${problem}; use noble or auto`)
-  return value as CryptoChoice
+  const choice = cryptoChoiceOf(value)
+  const unavailable = unavailableCryptoError(choice, nodeCryptoProblem)
+  if (unavailable !== undefined) throw unavailable
+  return choice
 }
 
 /** Runs a command's program; resolves with its exit code (failures are printed as one line on stderr). */

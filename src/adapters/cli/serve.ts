@@ -6,7 +6,6 @@
  * `--allow-keys` file. On SIGINT/SIGTERM the relay stops accepting, lets
  * tunnels drain for up to `--drain-ms`, closes the rest and exits 0.
  */
-import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -18,15 +17,12 @@ import { LOG_KEYS_MODES, parseLogKeys } from "../../core/log-keys.ts"
 import { checkRelayConfig, defaultRelayConfig, type RelayConfig } from "../../core/relay-core.ts"
 import { loadOrCreateIdentity } from "../identity.ts"
 import { serveMetrics } from "../metrics-http.ts"
+import { defaultDataDir } from "./data-dir.ts"
 import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
 import { describeListenFailure, errorCode, probeListen } from "./listen-error.ts"
 import { defaultRelayServerOptions, makeRelayServer, type RelayServerOptions } from "../relay-server.ts"
 import { helpText, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
 import { checkCryptoChoice, checkLogOptions, CliError, cryptoOption, runProgram } from "./runtime.ts"
-
-/** The default data directory: $XDG_DATA_HOME/offset-relay, else ~/.local/share/offset-relay. */
-export const defaultDataDir = (): string =>
-  NodePath.join(process.env.XDG_DATA_HOME ?? NodePath.join(NodeOs.homedir(), ".local", "share"), "offset-relay")
 
 const serverDefaults = defaultRelayServerOptions({ seed: new Uint8Array(32), publicKey: new Uint8Array(32) })
 
