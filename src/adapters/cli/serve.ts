@@ -23,6 +23,7 @@ import { describeListenFailure, errorCode, probeListen } from "./listen-error.ts
 import { defaultRelayServerOptions, makeRelayServer, type RelayServerOptions } from "../relay-server.ts"
 import { helpText, type OptionTable, type ParsedOptions, parseOptions, UsageError } from "./options.ts"
 import { checkCryptoChoice, checkLogOptions, CliError, cryptoOption, runProgram } from "./runtime.ts"
+import { keepYoungGenerationSmall } from "./young-generation.ts"
 
 const serverDefaults = defaultRelayServerOptions({ seed: new Uint8Array(32), publicKey: new Uint8Array(32) })
 
@@ -210,6 +211,9 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     }
     throw error
   }
+  // Every relayed message allocates 64 KiB buffers outside the heap: a small
+  // young generation frees them in cheap scavenges (young-generation.ts).
+  keepYoungGenerationSmall()
   const o = parsed.options
   const int = (name: string) => o[name] as number
   const dataDir = (o["data-dir"] as string | undefined) ?? defaultDataDir()
