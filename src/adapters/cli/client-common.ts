@@ -7,7 +7,8 @@
  */
 import type * as Net from "node:net"
 import { ConnectError, readIdentity } from "../client/index.ts"
-import { type PeerDuplex, PeerStreamError, StreamAbort } from "../client/tunnel-stream.ts"
+import type { PeerDuplex } from "../client/peer-duplex.ts"
+import { PeerStreamError, StreamAbort } from "../client/tunnel-stream.ts"
 import type { Identity } from "../identity.ts"
 import { parsePublicKeyHex, shortKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, relayHostPort, type RelayAddress } from "../../core/relay-address.ts"
