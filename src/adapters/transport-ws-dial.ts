@@ -257,7 +257,8 @@ export const dialWebSocket = (
         opened = true
         const { input, stream } = makeMessageByteStream({
           remoteAddress: address.host,
-          send: (message) => socket.send(message),
+          // Our chunks are never views of a SharedArrayBuffer, which the DOM's type leaves out.
+          send: (message) => socket.send(message as Uint8Array<ArrayBuffer>),
           bufferedAmount: () => socket.bufferedAmount,
           close: (code, reason) => socket.close(code, reason),
           // A runtime WebSocket has no abort: the close frame is the quickest end it offers.
