@@ -5,6 +5,8 @@
  * input on the WebSocket side (text, oversized messages, a close mid-frame,
  * no handshake, a foreign Origin) closed and counted as the TCP equivalents.
  */
+import { readFileSync } from "node:fs"
+import * as Net from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket as NodeWebSocket } from "ws"
 import { connect, listen, type PeerDuplex, type RelayListener } from "../src/adapters/client/index.ts"
@@ -34,12 +36,12 @@ afterEach(async () => {
 const relayWithWebSocket = async (ws: WebSocketListenOptions = {}): Promise<TestRelay & { readonly wsAddress: string }> => {
   const relay = await startRelay({ extraListeners: [{ transport: webSocketTransport(ws), host: "127.0.0.1", port: 0 }] })
   cleanups.push(relay.stop)
-  const wsListening = relay.server().listening.find((l) => l.transport === "ws")
+  const wsListening = relay.server().listening.find((l) => l.transport !== "tcp")
   if (wsListening === undefined) throw new Error("the relay does not report its WebSocket port")
   return { ...relay, wsAddress: wsListening.address }
 }
 
-const wsPortOf = (server: RelayServer): number => server.listening.find((l) => l.transport === "ws")!.port // started with one
+const wsPortOf = (server: RelayServer): number => server.listening.find((l) => l.transport !== "tcp")!.port // started with one
 
 const closes = (server: RelayServer, reason: string): number => {
   const line = server.metrics.render().split("\n").find((l) => l.startsWith(`offset_relay_closes_total{reason="${reason}"} `))
@@ -108,6 +110,38 @@ describe("WebSocket transport: tunnels", () => {
   })
 })
 
+describe("WebSocket transport: wss://", () => {
+  // A self-signed certificate for 127.0.0.1 (100 years), made with openssl for these tests.
+  const cert = readFileSync(new URL("./fixtures/tls-cert.pem", import.meta.url), "utf8")
+  const key = readFileSync(new URL("./fixtures/tls-key.pem", import.meta.url), "utf8")
+
+  it("serves wss:// with a certificate: the address says wss, and the relay speaks first over TLS", async () => {
+    const relay = await relayWithWebSocket({ tls: { cert, key } })
+    const wss = relay.server().listening.find((l) => l.transport === "wss")
+    expect(wss?.address).toMatch(/^[0-9a-f]{64}@wss:\/\/127\.0\.0\.1:\d+$/)
+    const socket = new NodeWebSocket(`wss://127.0.0.1:${wss!.port}/`, { ca: cert })
+    cleanups.push(async () => void socket.terminate())
+    // The relay's version frame: an 8-byte length of 4, then version 0.
+    const first = await new Promise<Buffer>((resolve, reject) => {
+      socket.once("message", (data: Buffer) => resolve(data))
+      socket.once("error", reject)
+    })
+    expect([...first]).toEqual([0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+    // Plain ws:// to the TLS port is not a WebSocket at all.
+    const plain = await rawWebSocket(wss!.port)
+    expect(plain.opened).toBe(false)
+  })
+})
+
+/** A TCP connection to the relay that sends nothing unless told. */
+const tcpClient = (port: number): Promise<Net.Socket> =>
+  new Promise((resolve, reject) => {
+    const socket = Net.createConnection({ host: "127.0.0.1", port })
+    socket.on("data", () => {}) // the relay's version frame
+    socket.once("connect", () => resolve(socket))
+    socket.once("error", reject)
+  })
+
 /** A raw WebSocket client that speaks no protocol unless told. */
 const rawWebSocket = async (port: number, headers: Record<string, string> = {}) => {
   const socket = new NodeWebSocket(`ws://127.0.0.1:${port}/`, { headers })
@@ -163,14 +197,22 @@ describe("WebSocket transport: bad input is closed and counted as on TCP", () =>
     raw.socket.close(1000)
     await raw.closed
     await waitFor(() => closes(relay.server(), "client-closed") === 1, 5000, "the close to be counted")
+    // The same bytes and a FIN over TCP count the same.
+    const tcp = await tcpClient(relay.port)
+    tcp.end(Buffer.concat([encodeFrameHeader(version.length), version, encodeFrameHeader(100).subarray(0, 4)]))
+    await waitFor(() => closes(relay.server(), "client-closed") === 2, 5000, "the TCP close to be counted")
   })
 
   it("a connection that never starts its handshake is closed at the handshake deadline", async () => {
     const relay = await relayWithWebSocket()
     const raw = await rawWebSocket(wsPortOf(relay.server()))
     expect(raw.opened).toBe(true)
+    const tcp = await tcpClient(relay.port)
+    const tcpClosed = new Promise((resolve) => tcp.once("close", resolve))
     await raw.closed
-    expect(closes(relay.server(), "timeout-handshake")).toBe(1)
+    await tcpClosed
+    // The silent WebSocket and the silent TCP connection, alike.
+    expect(closes(relay.server(), "timeout-handshake")).toBe(2)
   })
 
   it("an Origin off the allow-list is refused before the upgrade; a listed one is served", async () => {
