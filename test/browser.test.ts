@@ -8,13 +8,14 @@
  *   with equal hashes on both sides;
  * - a Node connector reaches the page, which listens by its own key, and the
  *   two exchange a message each way through the page's UI;
+ * - a page served over https (the relay's --tls-cert) reaches it over wss://;
  * - the page reports, in words, a wrong key and a relay that is down.
  *
  * Without chromium (not installed, and .ci/run could not install it) the
  * tests are skipped, and the reason is printed.
  */
 import { execFileSync } from "node:child_process"
-import { existsSync } from "node:fs"
+import { existsSync, readFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import puppeteer, { type Browser, type Page } from "puppeteer-core"
@@ -55,14 +56,16 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
 })
 
-/** A relay with TCP and a WebSocket port that serves the web page. */
-const relayWithPage = async (): Promise<TestRelay & { readonly wsAddress: string; readonly pageUrl: string }> => {
+/** A relay with TCP and a WebSocket port (wss:// with `tls`) that serves the web page. */
+const relayWithPage = async (
+  tls?: { readonly cert: string; readonly key: string }
+): Promise<TestRelay & { readonly wsAddress: string; readonly pageUrl: string }> => {
   const identity = newIdentity()
-  const transport = webSocketTransport({ onHttpRequest: webPageHandler(bytesToHex(identity.publicKey)) })
+  const transport = webSocketTransport({ onHttpRequest: webPageHandler(bytesToHex(identity.publicKey)), tls })
   const relay = await startRelay({ extraListeners: [{ transport, host: "127.0.0.1", port: 0 }] }, identity)
   cleanups.push(relay.stop)
-  const ws = relay.server().listening.find((l) => l.transport === "ws")!
-  return { ...relay, wsAddress: ws.address, pageUrl: `http://127.0.0.1:${ws.port}/` }
+  const ws = relay.server().listening.find((l) => l.transport !== "tcp")! // started with one
+  return { ...relay, wsAddress: ws.address, pageUrl: `${tls === undefined ? "http" : "https"}://127.0.0.1:${ws.port}/` }
 }
 
 describe.skipIf(chromium === undefined)("browsers as peers (headless chromium)", () => {
@@ -74,8 +77,9 @@ describe.skipIf(chromium === undefined)("browsers as peers (headless chromium)",
     browser = await puppeteer.launch({
       executablePath: chromium!, // describe.skipIf: defined here
       headless: true,
-      // Root in CI has no user namespace sandbox; /dev/shm is small in containers.
-      args: ["--no-sandbox", "--disable-dev-shm-usage"]
+      // Root in CI has no user namespace sandbox; /dev/shm is small in containers;
+      // the wss:// test's certificate is self-signed (and everything here is loopback).
+      args: ["--no-sandbox", "--disable-dev-shm-usage", "--ignore-certificate-errors"]
     })
   }, 60_000)
 
@@ -176,6 +180,24 @@ describe.skipIf(chromium === undefined)("browsers as peers (headless chromium)",
       })
     })
     expect(answer).toBe("hello from the page\n")
+  }, 60_000)
+
+  it("a page served over https reaches its relay over wss:// and a Node connector reaches the page", async () => {
+    const cert = readFileSync(join(root, "test/fixtures/tls-cert.pem"), "utf8")
+    const key = readFileSync(join(root, "test/fixtures/tls-key.pem"), "utf8")
+    const relay = await relayWithPage({ cert, key })
+    expect(relay.wsAddress).toMatch(/@wss:\/\//)
+    const page = await openPage(relay.pageUrl)
+    await waitForState(page, "listening")
+    expect(await page.$eval("#relay", (e) => e.textContent)).toBe(relay.wsAddress)
+    const pageKey = await page.$eval("#own-key", (e) => e.textContent ?? "")
+    const socket = await connect({ identity: newIdentity(), relays: [relay.address], to: pageKey, tickMs: TICK_MS })
+    cleanups.push(async () => void socket.destroy())
+    socket.write("over tls\n")
+    await page.waitForFunction(
+      () => [...document.querySelectorAll("#log .peer")].some((li) => li.textContent === "peer: over tls"),
+      { timeout: 15_000 }
+    )
   }, 60_000)
 
   it("the page says in words that nobody listens on a wrong key", async () => {
