@@ -1,7 +1,7 @@
 /**
  * An authenticated message channel: the secure channel and keepalive of
  * PROTOCOL.md (the pure machine in src/core/connection.ts) run over a frame
- * link. Used for every TCP hop (relay <-> client) and, over a tunnel, end to
+ * link. Used by clients for their hop to a relay and, over a tunnel, end to
  * end between two clients.
  *
  * Fibers: a reader (link -> machine -> inbox) and a writer (outbox -> link)
@@ -56,15 +56,8 @@ export interface MessageChannel {
   readonly remotePublicKey: Uint8Array
   /** The next message, in order; fails once the channel has ended and every earlier message was taken. */
   readonly receive: Effect.Effect<Uint8Array, ChannelError>
-  /** Like `receive`, with the packed KaMessage the message arrived in, for `forward`. */
-  readonly receiveForwardable: Effect.Effect<ForwardableMessage, ChannelError>
   /** Sends one message; completes once the transport took it (waits while the peer is slow). */
   readonly send: (data: Uint8Array) => Effect.Effect<void, ChannelError>
-  /**
-   * Sends a message received on another channel, reusing its packed
-   * KaMessage instead of encoding it again (the relay's data path).
-   */
-  readonly forward: (message: ForwardableMessage) => Effect.Effect<void, ChannelError>
   /** Advances the channel's clock by one tick (keepalive, rekey); never waits. */
   readonly tick: () => void
   /** Ends the channel with LocalClose (idempotent); messages already sent stay sent. */
@@ -79,8 +72,9 @@ export interface MessageChannel {
   readonly bufferedBytes: () => number
 }
 
-/** A received message together with the packed KaMessage it came in. */
-export interface ForwardableMessage {
+// A received message together with the packed KaMessage it came in (which
+// keeps its own backing buffer alive).
+interface ForwardableMessage {
   readonly data: Uint8Array
   readonly packed: Uint8Array
 }
@@ -301,11 +295,6 @@ export const establishChannel = (
     return {
       remotePublicKey,
       receive: Effect.map(receiveForwardable, (message) => message.data),
-      receiveForwardable,
-      forward: (message) =>
-        Effect.suspend(() =>
-          ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data: message.data, packed: message.packed }))
-        ),
       send: (data) =>
         Effect.suspend(() => (ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data })))),
       tick: () => {
