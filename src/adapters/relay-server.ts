@@ -447,7 +447,7 @@ export const makeRelayServer = (
     for (const extra of options.extraListeners ?? []) {
       const extraBound = yield* extra.transport.listen(
         { host: extra.host, port: extra.port },
-        (stream) => runHandler(serveConnection(stream))
+        accept
       ).pipe(
         Scope.provide(listenScope),
         Effect.mapError((error) => new ServerStartError({ message: error.message, code: error.code }))
