@@ -4,7 +4,7 @@
 //   2. it runs `offset-relay serve`, and a Node client tunnels 1 MiB through it;
 //   3. Node runs `offset-relay serve`, and a client on it tunnels 1 MiB;
 //   4. Node runs `serve --ws-port 0`, and clients on it tunnel 1 MiB over
-//      ws://, the listener on the TCP and the WebSocket address at once;
+//      ws:// (listener and connector both);
 // and once: the browser bundle loads in Deno with no permissions.
 // Every line names its runtime; a failure prints the log's tail. Exits 1 if
 // anything failed. Loopback only, ephemeral ports.
@@ -111,7 +111,7 @@ const report = (runtime: string, what: string, ok: boolean, detail: string, log 
 
 /**
  * Starts `offset-relay serve` on port 0 under `command`; resolves with its
- * address line (both lines, comma-separated, with `--ws-port`) and the process.
+ * address line (with `webSocket`: `--ws-port 0` and the ws:// line) and the process.
  */
 const startServe = (
   command: ReadonlyArray<string>,
@@ -138,7 +138,7 @@ const startServe = (
         : /^([0-9a-f]{64}@127\.0\.0\.1:\d+)\n/.exec(out)
       if (line !== null) {
         clearTimeout(timer)
-        resolve({ address: webSocket ? `${line[1]},${line[2]}` : line[1]!, child })
+        resolve({ address: webSocket ? line[2]! : line[1]!, child })
       }
     })
     child.on("exit", (code) => {

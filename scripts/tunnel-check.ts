@@ -1,22 +1,22 @@
-// A library client for test:runtimes: through the relays given as the
-// argument (comma-separated; TCP and ws:// addresses mixed), listens with
-// one identity on all of them, connects with another through the last one
-// and echoes 1 MiB, then compares SHA-256 on both sides. Runs on Node, Deno
-// and Bun (TypeScript sources directly); prints one line and exits 0 when equal.
+// A library client for test:runtimes: through the relay given as the
+// argument (TCP, or ws://), listens with one identity, connects with
+// another and echoes 1 MiB, then compares SHA-256 on both sides. Runs on
+// Node, Deno and Bun (TypeScript sources directly); prints one line and
+// exits 0 when equal.
 //
-//   node scripts/tunnel-check.ts <relay key>@127.0.0.1:<port>[,<relay key>@ws://127.0.0.1:<port>]
+//   node scripts/tunnel-check.ts <relay key>@127.0.0.1:<port>
+//   node scripts/tunnel-check.ts <relay key>@ws://127.0.0.1:<port>
 import { createHash } from "node:crypto"
 import { connect, createIdentity, listen } from "../src/index.ts"
 
-const relays = process.argv[2]?.split(",")
-if (relays === undefined) throw new Error("usage: tunnel-check.ts <relay address>[,<relay address>...]")
-const relay = relays.at(-1)!
+const relay = process.argv[2]
+if (relay === undefined) throw new Error("usage: tunnel-check.ts <relay address>")
 const runtime = "Bun" in globalThis ? "bun" : "Deno" in globalThis ? "deno" : "node"
 const server = createIdentity()
 const client = createIdentity()
-const listener = listen({ identity: server, relays, allow: [client.publicKey] })
+const listener = listen({ identity: server, relays: [relay], allow: [client.publicKey] })
 listener.on("connection", (socket) => socket.pipe(socket))
-// Listening on every relay first: a connect to a key nobody listens on yet is refused.
+// Listening first: a connect to a key nobody listens on yet is refused.
 await new Promise<void>((resolve) => {
   const check = () => listener.status().every((s) => s.state === "listening") && resolve()
   listener.on("status", check)

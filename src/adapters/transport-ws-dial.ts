@@ -16,7 +16,8 @@
  * which is all frame-link.ts needs (it ends the link on the peer's end).
  *
  * Backpressure: writing reports "full" while the socket's `bufferedAmount`
- * is past WS_HIGH_WATER_BYTES; `drain` comes from the socket when it has a
+ * is past its high-water mark (the relay: its TCP socket's; a dialer:
+ * WS_HIGH_WATER_BYTES); `drain` comes from the socket when it has a
  * drain event (the relay's side), else from polling `bufferedAmount` while a
  * writer waits (a runtime WebSocket has no drain event). Reading: where the
  * runtime cannot stop reading (a runtime WebSocket), messages that arrive
@@ -53,6 +54,8 @@ export interface MessageSocket {
   readonly send: (message: Uint8Array) => void
   /** Bytes queued and not yet handed to the network. */
   readonly bufferedAmount: () => number
+  /** Past this many queued bytes a writer waits for drain (default WS_HIGH_WATER_BYTES). */
+  readonly highWaterBytes?: number | undefined
   /** Sends a close frame (after what is queued) with this code and reason. */
   readonly close: (code: number, reason: string) => void
   /** Drops the connection at once. */
@@ -89,6 +92,7 @@ export const makeMessageByteStream = (socket: MessageSocket): { readonly stream:
   let reported = false
   let ended = false
   let drainWanted = false
+  const highWater = socket.highWaterBytes ?? WS_HIGH_WATER_BYTES
 
   // The last events: `end` when the peer closed cleanly, then `close`.
   const report = (failure: TransportError | undefined, peerEnded: boolean) => {
@@ -118,7 +122,7 @@ export const makeMessageByteStream = (socket: MessageSocket): { readonly stream:
 
   const checkDrain = () => {
     if (!drainWanted || reported) return
-    if (socket.bufferedAmount() > WS_HIGH_WATER_BYTES) {
+    if (socket.bufferedAmount() > highWater) {
       if (socket.onceDrained !== undefined) socket.onceDrained(checkDrain)
       else setTimeout(checkDrain, DRAIN_POLL_MS)
       return
@@ -172,7 +176,7 @@ export const makeMessageByteStream = (socket: MessageSocket): { readonly stream:
       for (let at = 0; at < bytes.length; at += WS_MAX_MESSAGE_BYTES) {
         socket.send(bytes.length <= WS_MAX_MESSAGE_BYTES ? bytes : bytes.subarray(at, at + WS_MAX_MESSAGE_BYTES))
       }
-      if (socket.bufferedAmount() <= WS_HIGH_WATER_BYTES) return true
+      if (socket.bufferedAmount() <= highWater) return true
       if (!drainWanted) {
         drainWanted = true
         checkDrain()

@@ -164,6 +164,8 @@ const relayStream = (webSocket: NodeWebSocket, socket: Net.Socket, ip: string): 
     remoteAddress: ip,
     send: (message) => webSocket.send(message, { binary: true }),
     bufferedAmount: () => socket.writableLength,
+    // As a TCP connection's: the relay holds no more per WebSocket than per TCP socket.
+    highWaterBytes: socket.writableHighWaterMark,
     close: (code, reason) => webSocket.close(code, reason),
     abort: () => webSocket.terminate(),
     pauseReading: () => webSocket.pause(),
