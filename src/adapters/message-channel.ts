@@ -31,22 +31,21 @@ import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import type { CryptoService } from "./crypto.ts"
 import { LinkError, type FrameLink } from "./frame-link.ts"
+import type { ChannelFailureDetail, ChannelFailureReason } from "../core/connect-outcome.ts"
 import {
   makeConnection,
   step as stepConnection,
   type ConnectionConfig,
   type ConnectionEvent
 } from "../core/connection.ts"
+import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
 
 /** Why a message channel ended. */
 export class ChannelError extends Data.TaggedError("ChannelError")<{
-  readonly reason:
-    | LinkError["reason"] // the transport below ended or misbehaved
-    | "HandshakeTimeout"
-    | "Protocol" // the secure channel or keepalive refused the peer (see `detail`)
-    | "LocalClose" // we closed it
-  /** The secure channel's own reason code for "Protocol" (e.g. BadSignature, KeepaliveTimeout). */
-  readonly detail?: string
+  readonly reason: ChannelFailureReason
+  /** The machine's own reason for "Protocol" (e.g. BadSignature, KeepaliveTimeout). */
+  readonly detail?: ChannelFailureDetail
   readonly message: string
 }> {}
 
@@ -82,7 +81,7 @@ interface ForwardableMessage {
 /** What a channel needs beyond the link. */
 export interface ChannelOptions {
   readonly crypto: CryptoService
-  readonly identity: { readonly seed: Uint8Array; readonly publicKey: Uint8Array }
+  readonly identity: Identity
   /** The key the peer must prove; undefined accepts any (a relay accepting clients). */
   readonly expectedRemotePublicKey?: Uint8Array | undefined
   /** Wall-clock bound on the handshake. */
@@ -338,9 +337,6 @@ class Signal {
 
 const fromLinkError = (error: LinkError): ChannelError => new ChannelError({ reason: error.reason, message: error.message })
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 /**
  * A frame link inside a relayed tunnel: each message of the outer channel is

@@ -42,11 +42,13 @@ import { takeTokens, type TokenBucket } from "../core/token-bucket.ts"
 import { checkVersion, encodeVersion } from "../core/version.ts"
 import type { CryptoService } from "./crypto.ts"
 import type { ByteStream, TransportError } from "./transport.ts"
+import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
 
 /** What a hop needs from its server: the core, the clock, and where to report. */
 export interface HopServer {
   readonly crypto: CryptoService
-  readonly identity: { readonly seed: Uint8Array; readonly publicKey: Uint8Array }
+  readonly identity: Identity
   readonly machine: Pick<ConnectionConfig, "keepaliveTicks" | "rekeyIntervalTicks" | "maxPaddingBytes" | "maxExpansion" | "peerRekeyLimit">
   /**
    * Bytes a hop may hold for its client before reading stops: a connect
@@ -447,7 +449,3 @@ export const HANDSHAKE_FRAME_LIMIT = 4096
 // The bytes a delivered message keeps alive: the buffers its views point into.
 const keptAlive = (message: Delivered): number =>
   message.data.buffer.byteLength + (message.packed.buffer === message.data.buffer ? 0 : message.packed.buffer.byteLength)
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}

@@ -59,12 +59,11 @@ import { Hop, type HopServer } from "./relay-hop.ts"
 import { Metrics, registerProcessMetrics } from "./metrics.ts"
 import type { ByteStream, Transport } from "./transport.ts"
 import { tcpTransport } from "./transport-tcp.ts"
+import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
 
-/** An Ed25519 identity: the 32-byte secret seed and its public key. */
-export interface RelayIdentity {
-  readonly seed: Uint8Array
-  readonly publicKey: Uint8Array
-}
+/** The relay's Ed25519 identity (keys.ts `Identity`). */
+export type RelayIdentity = Identity
 
 /** Everything an operator can set; `defaultRelayServerOptions` documents each default. */
 export interface RelayServerOptions {
@@ -582,8 +581,4 @@ const makeRefusalLog = () => {
     last.set(limit, { at: now, suppressed: 0 })
     return { limit, suppressed: entry?.suppressed ?? 0 }
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

@@ -20,6 +20,7 @@
  * - `Requested` with a ticket already in use, or `Left` with one not in use,
  *   is ignored.
  */
+import { absurd } from "./absurd.ts"
 
 /** One connect's place in the gate, chosen by the adapter, never reused. */
 export type GateTicket = number & { readonly GateTicket: unique symbol }
@@ -107,8 +108,4 @@ export class ConnectGate {
     this.#outHead = 0
     return undefined
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

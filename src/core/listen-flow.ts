@@ -43,6 +43,7 @@
  *   is at (a late or repeated event), is ignored.
  */
 import { decodeIncomingConnection } from "./messages.ts"
+import { absurd } from "./absurd.ts"
 
 /**
  * Accepts (policy check, accept connection, end-to-end handshake, hand-over)
@@ -215,8 +216,4 @@ export class ListenFlow {
   #push(command: ListenFlowCommand): void {
     this.#out.push(command)
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

@@ -141,6 +141,7 @@
  */
 import { publicKeyHex, publicKeyLength } from "./keys.ts"
 import { decodeInitConnection, decodeRejectConnection, encodeIncomingConnection } from "./messages.ts"
+import { absurd } from "./absurd.ts"
 
 /** A connection's id, chosen by the adapter, unique for the relay's lifetime. */
 export type ConnectionId = number & { readonly ConnectionId: unique symbol }
@@ -594,9 +595,6 @@ interface Usage {
   paused: boolean
 }
 
-const absurd = (value: never): never => {
-  throw new Error(`unreachable: ${JSON.stringify(value)}`)
-}
 
 const closeCommand = (id: ConnectionId, reason: CloseReason, authenticated: boolean, limit?: RelayLimit): RelayCommand => {
   const mode = closeModeOf(reason, limit, authenticated)

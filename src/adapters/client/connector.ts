@@ -40,6 +40,7 @@ import { bytesToHex } from "../../core/keys.ts"
 import { formatRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
 import { type ClientSettings, openTunnel, type TunnelOpenError } from "./tunnel.ts"
 import type { PeerStream } from "./tunnel-stream.ts"
+import { absurd } from "../../core/absurd.ts"
 
 /** How a connect tries the relays. */
 export interface ConnectOptions {
@@ -221,7 +222,3 @@ const oneAtATime = <A, E, R>(key: string, effect: Effect.Effect<A, E, R>): Effec
         feedGate({ _tag: "Left", ticket })
       })
   )
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}

@@ -47,6 +47,7 @@ import type { ChannelError, MessageChannel } from "../message-channel.ts"
 import { openRelayConnection } from "../relay-connection.ts"
 import { type ClientSettings, hopOptions, openTunnel } from "./tunnel.ts"
 import type { PeerStream } from "./tunnel-stream.ts"
+import { absurd } from "../../core/absurd.ts"
 
 /**
  * Who may connect: a list of public keys, or a function of the peer's key
@@ -374,8 +375,4 @@ const refusalEvent = (relay: string, peerKey: Uint8Array, refusal: Refusal): Lis
     default:
       return absurd(refusal)
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

@@ -40,6 +40,7 @@ import {
   type StreamState
 } from "../../core/stream-state.ts"
 import type { ChannelError, MessageChannel } from "../message-channel.ts"
+import { absurd } from "../../core/absurd.ts"
 
 /** Why a stream failed or a call on it was refused (reasons of src/core/stream-state.ts). */
 export class PeerStreamError extends Data.TaggedError("PeerStreamError")<{
@@ -294,8 +295,4 @@ const describeChannelEnd = (error: ChannelError): string => {
     default:
       return `${error.reason}: ${error.message}`
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }
