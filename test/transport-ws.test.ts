@@ -10,7 +10,8 @@ import * as Net from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket as NodeWebSocket } from "ws"
 import { connect, listen, type PeerDuplex, type RelayListener } from "../src/adapters/client/index.ts"
-import type { RelayServer } from "../src/adapters/relay-server.ts"
+import { type RelayServer, testRelayOptions } from "../src/adapters/relay-server.ts"
+import type { RelayConfig } from "../src/core/relay-core.ts"
 import { webSocketTransport, type WebSocketListenOptions } from "../src/adapters/transport-ws.ts"
 import { WS_MAX_MESSAGE_BYTES } from "../src/adapters/transport-ws-dial.ts"
 import { encodeFrameHeader } from "../src/core/frame.ts"
@@ -33,8 +34,15 @@ afterEach(async () => {
 })
 
 /** A relay with TCP on one ephemeral port and WebSocket on another. */
-const relayWithWebSocket = async (ws: WebSocketListenOptions = {}): Promise<TestRelay & { readonly wsAddress: string }> => {
-  const relay = await startRelay({ extraListeners: [{ transport: webSocketTransport(ws), host: "127.0.0.1", port: 0 }] })
+const relayWithWebSocket = async (
+  ws: WebSocketListenOptions = {},
+  core: Partial<RelayConfig> = {}
+): Promise<TestRelay & { readonly wsAddress: string }> => {
+  const defaults = testRelayOptions(newIdentity(), TICK_MS).core
+  const relay = await startRelay({
+    extraListeners: [{ transport: webSocketTransport(ws), host: "127.0.0.1", port: 0 }],
+    core: { ...defaults, ...core }
+  })
   cleanups.push(relay.stop)
   const wsListening = relay.server().listening.find((l) => l.transport !== "tcp")
   if (wsListening === undefined) throw new Error("the relay does not report its WebSocket port")
@@ -213,6 +221,20 @@ describe("WebSocket transport: bad input is closed and counted as on TCP", () =>
     await tcpClosed
     // The silent WebSocket and the silent TCP connection, alike.
     expect(closes(relay.server(), "timeout-handshake")).toBe(2)
+  })
+
+  it("WebSocket and TCP connections count against the same limits", async () => {
+    const relay = await relayWithWebSocket({}, { maxConnections: 2 })
+    const silentTcp = await tcpClient(relay.port)
+    const silentWs = await rawWebSocket(wsPortOf(relay.server()))
+    expect(silentWs.opened).toBe(true)
+    // The third, over either transport, is over the relay's one cap.
+    const third = await rawWebSocket(wsPortOf(relay.server()))
+    await third.closed
+    const line = relay.server().metrics.render().split("\n").find((l) => l.startsWith(`offset_relay_over_limit_total{limit="max-connections"} `))
+    expect(line?.split(" ")[1]).toBe("1")
+    silentTcp.destroy()
+    silentWs.socket.terminate()
   })
 
   it("an Origin off the allow-list is refused before the upgrade; a listed one is served", async () => {
