@@ -57,6 +57,7 @@ import {
   type RelayEvent,
   type RelayLimit
 } from "../src/core/relay-core.ts"
+import { ABORTED_REASONS_AND_LIMITS } from "./support/close-modes.ts"
 
 const KEYS: ReadonlyArray<Uint8Array> = [0xa0, 0xb0, 0xc0].map((n) => new Uint8Array(32).fill(n))
 const keyOf = (k: number): Uint8Array => KEYS[k]! // k is always drawn from 0..KEYS.length-1
@@ -141,22 +142,7 @@ const find = (model: Model, pred: (c: ModelConnection) => boolean): number | und
 }
 
 // Hostile or dead clients are aborted; so is any client that never finished its handshake.
-const ABORTED: ReadonlyArray<string> = [
-  "timeout-handshake",
-  "timeout-init",
-  "protocol-violation",
-  "adapter-misuse",
-  "handshake-failed",
-  "frame-too-long",
-  "version-mismatch",
-  "keepalive-timeout",
-  "connection-lost",
-  "internal-error",
-  "stuck-tunnel",
-  "rekey-rate",
-  "unidentified-evicted",
-  "handshake-evicted"
-]
+const ABORTED = ABORTED_REASONS_AND_LIMITS
 
 const closeLine = (id: number, reason: CloseReason, authenticated: boolean, limit?: RelayLimit): string => {
   const aborted = !authenticated || ABORTED.includes(reason) || (limit !== undefined && ABORTED.includes(limit))

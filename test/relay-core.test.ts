@@ -27,6 +27,7 @@ import {
   type RelayLimit,
   type RelayEvent
 } from "../src/core/relay-core.ts"
+import { ABORTED_REASONS_AND_LIMITS } from "./support/close-modes.ts"
 
 const key = (n: number): Uint8Array => new Uint8Array(32).fill(n)
 const C = key(0xc1)
@@ -128,21 +129,8 @@ const summary = (commands: ReadonlyArray<RelayCommand>): Array<string> =>
 
 // The close mode the module header gives: abort for the hostile or dead,
 // and for limits that only refuse newcomers (before any handshake).
-const ABORTING: ReadonlyArray<CloseReason | RelayLimit> = [
-  "timeout-handshake",
-  "timeout-init",
-  "protocol-violation",
-  "adapter-misuse",
-  "handshake-failed",
-  "frame-too-long",
-  "version-mismatch",
-  "keepalive-timeout",
-  "connection-lost",
-  "internal-error",
-  "stuck-tunnel",
-  "rekey-rate",
-  "unidentified-evicted",
-  "handshake-evicted",
+const ABORTING: ReadonlyArray<string> = [
+  ...ABORTED_REASONS_AND_LIMITS,
   "max-connections",
   "max-buffered-bytes",
   "handshake-rate",

@@ -21,6 +21,7 @@
  *   is ignored.
  */
 import { absurd } from "./absurd.ts"
+import { CommandQueue } from "./command-queue.ts"
 
 /** One connect's place in the gate, chosen by the adapter, never reused. */
 export type GateTicket = number & { readonly GateTicket: unique symbol }
@@ -51,8 +52,7 @@ export class ConnectGate {
   readonly #lines = new Map<string, Line>()
   readonly #keyOf = new Map<GateTicket, string>()
   // Commands not yet drained: a FIFO over one reused array.
-  readonly #out: Array<ConnectGateCommand> = []
-  #outHead = 0
+  readonly #out = new CommandQueue<ConnectGateCommand>()
 
   /** Keys someone holds (each has a line); for tests and metrics. */
   get keysHeld(): number {
@@ -99,13 +99,6 @@ export class ConnectGate {
 
   /** The next command, or undefined when there is none. */
   poll(): ConnectGateCommand | undefined {
-    if (this.#outHead < this.#out.length) {
-      const command = this.#out[this.#outHead]!
-      this.#out[this.#outHead++] = undefined! // let the command go; the slot is reused
-      return command
-    }
-    this.#out.length = 0
-    this.#outHead = 0
-    return undefined
+    return this.#out.poll()
   }
 }

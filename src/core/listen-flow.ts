@@ -44,6 +44,7 @@
  */
 import { decodeIncomingConnection } from "./messages.ts"
 import { absurd } from "./absurd.ts"
+import { CommandQueue } from "./command-queue.ts"
 
 /**
  * Accepts (policy check, accept connection, end-to-end handshake, hand-over)
@@ -120,8 +121,7 @@ export class ListenFlow {
   #nextId = 0
   #channelUp = true
   // Commands not yet drained: a FIFO over one reused array.
-  readonly #out: Array<ListenFlowCommand> = []
-  #outHead = 0
+  readonly #out = new CommandQueue<ListenFlowCommand>()
 
   constructor(config: ListenFlowConfig = defaultListenFlowConfig) {
     this.#config = config
@@ -174,14 +174,7 @@ export class ListenFlow {
 
   /** The next command, or undefined when there is none. */
   poll(): ListenFlowCommand | undefined {
-    if (this.#outHead < this.#out.length) {
-      const command = this.#out[this.#outHead]!
-      this.#out[this.#outHead++] = undefined! // let the command go; the slot is reused
-      return command
-    }
-    this.#out.length = 0
-    this.#outHead = 0
-    return undefined
+    return this.#out.poll()
   }
 
   #received(message: Uint8Array): void {
