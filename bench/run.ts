@@ -7,7 +7,7 @@
  *
  *   node bench/run.ts [--quick] [--only <scenario>[,<scenario>…]]
  *
- * Scenarios: crypto, setup, throughput, isolation, scale, cli. `--quick` runs
+ * Scenarios: crypto, setup, throughput, websocket, isolation, scale, cli. `--quick` runs
  * each with small volumes (seconds, for CI smoke runs; its numbers are
  * noisier).
  */
@@ -15,15 +15,16 @@ import * as Path from "node:path"
 import process from "node:process"
 import { benchCliFootprint } from "./cli-footprint.ts"
 import { benchCrypto, type CryptoBenchRow } from "./crypto.ts"
-import { ONE_HOST_AS_MANY_ARGS, repoRoot, startRelayProcess, type RelayProcess } from "./relay-process.ts"
+import { freePort, ONE_HOST_AS_MANY_ARGS, repoRoot, startRelayProcess, type RelayProcess } from "./relay-process.ts"
 import { formatTable, row, runInfo, writeResults, type BenchRow } from "./report.ts"
 import { benchIsolation } from "./isolation.ts"
 import { benchScale, SCALE_RELAY_ARGS } from "./scale.ts"
 import { benchSetupLatency } from "./setup-latency.ts"
 import { benchThroughput } from "./throughput.ts"
+import { benchWebSocket } from "./websocket.ts"
 
 /** The scenarios, in the order they run. */
-export const SCENARIOS = ["crypto", "setup", "throughput", "isolation", "scale", "cli"] as const
+export const SCENARIOS = ["crypto", "setup", "throughput", "websocket", "isolation", "scale", "cli"] as const
 /** One scenario's name. */
 export type Scenario = (typeof SCENARIOS)[number]
 
@@ -100,6 +101,10 @@ export const runBench = async (args: BenchArgs, log: (line: string) => void): Pr
   if (wants("throughput")) {
     const ceiling = cryptoCeiling()
     await withRelay("throughput", [], (relay) => benchThroughput(relay, args.quick, ceiling))
+  }
+  if (wants("websocket")) {
+    const wsPort = await freePort()
+    await withRelay("websocket", ["--ws-port", String(wsPort)], (relay) => benchWebSocket(relay, wsPort, args.quick))
   }
   if (wants("isolation")) await withRelay("isolation", [], (relay) => benchIsolation(relay, args.quick))
   if (wants("scale")) {

@@ -4,8 +4,11 @@
 //      of src/ (relative `.ts` imports rewritten to `.js` in the JavaScript);
 //   2. the same rewrite in the declarations, which tsc leaves as `.ts`, so a
 //      consumer's TypeScript resolves them to the `.d.ts` files;
-//   3. the browser bundle dist/browser/offset-relay.js (esbuild, ESM, from
-//      src/browser.ts), refused if anything in it imports `node:*`.
+//   3. the browser bundles (esbuild, ESM), refused if anything in them
+//      imports `node:*`: dist/browser/offset-relay.js (the library, from
+//      src/browser.ts) and dist/browser/page.js (the relay's --web page,
+//      from src/web-page/app.ts). In both, transport-tcp.ts is replaced by
+//      transport-tcp-unavailable.ts: a page cannot open TCP connections.
 //
 //   npm run build -- --browser-only   only step 3 (CI's browser bundle step)
 //
@@ -37,14 +40,29 @@ if (!browserOnly) {
   }
 }
 
-const outfile = join(dist, "browser/offset-relay.js")
+// A page has no TCP: the relay connection's TCP transport becomes one that says so.
+const noTcp: esbuild.Plugin = {
+  name: "no-tcp-in-browsers",
+  setup: (build) => {
+    build.onResolve({ filter: /\/transport-tcp\.ts$/ }, (args) => ({
+      path: join(args.resolveDir, args.path.replace(/transport-tcp\.ts$/, "transport-tcp-unavailable.ts"))
+    }))
+  }
+}
+
+const outdir = join(dist, "browser")
+const outfile = join(outdir, "offset-relay.js")
 const result = await esbuild.build({
-  entryPoints: [join(root, "src/browser.ts")],
+  entryPoints: [
+    { in: join(root, "src/browser.ts"), out: "offset-relay" },
+    { in: join(root, "src/web-page/app.ts"), out: "page" }
+  ],
+  plugins: [noTcp],
   bundle: true,
   format: "esm",
   platform: "browser",
   target: "es2022",
-  outfile,
+  outdir,
   sourcemap: true,
   // The bundled libraries' sources would triple the package; ours are in dist/**/*.js.map.
   sourcesContent: false,
@@ -54,9 +72,11 @@ const result = await esbuild.build({
 const nodeImports = Object.values(result.metafile.inputs).flatMap((input) =>
   input.imports.filter((i) => i.path.startsWith("node:")).map((i) => i.path)
 )
-const bundled = readFileSync(outfile, "utf8")
-if (nodeImports.length > 0 || /\bfrom\s*["']node:|import\(\s*["']node:|require\(\s*["']node:/.test(bundled)) {
-  console.error(`browser bundle imports node modules: ${[...new Set(nodeImports)].join(", ") || "(see the bundle)"}`)
-  process.exit(1)
+for (const bundle of [outfile, join(outdir, "page.js")]) {
+  const bundled = readFileSync(bundle, "utf8")
+  if (nodeImports.length > 0 || /\bfrom\s*["']node:|import\(\s*["']node:|require\(\s*["']node:/.test(bundled)) {
+    console.error(`browser bundle imports node modules: ${[...new Set(nodeImports)].join(", ") || `(see ${bundle})`}`)
+    process.exit(1)
+  }
+  console.log(`browser bundle: ${bundle.slice(root.length + 1)} (${Math.round(statSync(bundle).size / 1024)} KiB, no node: imports)`)
 }
-console.log(`browser bundle: ${outfile.slice(root.length + 1)} (${Math.round(statSync(outfile).size / 1024)} KiB, no node: imports)`)

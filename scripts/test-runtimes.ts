@@ -3,6 +3,8 @@
 //   1. the core and client tests (vitest) run under it;
 //   2. it runs `offset-relay serve`, and a Node client tunnels 1 MiB through it;
 //   3. Node runs `offset-relay serve`, and a client on it tunnels 1 MiB;
+//   4. Node runs `serve --ws-port 0`, and clients on it tunnel 1 MiB over
+//      ws:// (listener and connector both);
 // and once: the browser bundle loads in Deno with no permissions.
 // Every line names its runtime; a failure prints the log's tail. Exits 1 if
 // anything failed. Loopback only, ephemeral ports.
@@ -107,12 +109,20 @@ const report = (runtime: string, what: string, ok: boolean, detail: string, log 
   }
 }
 
-/** Starts `offset-relay serve` on port 0 under `command`; resolves with its address line and the process. */
-const startServe = (command: ReadonlyArray<string>, name: string): Promise<{ address: string; child: ChildProcess } | string> =>
+/**
+ * Starts `offset-relay serve` on port 0 under `command`; resolves with its
+ * address line (with `webSocket`: `--ws-port 0` and the ws:// line) and the process.
+ */
+const startServe = (
+  command: ReadonlyArray<string>,
+  name: string,
+  webSocket = false
+): Promise<{ address: string; child: ChildProcess } | string> =>
   new Promise((resolve) => {
     const child = spawn(command[0]!, [
       ...command.slice(1), join(root, "bin/offset-relay.js"), "serve",
-      "--port", "0", "--identity", join(work, `${name}-relay.key`), "--log-level", "warn", "--drain-ms", "200"
+      "--port", "0", "--identity", join(work, `${name}-relay.key`), "--log-level", "warn", "--drain-ms", "200",
+      ...(webSocket ? ["--ws-port", "0"] : [])
     ], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
     let err = ""
@@ -123,10 +133,12 @@ const startServe = (command: ReadonlyArray<string>, name: string): Promise<{ add
     child.stderr!.on("data", (chunk: Buffer) => (err += chunk.toString()))
     child.stdout!.on("data", (chunk: Buffer) => {
       out += chunk.toString()
-      const line = /^([0-9a-f]{64}@127\.0\.0\.1:\d+)\n/.exec(out)
+      const line = webSocket
+        ? /^([0-9a-f]{64}@127\.0\.0\.1:\d+)\n([0-9a-f]{64}@ws:\/\/127\.0\.0\.1:\d+)\n/.exec(out)
+        : /^([0-9a-f]{64}@127\.0\.0\.1:\d+)\n/.exec(out)
       if (line !== null) {
         clearTimeout(timer)
-        resolve({ address: line[1]!, child })
+        resolve({ address: webSocket ? line[2]! : line[1]!, child })
       }
     })
     child.on("exit", (code) => {
@@ -147,8 +159,14 @@ const stopServe = (child: ChildProcess): Promise<number | null> =>
   })
 
 /** A relay under `relayCommand`, and a client under `clientCommand` tunnelling 1 MiB through it. */
-const tunnelThrough = async (label: string, relayCommand: ReadonlyArray<string>, clientCommand: ReadonlyArray<string>, runtime: string) => {
-  const started = await startServe(relayCommand, label.replace(/\W+/g, "-"))
+const tunnelThrough = async (
+  label: string,
+  relayCommand: ReadonlyArray<string>,
+  clientCommand: ReadonlyArray<string>,
+  runtime: string,
+  webSocket = false
+) => {
+  const started = await startServe(relayCommand, label.replace(/\W+/g, "-"), webSocket)
   if (typeof started === "string") return report(runtime, label, false, "the relay did not start", started)
   const client = await runCommand([...clientCommand, join(root, "scripts/tunnel-check.ts"), started.address], { timeoutMs: 60_000 })
   const code = await stopServe(started.child)
@@ -183,6 +201,7 @@ try {
 
     await tunnelThrough(`serve on ${runtime.name}, Node client`, runtime.run, [node], runtime.name)
     await tunnelThrough(`serve on Node, ${runtime.name} client`, [node], runtime.run, runtime.name)
+    await tunnelThrough(`serve --ws-port on Node, ${runtime.name} clients over ws://`, [node], runtime.run, runtime.name, true)
   }
 
   if (chosen.length === 0 || chosen.includes("deno")) {

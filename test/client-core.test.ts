@@ -53,6 +53,25 @@ describe("relay address", () => {
     }
   })
 
+  it("parses ws:// and wss:// relay addresses, with or without a trailing slash, and formats them back", () => {
+    for (const [text, scheme, host, port] of [
+      [`${keyHex}@ws://127.0.0.1:4748`, "ws", "127.0.0.1", 4748],
+      [`${keyHex}@WSS://relay.example.org:443/`, "wss", "relay.example.org", 443],
+      [`${keyHex}@ws://[::1]:80`, "ws", "::1", 80]
+    ] as const) {
+      const result = parseRelayAddress(text)
+      expect(result._tag, text).toBe("Ok")
+      if (result._tag !== "Ok") continue
+      expect(result.value.scheme).toBe(scheme)
+      expect(result.value.host).toBe(host)
+      expect(result.value.port).toBe(port)
+      expect(formatRelayAddress(result.value)).toBe(`${keyHex}@${scheme}://${host.includes(":") ? `[${host}]` : host}:${port}`)
+    }
+    // A TCP address has no scheme at all, so code that builds addresses by hand keeps meaning TCP.
+    const tcp = parseRelayAddress(`${keyHex}@127.0.0.1:4747`)
+    expect(tcp._tag === "Ok" && !("scheme" in tcp.value)).toBe(true)
+  })
+
   it("refuses anything else with a reason and a message that shows the expected form", () => {
     const cases: ReadonlyArray<readonly [string, string]> = [
       ["127.0.0.1:4747", "MissingKey"],
@@ -68,6 +87,10 @@ describe("relay address", () => {
       [`${keyHex}@[::1:4747`, "BadHost"],
       [`${keyHex}@[::1]4747`, "MissingPort"],
       [`${keyHex}@bad host:4747`, "BadHost"],
+      [`${keyHex}@http://127.0.0.1:4747`, "BadScheme"],
+      [`${keyHex}@ws://127.0.0.1:4747/relay`, "BadScheme"],
+      [`${keyHex}@ws://127.0.0.1`, "MissingPort"],
+      [`${keyHex}@wss://:443`, "BadHost"],
       ["", "MissingKey"]
     ]
     for (const [text, reason] of cases) {
@@ -85,8 +108,9 @@ describe("relay address", () => {
         fc.uint8Array({ minLength: 32, maxLength: 32 }),
         fc.oneof(fc.constantFrom("localhost", "10.0.0.1", "::1", "fe80::1"), fc.domain()),
         fc.integer({ min: 1, max: 65535 }),
-        (publicKey, host, port) => {
-          const text = formatRelayAddress({ publicKey, host, port })
+        fc.constantFrom(undefined, "ws" as const, "wss" as const),
+        (publicKey, host, port, scheme) => {
+          const text = formatRelayAddress({ publicKey, host, port, scheme })
           const parsed = parseRelayAddress(text)
           expect(parsed._tag).toBe("Ok")
           if (parsed._tag === "Ok") expect(formatRelayAddress(parsed.value)).toBe(text)

@@ -10,7 +10,8 @@ import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Scope from "effect/Scope"
-import { makePeerStream, PeerDuplex, type PeerStream } from "../src/adapters/client/tunnel-stream.ts"
+import { PeerDuplex } from "../src/adapters/client/peer-duplex.ts"
+import { makePeerStream, type PeerStream } from "../src/adapters/client/tunnel-stream.ts"
 // auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
 import { autoCryptoService } from "../src/adapters/crypto.ts"
 const nodeCryptoService = autoCryptoService()

@@ -16,7 +16,7 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
 import { checkVersion, encodeVersion } from "../core/version.ts"
-import type { ByteStream } from "./transport.ts"
+import type { ByteStream, TransportError } from "./transport.ts"
 
 /** Why a frame link stopped. */
 export class LinkError extends Data.TaggedError("LinkError")<{
@@ -25,6 +25,7 @@ export class LinkError extends Data.TaggedError("LinkError")<{
     | "Reset" // the transport failed (reset, write after close, ...)
     | "FrameTooLong"
     | "VersionMismatch"
+    | "Protocol" // the transport below refused the peer's bytes (a WebSocket text message)
   readonly message: string
 }> {}
 
@@ -173,11 +174,7 @@ export const makeStreamFrameLink = (
     },
     close: (error) => {
       closed = true
-      endWith(
-        error === undefined
-          ? new LinkError({ reason: "Closed", message: "the peer closed the connection" })
-          : new LinkError({ reason: "Reset", message: error.message })
-      )
+      endWith(error === undefined ? new LinkError({ reason: "Closed", message: "the peer closed the connection" }) : linkErrorOf(error))
       wake()
       const writer = wakeWriter
       wakeWriter = undefined
@@ -273,6 +270,20 @@ export const makeStreamFrameLink = (
 }
 
 const EMPTY = new Uint8Array(0)
+
+// A transport's failure as the link's: a WebSocket message over the cap is
+// this transport's frame too long, and a text message a protocol breach, so
+// the relay closes and counts them as it does the TCP equivalents.
+const linkErrorOf = (error: TransportError): LinkError => {
+  switch (error.reason) {
+    case "MessageTooLarge":
+      return new LinkError({ reason: "FrameTooLong", message: error.message })
+    case "Protocol":
+      return new LinkError({ reason: "Protocol", message: error.message })
+    default:
+      return new LinkError({ reason: "Reset", message: error.message })
+  }
+}
 
 const overFrameLimit = (length: number, limit: number): LinkError =>
   new LinkError({ reason: "FrameTooLong", message: `frame of at least ${length} bytes is over the current limit of ${limit} bytes` })

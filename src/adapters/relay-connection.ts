@@ -1,6 +1,7 @@
 /**
- * A client's connection to one relay: a transport stream (TCP unless the
- * options name another), version prefix, then the secure
+ * A client's connection to one relay: a transport stream (the relay
+ * address's scheme picks it: TCP, or WebSocket for ws:// and wss://, unless
+ * the options name a transport), version prefix, then the secure
  * channel expecting the relay's key, then the InitConnection that says what
  * the connection is for. The client library builds listen, connect and
  * accept channels from this.
@@ -16,11 +17,13 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import { CLOSED_BEFORE_VERSION } from "../core/connect-outcome.ts"
 import { encodeInitConnection, type InitConnection } from "../core/messages.ts"
+import type { RelayScheme } from "../core/relay-address.ts"
 import type { CryptoService } from "./crypto.ts"
 import { exchangeVersion, LinkError, makeStreamFrameLink } from "./frame-link.ts"
 import { ChannelError, establishChannel, type ChannelOptions, type MessageChannel } from "./message-channel.ts"
 import type { Transport } from "./transport.ts"
 import { tcpTransport } from "./transport-tcp.ts"
+import { webSocketDialTransport } from "./transport-ws-dial.ts"
 import type { Identity } from "../core/keys.ts"
 
 /** Where a relay is and who it must prove to be. */
@@ -28,6 +31,8 @@ export interface RelayEndpoint {
   readonly publicKey: Uint8Array
   readonly host: string
   readonly port: number
+  /** "ws" or "wss": reach the relay's WebSocket port; absent: TCP. */
+  readonly scheme?: RelayScheme | undefined
 }
 
 /** Options for one relay connection. */
@@ -41,9 +46,16 @@ export interface RelayConnectionOptions {
   /** On close, how long to wait for the relay to close its side before destroying the socket (default 2 s). */
   readonly closeLingerMs?: number
   readonly channel?: Pick<ChannelOptions, "inboxBytes" | "machine">
-  /** How to reach the relay (default TCP). */
+  /** How to reach the relay (default: by the endpoint's scheme). */
   readonly transport?: Transport
 }
+
+// The browser bundle replaces transport-tcp.ts with one that refuses (a
+// page cannot open TCP connections), so a TCP address fails with a reason.
+const wsTransport = webSocketDialTransport("ws")
+const wssTransport = webSocketDialTransport("wss")
+const transportFor = (scheme: RelayScheme | undefined): Transport =>
+  scheme === "ws" ? wsTransport : scheme === "wss" ? wssTransport : tcpTransport
 
 /** Default bound on a graceful close. */
 export const DEFAULT_CLOSE_LINGER_MS = 2000
@@ -60,7 +72,7 @@ export const openRelayConnection = (
   Effect.gen(function*() {
     const timeoutMs = options.handshakeTimeoutMs ?? 10_000
     const channel = yield* Effect.gen(function*() {
-      const transport = options.transport ?? tcpTransport
+      const transport = options.transport ?? transportFor(relay.scheme)
       const stream = yield* transport.dial({ host: relay.host, port: relay.port }).pipe(
         Effect.mapError((error) => new ChannelError({ reason: "Reset", message: error.message }))
       )

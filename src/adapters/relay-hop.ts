@@ -41,7 +41,7 @@ import type { ConnectionRole } from "../core/relay-core.ts"
 import { takeTokens, type TokenBucket } from "../core/token-bucket.ts"
 import { checkVersion, encodeVersion } from "../core/version.ts"
 import type { CryptoService } from "./crypto.ts"
-import type { ByteStream } from "./transport.ts"
+import type { ByteStream, TransportError } from "./transport.ts"
 import { absurd } from "../core/absurd.ts"
 import type { Identity } from "../core/keys.ts"
 
@@ -146,7 +146,7 @@ export class Hop {
       data: (chunk) => this.onData(chunk),
       drain: () => this.onDrain(),
       end: () => this.end("client-closed", "the client closed the connection", "Closed"),
-      close: (error) => this.onClose(error === undefined ? undefined : error.message)
+      close: (error) => this.onClose(error)
     })
     this.writeFrames([encodeVersion()])
   }
@@ -281,14 +281,19 @@ export class Hop {
     this.releaseBlocked()
   }
 
-  private onClose(error: string | undefined): void {
+  private onClose(error: TransportError | undefined): void {
     if (this.gone) return
     this.gone = true
     this.cancelRateWait?.()
     this.releaseBlocked()
     if (!this.closed) {
       if (error === undefined) this.end("client-closed", "the client closed the connection", "Closed")
-      else this.end("connection-lost", error, "Reset")
+      // A WebSocket message over the cap is that transport's frame too long,
+      // and a text message its garbage bytes: closed and counted as on TCP.
+      else if (error.reason === "MessageTooLarge") this.end("frame-too-long", error.message, "FrameTooLong")
+      else if (error.reason === "Protocol") {
+        this.end(this.clientKey === undefined ? "handshake-failed" : "protocol-violation", error.message, "Protocol")
+      } else this.end("connection-lost", error.message, "Reset")
     }
     this.server.gone(this)
   }

@@ -97,6 +97,12 @@ export interface RelayServerOptions {
   readonly rateLimit: { readonly bytesPerSecond: number; readonly burstBytes: number } | undefined
   /** What clients connect over (default TCP). */
   readonly transport?: Transport
+  /**
+   * More ports to accept clients on, beside host:port (e.g. a WebSocket
+   * port next to TCP); every connection, whatever it came over, goes to the
+   * same core and counts against the same limits.
+   */
+  readonly extraListeners?: ReadonlyArray<{ readonly transport: Transport; readonly host: string; readonly port: number }>
 }
 
 /**
@@ -185,6 +191,8 @@ export interface RelayServer {
   readonly port: number
   /** `<public key hex>@<host>:<port>`: what clients are given. */
   readonly address: string
+  /** Every port the relay accepts on, the main one first, with the address a client uses there (`<key>@ws://host:port` for WebSocket). */
+  readonly listening: ReadonlyArray<{ readonly transport: string; readonly host: string; readonly port: number; readonly address: string }>
   readonly metrics: Metrics
   readonly stats: () => RelayServerStats
   /** Replaces the allow-list (undefined = open); applies to first messages from now on. */
@@ -434,6 +442,18 @@ export const makeRelayServer = (
       Effect.mapError((error) => new ServerStartError({ message: error.message, code: error.code }))
     )
     const boundPort = bound.port
+    const listening = [{ transport: transport.name, host: options.host, port: boundPort }]
+    for (const extra of options.extraListeners ?? []) {
+      const extraBound = yield* extra.transport.listen(
+        { host: extra.host, port: extra.port },
+        accept
+      ).pipe(
+        Scope.provide(listenScope),
+        Effect.mapError((error) => new ServerStartError({ message: error.message, code: error.code }))
+      )
+      listening.push({ transport: extra.transport.name, host: extra.host, port: extraBound.port })
+    }
+    const listeningAddresses = listening.map((l) => ({ ...l, address: listenAddress(publicKeyHexText, l) }))
 
     const tickFiber = yield* Effect.forkIn(
       Effect.forever(
@@ -466,15 +486,16 @@ export const makeRelayServer = (
         yield* Fiber.interrupt(tickFiber)
       })
 
-    yield* Effect.logInfo("relay listening").pipe(
-      Effect.annotateLogs({ address: `${publicKeyHexText}@${options.host}:${boundPort}` })
-    )
+    for (const l of listeningAddresses) {
+      yield* Effect.logInfo("relay listening").pipe(Effect.annotateLogs({ address: l.address }))
+    }
 
     return {
       publicKey: options.identity.publicKey,
       host: options.host,
       port: boundPort,
       address: `${publicKeyHexText}@${options.host}:${boundPort}`,
+      listening: listeningAddresses,
       metrics,
       stats: () => ({
         core: core.stats(),
@@ -487,6 +508,12 @@ export const makeRelayServer = (
       shutdown
     } satisfies RelayServer
   })
+
+// `<key>@host:port` for TCP, `<key>@ws://host:port` for a transport with a scheme of its own.
+const listenAddress = (keyHex: string, l: { readonly transport: string; readonly host: string; readonly port: number }) => {
+  const hostPort = `${l.host.includes(":") ? `[${l.host}]` : l.host}:${l.port}`
+  return l.transport === "tcp" ? `${keyHex}@${hostPort}` : `${keyHex}@${l.transport}://${hostPort}`
+}
 
 /** The relay could not start (port in use, bad address). */
 export class ServerStartError extends Error {

@@ -26,6 +26,8 @@ export class TransportError extends Data.TaggedError("TransportError")<{
     | "Reset" // the connection failed after it was made
     | "AddressInUse" // listen: the address is taken
     | "ListenFailed" // listen: any other reason (permissions, bad address)
+    | "Protocol" // the peer broke the transport's own rules (WebSocket: a text message)
+    | "MessageTooLarge" // WebSocket: a message over the transport's size cap
   readonly message: string
   /** The platform's error code (ECONNRESET, EADDRINUSE, ...), when there is one. */
   readonly code?: string | undefined

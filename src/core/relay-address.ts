@@ -1,7 +1,10 @@
 /**
  * Relay addresses as people write them: `<relay public key hex>@<host>:<port>`
  * (what `offset-relay serve` prints), e.g.
- * `3b6a27bc…(64 hex digits)@relay.example.org:4747` or `…@[::1]:4747`.
+ * `3b6a27bc…(64 hex digits)@relay.example.org:4747` or `…@[::1]:4747`, for
+ * TCP; `<key>@ws://<host>:<port>` or `<key>@wss://<host>:<port>` for a
+ * relay's WebSocket port (browsers can only use these). A trailing `/` after
+ * the port is accepted; other paths are not (the relay serves at `/`).
  *
  * The key is part of the address on purpose: a client dialing a relay checks
  * in the handshake that the relay proves this key (optDestPublicKey), so a
@@ -20,7 +23,13 @@ export interface RelayAddress {
   readonly host: string
   /** TCP port, 1..65535. */
   readonly port: number
+  /** "ws" or "wss": the relay's WebSocket port; absent: plain TCP. */
+  readonly scheme?: RelayScheme | undefined
 }
+
+/** How a relay is reached besides plain TCP: WebSocket, or WebSocket over TLS. */
+export type RelayScheme = "ws" | "wss"
+
 
 /** Why a relay address was refused. */
 export interface RelayAddressError {
@@ -31,6 +40,7 @@ export interface RelayAddressError {
     | "MissingPort" // no ":<port>" at the end
     | "BadPort" // the port is not a number in 1..65535
     | "BadHost" // empty host, stray brackets or characters no host name has
+    | "BadScheme" // a scheme other than ws:// or wss://, or a path after the port
   readonly message: string
 }
 
@@ -39,13 +49,14 @@ export type RelayAddressResult =
   | { readonly _tag: "Ok"; readonly value: RelayAddress }
   | { readonly _tag: "Err"; readonly error: RelayAddressError }
 
-const expected = "expected <relay public key: 64 hex digits>@<host>:<port>, as `offset-relay serve` prints it"
+const expected =
+  "expected <relay public key: 64 hex digits>@<host>:<port> (TCP) or <key>@ws://<host>:<port> / <key>@wss://<host>:<port> (WebSocket), as `offset-relay serve` prints it"
 
 // Host names, IPv4 addresses and IPv6 literals (inside brackets) use only these.
 const hostCharacters = /^[A-Za-z0-9._~%-]+$/
 const ipv6Characters = /^[0-9A-Fa-f:.%A-Za-z_-]+$/
 
-/** Parses `<key hex>@<host>:<port>`; surrounding whitespace is ignored. */
+/** Parses `<key hex>@<host>:<port>` or `<key hex>@ws[s]://<host>:<port>`; surrounding whitespace is ignored. */
 export const parseRelayAddress = (text: string): RelayAddressResult => {
   const trimmed = text.trim()
   const shown = trimmed.length > 120 ? `${trimmed.slice(0, 117)}...` : trimmed
@@ -57,9 +68,25 @@ export const parseRelayAddress = (text: string): RelayAddressResult => {
   if (at < 0) return fail("MissingKey", "has no relay key (no '@')")
   const key = parsePublicKeyHex(trimmed.slice(0, at))
   if (key._tag === "Err") return fail("BadKey", `has a bad relay key: ${key.error.message}`)
-  const location = splitHostPort(trimmed.slice(at + 1))
+  let rest = trimmed.slice(at + 1)
+  let scheme: RelayScheme | undefined
+  const schemeEnd = rest.indexOf("://")
+  if (schemeEnd >= 0) {
+    const name = rest.slice(0, schemeEnd).toLowerCase()
+    if (name !== "ws" && name !== "wss") {
+      return fail("BadScheme", `has scheme "${rest.slice(0, schemeEnd)}://", but a relay is reached over TCP (no scheme), ws:// or wss://`)
+    }
+    scheme = name
+    rest = rest.slice(schemeEnd + 3)
+    if (rest.endsWith("/")) rest = rest.slice(0, -1)
+    if (rest.includes("/")) return fail("BadScheme", "has a path after the port; a relay's WebSocket is served at / only")
+  }
+  const location = splitHostPort(rest)
   if (location._tag === "Problem") return fail(location.reason, location.detail)
-  return { _tag: "Ok", value: { publicKey: key.value, host: location.host, port: location.port } }
+  const value: RelayAddress = scheme === undefined
+    ? { publicKey: key.value, host: location.host, port: location.port }
+    : { publicKey: key.value, host: location.host, port: location.port, scheme }
+  return { _tag: "Ok", value }
 }
 
 /** Why `host:port` text was refused. */
@@ -129,9 +156,13 @@ const splitHostPort = (location: string): Located => {
   return { _tag: "Located", host, port }
 }
 
-/** The canonical text of an address (lowercase key; IPv6 hosts in brackets). */
+/** The canonical text of an address (lowercase key; IPv6 hosts in brackets; the scheme, if any). */
 export const formatRelayAddress = (address: RelayAddress): string =>
-  `${bytesToHex(address.publicKey)}@${relayHostPort(address)}`
+  `${bytesToHex(address.publicKey)}@${address.scheme === undefined ? "" : `${address.scheme}://`}${relayHostPort(address)}`
+
+/** The WebSocket URL of a relay reached over ws:// or wss:// (`ws://host:port/`). */
+export const relayWebSocketUrl = (address: Pick<RelayAddress, "host" | "port"> & { readonly scheme: RelayScheme }): string =>
+  `${address.scheme}://${relayHostPort(address)}/`
 
 /** `host:port` of an address, for messages where the key would only be noise. */
 export const relayHostPort = (address: Pick<RelayAddress, "host" | "port">): string =>

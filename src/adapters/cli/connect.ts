@@ -46,7 +46,7 @@ type Bridge = typeof import("./local-bridge.ts")
 
 const table: OptionTable = {
   identity: identityOption,
-  relay: { type: "list", value: "ADDR", help: "the peer's relay <key hex>@<host>:<port>; repeat for several, in order" },
+  relay: { type: "list", value: "ADDR", help: "the peer's relay <key hex>@<host>:<port> (TCP) or <key hex>@ws[s]://<host>:<port> (WebSocket); repeat for several, in order" },
   to: { type: "string", value: "KEY", help: "the peer's public key (hex); required" },
   "local-port": {
     type: "integer",

@@ -37,7 +37,7 @@ const table: OptionTable = {
   relay: {
     type: "list",
     value: "ADDR",
-    help: "relay <key hex>@<host>:<port> to listen on; repeat for several (all at once)"
+    help: "relay <key hex>@<host>:<port> (TCP) or <key hex>@ws[s]://<host>:<port> (WebSocket) to listen on; repeat for several (all at once)"
   },
   allow: { type: "list", value: "KEY", help: "public key (hex) allowed to connect; repeat for several" },
   "allow-file": { type: "string", value: "FILE", help: "more allowed keys, one hex key per line (# comments)" },

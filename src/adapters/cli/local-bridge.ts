@@ -7,7 +7,8 @@
  */
 import type * as Net from "node:net"
 import { ConnectError, readIdentity } from "../client/index.ts"
-import { type PeerDuplex, PeerStreamError, StreamAbort } from "../client/tunnel-stream.ts"
+import type { PeerDuplex } from "../client/peer-duplex.ts"
+import { PeerStreamError, StreamAbort } from "../client/tunnel-stream.ts"
 import type { CryptoChoice } from "../crypto-service.ts"
 import type { Identity } from "../identity.ts"
 import { ExitCode, say } from "./client-common.ts"

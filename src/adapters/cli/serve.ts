@@ -2,7 +2,8 @@
  * `offset-relay serve`: run a relay until SIGINT/SIGTERM.
  *
  * Prints one line on stdout once listening, `<public key hex>@<host>:<port>`,
- * which is what clients are given; logs go to stderr. SIGHUP reloads the
+ * which is what clients are given, and with `--ws-port` a second one,
+ * `<key>@ws://<host>:<port>` (wss:// with --tls-cert); logs go to stderr. SIGHUP reloads the
  * `--allow-keys` file. On SIGINT/SIGTERM the relay stops accepting, lets
  * tunnels drain for up to `--drain-ms`, closes the rest and exits 0.
  */
@@ -15,7 +16,11 @@ import { parseAllowList } from "../../core/allow-list.ts"
 import { checkPrefixLengths } from "../../core/address-prefix.ts"
 import { LOG_KEYS_MODES, parseLogKeys } from "../../core/log-keys.ts"
 import { checkRelayConfig, defaultRelayConfig, type RelayConfig } from "../../core/relay-core.ts"
+import { bytesToHex } from "../../core/keys.ts"
 import { loadOrCreateIdentity } from "../identity.ts"
+import { webSocketTransport } from "../transport-ws.ts"
+import { WS_MAX_MESSAGE_BYTES } from "../transport-ws-dial.ts"
+import { webPageHandler } from "../web-page.ts"
 import { serveMetrics } from "../metrics-http.ts"
 import { defaultDataDir } from "./data-dir.ts"
 import { ExitCode, exitCodeHelp } from "./exit-codes.ts"
@@ -161,6 +166,37 @@ const table: OptionTable = {
   "rate-limit": { type: "integer", min: 1, value: "BYTES_PER_S", help: "per client key read rate (off when unset)" },
   "rate-burst": { type: "integer", value: "BYTES", help: "burst allowed above --rate-limit (default: one second's worth)" },
   "drain-ms": { type: "integer", default: 10_000, value: "MS", help: "on SIGINT/SIGTERM, time tunnels may drain" },
+  "ws-port": {
+    type: "integer",
+    max: 65535,
+    value: "PORT",
+    help: "also accept WebSocket connections (browsers; ws://HOST:PORT/) on this port (off when unset)"
+  },
+  "ws-allowed-origins": {
+    type: "list",
+    value: "ORIGINS",
+    help: "WebSocket connections only from these page origins, e.g. https://app.example.org (default: any)"
+  },
+  "ws-max-message-bytes": {
+    type: "integer",
+    default: WS_MAX_MESSAGE_BYTES,
+    min: 1024,
+    max: 16 * 1024 * 1024,
+    value: "BYTES",
+    help: "largest WebSocket message taken (a frame may span several messages)"
+  },
+  "ws-trust-forwarded-for": {
+    type: "boolean",
+    default: false,
+    help: "WebSocket clients' addresses from X-Forwarded-For (only behind a reverse proxy that sets it)"
+  },
+  "tls-cert": { type: "string", value: "FILE", help: "PEM certificate: the WebSocket port serves wss:// (with --tls-key)" },
+  "tls-key": { type: "string", value: "FILE", help: "PEM private key of --tls-cert" },
+  web: {
+    type: "boolean",
+    default: false,
+    help: "serve a page at / on the WebSocket port to talk to peers by key from a browser"
+  },
   "metrics-port": { type: "integer", max: 65535, value: "PORT", help: "serve /metrics and /healthz on this port (off when unset)" },
   "metrics-host": { type: "string", default: "127.0.0.1", value: "HOST", help: "address for the metrics endpoint" },
   "log-level": { type: "string", default: "info", value: "LEVEL", help: "debug, info, warn, error or none" },
@@ -176,7 +212,8 @@ const table: OptionTable = {
 
 const usage = "offset-relay serve [options]"
 const description =
-  "Runs a relay. Once listening it prints its address, <public key hex>@<host>:<port>, on stdout."
+  "Runs a relay. Once listening it prints its address, <public key hex>@<host>:<port>, on stdout " +
+  "(and with --ws-port its WebSocket address, <key>@ws://<host>:<port>, on the next line)."
 
 /** Fails with the cause and the flag to change when host:port cannot be listened on now. */
 const checkPort = (host: string, port: number, flags: { readonly port: string; readonly host: string }) =>
@@ -204,6 +241,7 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     const configError = checkRelayConfig(coreConfigOf(parsed.options))
     if (configError !== undefined) throw new UsageError(`invalid limit: ${configError.message}`)
     checkCryptoChoice(parsed.options.crypto as string)
+    checkWebSocketOptions(parsed.options)
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`offset-relay serve: ${error.message}\nRun 'offset-relay serve --help' for the options.\n`)
@@ -243,6 +281,9 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
       // below still report a port taken in between).
       const allowList = allowKeysPath === undefined ? undefined : yield* readAllowList(allowKeysPath)
       yield* checkPort(host, port, { port: "--port", host: "--host" })
+      const wsPort = o["ws-port"] as number | undefined
+      if (wsPort !== undefined) yield* checkPort(host, wsPort, { port: "--ws-port", host: "--host" })
+      const tls = yield* readTls(o["tls-cert"] as string | undefined, o["tls-key"] as string | undefined)
       if (o["metrics-port"] !== undefined) {
         yield* checkPort(o["metrics-host"] as string, o["metrics-port"] as number, {
           port: "--metrics-port",
@@ -263,7 +304,18 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
         core: { ...coreConfigOf(o), allowList },
         rateLimit: rate === undefined
           ? undefined
-          : { bytesPerSecond: rate, burstBytes: (o["rate-burst"] as number | undefined) ?? rate }
+          : { bytesPerSecond: rate, burstBytes: (o["rate-burst"] as number | undefined) ?? rate },
+        extraListeners: wsPort === undefined ? [] : [{
+          transport: webSocketTransport({
+            maxMessageBytes: int("ws-max-message-bytes"),
+            allowedOrigins: allowedOriginsOf(o),
+            tls,
+            trustForwardedFor: o["ws-trust-forwarded-for"] === true,
+            onHttpRequest: o.web === true ? webPageHandler(bytesToHex(identity.publicKey)) : undefined
+          }),
+          host,
+          port: wsPort
+        }]
       }
       // The system's reason, from the error's cause when it carries one,
       // else from a second try on the same address (the error says "Open").
@@ -339,7 +391,13 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
       }
       process.on("SIGHUP", onHangup)
       yield* Effect.addFinalizer(() => Effect.sync(() => process.off("SIGHUP", onHangup)))
-      process.stdout.write(`${server.address}\n`)
+      process.stdout.write(`${server.listening.map((l) => l.address).join("\n")}\n`)
+      const webSocket = server.listening.find((l) => l.transport !== "tcp")
+      if (webSocket !== undefined && o.web === true) {
+        yield* Effect.logInfo("web page served").pipe(
+          Effect.annotateLogs({ url: `${webSocket.transport === "wss" ? "https" : "http"}://${webSocket.host}:${webSocket.port}/` })
+        )
+      }
 
       const signal = yield* Deferred.await(stopSignal)
       stopping = true
@@ -359,6 +417,46 @@ export const run = async (args: ReadonlyArray<string>): Promise<number> => {
     crypto: checkCryptoChoice(o.crypto as string)
   })
 }
+
+// The WebSocket flags that only make sense together.
+const checkWebSocketOptions = (o: ParsedOptions): void => {
+  const wsPort = o["ws-port"] as number | undefined
+  const cert = o["tls-cert"] as string | undefined
+  const key = o["tls-key"] as string | undefined
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError("--tls-cert and --tls-key go together: give both or neither")
+  if (wsPort === undefined) {
+    for (const flag of ["web", "tls-cert", "ws-allowed-origins", "ws-trust-forwarded-for"] as const) {
+      const value = o[flag]
+      const given = value === true || typeof value === "string" || (Array.isArray(value) && value.length > 0)
+      if (given) throw new UsageError(`--${flag} applies to the WebSocket port: add --ws-port PORT`)
+    }
+  }
+  if (wsPort !== undefined && wsPort === (o.port as number) && wsPort !== 0) {
+    throw new UsageError(`--ws-port ${wsPort} is the TCP --port too: give the WebSocket its own port`)
+  }
+  for (const origin of allowedOriginsOf(o) ?? []) {
+    if (!/^https?:\/\/[^/\s]+$/.test(origin)) {
+      throw new UsageError(`--ws-allowed-origins: "${origin}" is not an origin; write scheme://host[:port] with no path, e.g. https://app.example.org`)
+    }
+  }
+}
+
+const allowedOriginsOf = (o: ParsedOptions): ReadonlyArray<string> | undefined => {
+  const list = o["ws-allowed-origins"] as ReadonlyArray<string> | undefined
+  return list === undefined || list.length === 0 ? undefined : list
+}
+
+// The PEM files of --tls-cert/--tls-key, read before the relay starts so a bad path is a clear error.
+const readTls = (certPath: string | undefined, keyPath: string | undefined) =>
+  Effect.gen(function*() {
+    if (certPath === undefined || keyPath === undefined) return undefined
+    const fs = yield* FileSystem.FileSystem
+    const read = (path: string, flag: string) =>
+      fs.readFileString(path).pipe(
+        Effect.mapError((error) => new CliError(`cannot read ${flag} file ${path}: ${error.message}`, ExitCode.Usage))
+      )
+    return { cert: yield* read(certPath, "--tls-cert"), key: yield* read(keyPath, "--tls-key") }
+  })
 
 // The flags' prefix lengths and relay core config (without the allow-list),
 // built once for the checks before the identity and once for the server.
