@@ -48,14 +48,18 @@ const checkScenarios = (arbitrary: fc.Arbitrary<Scenario>, numRuns: number): voi
   )
 }
 
+// A run that broke a property, with what a person needs to read it.
 class ScenarioFailure extends Error {
-  constructor(
-    readonly scenario: Scenario,
-    readonly runSeed: number,
-    readonly violations: ReadonlyArray<string>,
-    readonly log: ReadonlyArray<string>
-  ) {
+  readonly scenario: Scenario
+  readonly runSeed: number
+  readonly violations: ReadonlyArray<string>
+  readonly log: ReadonlyArray<string>
+  constructor(scenario: Scenario, runSeed: number, violations: ReadonlyArray<string>, log: ReadonlyArray<string>) {
     super(violations.join("; "))
+    this.scenario = scenario
+    this.runSeed = runSeed
+    this.violations = violations
+    this.log = log
   }
 }
 

@@ -188,8 +188,11 @@ export class SimRuntime {
 
 // Log lines of the code under simulation go to the run's log, stamped with virtual time.
 const captureLogger = (log: (line: string) => void, now: () => number) =>
-  Logger.make(({ cause, logLevel, message }) => {
-    const text = Array.isArray(message) ? message.map(String).join(" ") : String(message)
+  Logger.make(({ cause, fiber, logLevel, message }) => {
+    const annotations = Object.entries(fiber.getRef(References.CurrentLogAnnotations))
+      .map(([key, value]) => ` ${key}=${typeof value === "string" ? value : JSON.stringify(value)}`)
+      .join("")
+    const text = (Array.isArray(message) ? message.map(String).join(" ") : String(message)) + annotations
     const why = cause.reasons.length === 0 ? "" : ` (${cause.reasons.map(describeReason).join("; ")})`
     log(`${now().toFixed(0).padStart(8)} ms ${logLevel} ${text}${why}`)
   })
