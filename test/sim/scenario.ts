@@ -23,43 +23,63 @@ const sizes = fc.array(fc.oneof(fc.integer({ min: 1, max: 2_000 }), fc.integer({
   maxLength: 3
 })
 
-/** Draws a scenario within `bounds`. */
-export const scenarioArbitrary = (bounds: ScenarioBounds = defaultBounds): fc.Arbitrary<Scenario> =>
-  fc.integer({ min: 1, max: bounds.maxRelays }).chain((relays) =>
-    fc.array(fc.uniqueArray(fc.integer({ min: 0, max: relays - 1 }), { minLength: 1, maxLength: relays }), {
+/**
+ * Draws a scenario within `bounds`. Indices are drawn within the bounds and
+ * folded into what the scenario has (`normalize`) rather than drawn from
+ * earlier draws (`chain`), so fast-check shrinks every part independently:
+ * fewer relays, streams and faults, smaller payloads, earlier times.
+ */
+export const scenarioArbitrary = (bounds: ScenarioBounds = defaultBounds): fc.Arbitrary<Scenario> => {
+  const relay = fc.integer({ min: 0, max: bounds.maxRelays - 1 })
+  const at = fc.integer({ min: 0, max: bounds.windowMs })
+  const peer: fc.Arbitrary<PeerRef> = fc.oneof(
+    fc.record({ _tag: fc.constant("Listener" as const), index: fc.integer({ min: 0, max: bounds.maxListeners - 1 }) }),
+    fc.record({ _tag: fc.constant("Connector" as const), index: fc.integer({ min: 0, max: bounds.maxStreams - 1 }) })
+  )
+  const fault: fc.Arbitrary<Fault> = fc.oneof(
+    fc.record({ _tag: fc.constant("KillRelay" as const), atMs: at, relay, downMs: fc.integer({ min: 0, max: 10_000 }) }),
+    fc.record({ _tag: fc.constant("Partition" as const), atMs: at, peer, relay, forMs: fc.integer({ min: 100, max: 60_000 }) }),
+    fc.record({ _tag: fc.constant("Reset" as const), atMs: at, peer, relay }),
+    fc.record({ _tag: fc.constant("RefuseDials" as const), atMs: at, relay, count: fc.integer({ min: 1, max: 5 }) })
+  )
+  const stream: fc.Arbitrary<StreamPlan> = fc.record({
+    listener: fc.integer({ min: 0, max: bounds.maxListeners - 1 }),
+    startMs: at,
+    request: sizes,
+    reply: sizes,
+    relayRotation: fc.integer({ min: 0, max: bounds.maxRelays - 1 })
+  })
+  return fc.record({
+    relays: fc.integer({ min: 1, max: bounds.maxRelays }),
+    listeners: fc.array(fc.array(relay, { minLength: 1, maxLength: bounds.maxRelays }), {
       minLength: 1,
       maxLength: bounds.maxListeners
-    }).chain((listeners) => {
-      const stream: fc.Arbitrary<StreamPlan> = fc.record({
-        listener: fc.integer({ min: 0, max: listeners.length - 1 }),
-        startMs: fc.integer({ min: 0, max: bounds.windowMs }),
-        request: sizes,
-        reply: sizes,
-        relayRotation: fc.integer({ min: 0, max: 2 })
-      })
-      return fc.array(stream, { minLength: 1, maxLength: bounds.maxStreams }).chain((streams) => {
-        const relay = fc.integer({ min: 0, max: relays - 1 })
-        const at = fc.integer({ min: 0, max: bounds.windowMs })
-        const peer: fc.Arbitrary<PeerRef> = fc.oneof(
-          fc.record({ _tag: fc.constant("Listener" as const), index: fc.integer({ min: 0, max: listeners.length - 1 }) }),
-          fc.record({ _tag: fc.constant("Connector" as const), index: fc.integer({ min: 0, max: streams.length - 1 }) })
-        )
-        const fault: fc.Arbitrary<Fault> = fc.oneof(
-          fc.record({ _tag: fc.constant("KillRelay" as const), atMs: at, relay, downMs: fc.integer({ min: 0, max: 10_000 }) }),
-          fc.record({ _tag: fc.constant("Partition" as const), atMs: at, peer, relay, forMs: fc.integer({ min: 100, max: 60_000 }) }),
-          fc.record({ _tag: fc.constant("Reset" as const), atMs: at, peer, relay }),
-          fc.record({ _tag: fc.constant("RefuseDials" as const), atMs: at, relay, count: fc.integer({ min: 1, max: 5 }) })
-        )
-        return fc.record({
-          relays: fc.constant(relays),
-          listeners: fc.constant(listeners),
-          streams: fc.constant(streams),
-          faults: fc.array(fault, { maxLength: bounds.maxFaults }),
-          latencyMs: fc.integer({ min: 0, max: 50 })
-        })
-      })
-    })
-  )
+    }),
+    streams: fc.array(stream, { minLength: 1, maxLength: bounds.maxStreams }),
+    faults: fc.array(fault, { maxLength: bounds.maxFaults }),
+    latencyMs: fc.integer({ min: 0, max: 50 })
+  }).map(normalize)
+}
+
+/** Folds every index into range: relays modulo the relay count, listeners and streams likewise; no repeated relay per listener. */
+export const normalize = (raw: Scenario): Scenario => {
+  const relays = raw.relays
+  const listeners = raw.listeners.map((list) => [...new Set(list.map((r) => r % relays))])
+  const streams = raw.streams.map((s) => ({ ...s, listener: s.listener % listeners.length }))
+  const peer = (p: PeerRef): PeerRef =>
+    p._tag === "Listener" ? { ...p, index: p.index % listeners.length } : { ...p, index: p.index % streams.length }
+  const faults = raw.faults.map((f): Fault => {
+    switch (f._tag) {
+      case "KillRelay":
+      case "RefuseDials":
+        return { ...f, relay: f.relay % relays }
+      case "Partition":
+      case "Reset":
+        return { ...f, relay: f.relay % relays, peer: peer(f.peer) }
+    }
+  })
+  return { relays, listeners, streams, faults, latencyMs: raw.latencyMs }
+}
 
 const peerName = (peer: PeerRef) => (peer._tag === "Listener" ? `listener-${peer.index}` : `connector-${peer.index}`)
 
