@@ -70,7 +70,7 @@ describe("whole-system simulation", () => {
         relays: 1,
         listeners: [[0]],
         latencyMs: 5,
-        streams: [{ listener: 0, startMs: 1000, request: [1000, 70_000], reply: [500], relayRotation: 0 }],
+        streams: [{ listener: 0, startMs: 1000, request: [1000, 70_000], reply: [500], thinkMs: 0, relayRotation: 0 }],
         faults: []
       },
       1
@@ -81,5 +81,5 @@ describe("whole-system simulation", () => {
 
   it("scenarios drawn from a seed keep every property", () => {
     checkScenarios(scenarioArbitrary(defaultBounds), runs)
-  })
+  }, 600_000) // passing takes seconds; shrinking a failure may take minutes on a busy machine
 })

@@ -16,7 +16,7 @@ export interface ScenarioBounds {
   readonly windowMs: number
 }
 
-export const defaultBounds: ScenarioBounds = { maxRelays: 3, maxListeners: 2, maxStreams: 4, maxFaults: 3, windowMs: 30_000 }
+export const defaultBounds: ScenarioBounds = { maxRelays: 3, maxListeners: 2, maxStreams: 4, maxFaults: 3, windowMs: 20_000 }
 
 const sizes = fc.array(fc.oneof(fc.integer({ min: 1, max: 2_000 }), fc.integer({ min: 2_000, max: 100_000 })), {
   minLength: 0,
@@ -47,6 +47,7 @@ export const scenarioArbitrary = (bounds: ScenarioBounds = defaultBounds): fc.Ar
     startMs: at,
     request: sizes,
     reply: sizes,
+    thinkMs: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 10_000 }), fc.integer({ min: 0, max: 150_000 })),
     relayRotation: fc.integer({ min: 0, max: bounds.maxRelays - 1 })
   })
   return fc.record({
@@ -92,7 +93,7 @@ export const describeScenario = (scenario: Scenario): string => {
   scenario.listeners.forEach((relays, i) => lines.push(`listener-${i} listens on relays ${relays.join(", ")}`))
   scenario.streams.forEach((s, i) =>
     lines.push(
-      `at ${s.startMs} ms connector-${i} connects to listener-${s.listener} (relay rotation ${s.relayRotation}), sends ${describeSizes(s.request)} then ends; the listener answers ${describeSizes(s.reply)} then ends`
+      `at 1000 + ${s.startMs} ms connector-${i} connects to listener-${s.listener} (relay rotation ${s.relayRotation}), sends ${describeSizes(s.request)} then ends; the listener thinks ${s.thinkMs} ms, answers ${describeSizes(s.reply)} then ends`
     )
   )
   for (const fault of scenario.faults) {

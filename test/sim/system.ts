@@ -60,6 +60,8 @@ export interface StreamPlan {
   readonly request: ReadonlyArray<number>
   /** Bytes the listener answers, after reading the whole request, in writes of these sizes. */
   readonly reply: ReadonlyArray<number>
+  /** How long the listener thinks between reading the request and answering (keeps the tunnel open for faults to hit). */
+  readonly thinkMs: number
   /** Which of the listener's relays, in which order (indices into its relay list; rotated). */
   readonly relayRotation: number
 }
@@ -92,6 +94,10 @@ export const SIM_BACKOFF = { initialMs: 200, maxMs: 4_000, resetAfterMs: 10_000 
 /** After the last scenario event: keepalive (2 × 32 ticks) + connect deadline + backoff, with room. */
 export const SETTLE_MS = 120_000
 const RELAY_PORT = 4747
+/** How soon one side must hear that the other failed: two keepalive periods (2 × 32 ticks) and a margin. */
+export const NOTICE_BOUND_MS = 2 * 32 * SIM_TICK_MS + 6_000
+/** Streams start this long after the relays and listeners (plus their own start time). */
+export const LISTEN_FIRST_MS = 1000
 const CONNECT_TIMEOUT_MS = 20_000
 
 const relayHost = (index: number) => `relay-${index}`
@@ -120,8 +126,8 @@ const compare = (stream: number, direction: 0 | 1, received: Uint8Array, sent: n
 
 type SideOutcome =
   | { readonly _tag: "Pending"; readonly phase: string }
-  | { readonly _tag: "Done"; readonly received: Uint8Array }
-  | { readonly _tag: "Failed"; readonly error: string; readonly typed: boolean }
+  | { readonly _tag: "Done"; readonly received: Uint8Array; readonly atMs: number }
+  | { readonly _tag: "Failed"; readonly error: string; readonly typed: boolean; readonly atMs: number }
 
 const typedError = (cause: Cause.Cause<unknown>): { error: string; typed: boolean } => {
   const failure = cause.reasons.find((reason) => reason._tag === "Fail")
@@ -271,6 +277,8 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
             yield* Effect.forkScoped(
               Effect.gen(function*() {
                 yield* readAll(stream, received)
+                record.outcome = { _tag: "Pending", phase: "thinking" }
+                yield* Effect.sleep(plan.thinkMs)
                 record.outcome = { _tag: "Pending", phase: "replying" }
                 yield* writeAll(stream, index, 1, plan.reply)
                 yield* stream.end
@@ -280,8 +288,8 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
                 Effect.exit,
                 Effect.map((exit) => {
                   record.outcome = Exit.isSuccess(exit)
-                    ? { _tag: "Done", received: concat(received) }
-                    : { _tag: "Failed", ...typedError(exit.cause) }
+                    ? { _tag: "Done", received: concat(received), atMs: rt.now }
+                    : { _tag: "Failed", ...typedError(exit.cause), atMs: rt.now }
                   note(`listener-${li} stream ${index} ${record.outcome._tag === "Done" ? "done" : `failed: ${(record.outcome as { error: string }).error}`}`)
                 }),
                 // The stream's tunnel lives in the listener's scope: close it now, as an application would.
@@ -328,8 +336,8 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
         Effect.exit,
         Effect.map((exit) => {
           connectors[index] = Exit.isSuccess(exit)
-            ? { _tag: "Done", received: exit.value }
-            : { _tag: "Failed", ...typedError(exit.cause) }
+            ? { _tag: "Done", received: exit.value, atMs: rt.now }
+            : { _tag: "Failed", ...typedError(exit.cause), atMs: rt.now }
           const outcome = connectors[index]!
           note(`connector-${index} ${outcome._tag === "Done" ? "done" : `failed: ${(outcome as { error: string }).error}`}`)
         })
@@ -341,7 +349,8 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
   // The timeline: streams and faults in time order.
   type Event = { readonly atMs: number; readonly run: () => void }
   const events: Array<Event> = []
-  scenario.streams.forEach((plan, i) => events.push({ atMs: plan.startMs, run: () => startConnector(i) }))
+  // Streams start after listeners had time to listen (a connect before that is refused, rightly).
+  scenario.streams.forEach((plan, i) => events.push({ atMs: LISTEN_FIRST_MS + plan.startMs, run: () => startConnector(i) }))
   let lastFaultEnd = 0
   for (const fault of scenario.faults) {
     switch (fault._tag) {
@@ -426,7 +435,11 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
     rt.runUntil(event.atMs)
     event.run()
   }
-  const lastEvent = Math.max(lastFaultEnd, ...events.map((e) => e.atMs))
+  const lastEvent = Math.max(
+    lastFaultEnd,
+    ...events.map((e) => e.atMs),
+    ...scenario.streams.map((plan) => LISTEN_FIRST_MS + plan.startMs + plan.thinkMs)
+  )
   rt.runUntil(lastEvent + SETTLE_MS)
 
   // Streams: delivered exactly, or failed on both sides with a typed error.
@@ -449,8 +462,17 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
       case "Failed":
         if (!outcome.typed) fail(`stream ${i}: the connector ended without a typed error: ${outcome.error}`)
         if (!anyFault) fail(`stream ${i}: failed with no fault in the scenario: ${outcome.error}`)
-        if (sides.some((side) => side.outcome._tag === "Done")) {
-          fail(`stream ${i}: the listener finished cleanly but the connector failed (${outcome.error})`)
+        // The listener's side may still have finished cleanly: like TCP's
+        // close, `done` means both ends were sent and received from where
+        // it stands, not that the peer got its end (a relay killed right
+        // after the listener's end left loses it). Its bytes were checked
+        // above. But not long after the connector failed: by then the
+        // failure must have reached it (the relay closes the other half of
+        // a tunnel at once, keepalives bound the silent cases).
+        for (const side of sides) {
+          if (side.outcome._tag === "Done" && side.outcome.atMs > outcome.atMs + NOTICE_BOUND_MS) {
+            fail(`stream ${i}: the listener finished cleanly ${side.outcome.atMs - outcome.atMs} ms after the connector had failed (${outcome.error}): the failure never reached it`)
+          }
         }
         break
       case "Done": {
@@ -482,6 +504,8 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
     const listening = scenario.listeners.filter((l) => l.includes(relay.index)).length
     if (stats.sockets !== listening) fail(`relay-${relay.index} has ${stats.sockets} sockets open, ${listening} listen channels expected`)
     if (stats.bufferedBytes !== 0) fail(`relay-${relay.index} holds ${stats.bufferedBytes} buffered bytes`)
+    const inCore = stats.core.connections
+    if (inCore !== stats.sockets) fail(`relay-${relay.index}'s core knows ${inCore} connections, its driver holds ${stats.sockets} sockets`)
     checkMetrics(relay)
   }
 
