@@ -17,7 +17,8 @@ const HEAVY = [
   "test/client-duplicate-listeners.test.ts",
   "test/fuzz-relay.test.ts",
   "test/crypto-choice.test.ts",
-  "test/cli*.test.ts"
+  "test/cli.test.ts",
+  "test/cli-*.test.ts"
 ]
 
 // CI reads the counts from the JSON reports (.ci/run): one per project run,
