@@ -2,14 +2,15 @@
  * Model-based test of the relay core: fast-check generates random sequences
  * of adapter events (opens from a pool of three address prefixes, hellos,
  * handshakes from a pool of three keys, first messages, rejects, garbage,
- * usage reports, closes, ticks, allow-list changes, shutdown) under a random
+ * usage reports, ends the adapter saw, IncomingConnections written, closes,
+ * ticks, allow-list changes, shutdown with its drain) under a random
  * small config (so admission caps, evictions, the handshake rate, the memory
  * budget and stuck tunnels are all hit), and after every event compares the core with
  * a deliberately naive reference model (one flat map of connections, found by
  * scanning; no indexes, counters or deadline buckets).
  *
  * Checked after every event:
- * - the commands equal the model's prediction (as a multiset: the order
+ * - the commands equal the model's prediction, close modes included (as a multiset: the order
  *   within one event's batch is not part of the contract, except the checks
  *   below);
  * - no command names a connection already closed (by an earlier `Close` or
@@ -48,6 +49,7 @@ import {
   type CloseReason,
   type ConnectionRole,
   ConnectionId,
+  type EndReason,
   idleRelayStats,
   RelayCore,
   type RelayCommand,
@@ -92,6 +94,8 @@ interface Model {
   now: number
   allow: ReadonlySet<number> | undefined
   shutdownAt: number | undefined
+  /** IncomingConnection messages sent to each listen channel and not yet written. */
+  readonly unwritten: Map<number, number>
   /** Handshake tokens per prefix index (absent = full). */
   readonly tokens: Map<number, number>
   readonly usage: Map<number, ModelUsage>
@@ -107,6 +111,7 @@ const emptyModel = (config: RelayConfig): Model => ({
   now: 0,
   allow: undefined,
   shutdownAt: undefined,
+  unwritten: new Map(),
   tokens: new Map(),
   usage: new Map(),
   pressure: false,
@@ -135,9 +140,33 @@ const find = (model: Model, pred: (c: ModelConnection) => boolean): number | und
   return undefined
 }
 
+// Hostile or dead clients are aborted; so is any client that never finished its handshake.
+const ABORTED: ReadonlyArray<string> = [
+  "timeout-handshake",
+  "timeout-init",
+  "protocol-violation",
+  "adapter-misuse",
+  "handshake-failed",
+  "frame-too-long",
+  "version-mismatch",
+  "keepalive-timeout",
+  "connection-lost",
+  "internal-error",
+  "stuck-tunnel",
+  "rekey-rate",
+  "unidentified-evicted",
+  "handshake-evicted"
+]
+
+const closeLine = (id: number, reason: CloseReason, authenticated: boolean, limit?: RelayLimit): string => {
+  const aborted = !authenticated || ABORTED.includes(reason) || (limit !== undefined && ABORTED.includes(limit))
+  return `close ${id} ${reason}${limit === undefined ? "" : ` (${limit})`} ${aborted ? "abort" : "graceful"}`
+}
+
 const closeM = (model: Model, id: number, reason: CloseReason, out: Array<string>, limit?: RelayLimit): void => {
-  if (!model.connections.has(id)) return
-  out.push(`close ${id} ${reason}${limit === undefined ? "" : ` (${limit})`}`)
+  const c = model.connections.get(id)
+  if (c === undefined) return
+  out.push(closeLine(id, reason, c.phase !== "handshaking", limit))
   releaseM(model, id, out)
 }
 
@@ -150,7 +179,7 @@ const releaseM = (model: Model, id: number, out: Array<string>): void => {
       if (p.phase === "pending-connect" && p.listener === id) closeM(model, pid, "listener-gone", out)
     }
   }
-  if (c.phase === "tunnel" && model.connections.delete(c.peer)) out.push(`close ${c.peer} peer-closed`)
+  if (c.phase === "tunnel" && model.connections.delete(c.peer)) out.push(closeLine(c.peer, "peer-closed", true))
 }
 
 // Usage entries of connections the model no longer has are gone (the core forgets them on close).
@@ -215,8 +244,8 @@ const victimM = (model: Model, prefix: number, inTable: (c: ModelConnection) => 
 
 const openM = (model: Model, id: number, prefix: number, out: Array<string>): void => {
   const config = model.config
-  const refuse = (limit: RelayLimit): void => void out.push(`close ${id} over-limit (${limit})`)
-  if (model.shutdownAt !== undefined) return void out.push(`close ${id} shutting-down`)
+  const refuse = (limit: RelayLimit): void => void out.push(closeLine(id, "over-limit", false, limit))
+  if (model.shutdownAt !== undefined) return void out.push(closeLine(id, "shutting-down", false))
   if (model.connections.size >= config.maxConnections) return refuse("max-connections")
   if (model.pressure) {
     const prefixes = new Set([...model.connections.values()].map((c) => c.prefix).concat([prefix])).size
@@ -256,7 +285,7 @@ const closeTunnelsM = (model: Model, out: Array<string>): void => {
   for (const [id, c] of [...model.connections]) {
     if (c.phase === "tunnel") {
       model.connections.delete(id)
-      out.push(`close ${id} shutting-down`)
+      out.push(closeLine(id, "shutting-down", true))
     }
   }
 }
@@ -279,6 +308,7 @@ const initM = (model: Model, id: number, prefix: number, key: number, init: Mode
       const older = find(model, (c) => c.phase === "listen" && c.key === key)
       if (older !== undefined) closeM(model, older, "replaced", out)
       setM(model, id, { phase: "listen", prefix, key })
+      model.unwritten.set(id, 0)
       return
     }
     case "connect": {
@@ -298,7 +328,14 @@ const initM = (model: Model, id: number, prefix: number, key: number, init: Mode
         listener,
         deadline: model.now + model.config.halfTunnelTicks
       })
-      out.push(`hold ${id} on ${listener}`, `incoming ${keyName(key)} on ${listener}`)
+      out.push(`hold ${id} on ${listener}`)
+      const unwritten = model.unwritten.get(listener) ?? 0
+      // A listener not reading its IncomingConnections closes; its half tunnels, this one too, follow.
+      if (unwritten >= model.config.maxPendingHalfTunnelsPerListener) {
+        return closeM(model, listener, "over-limit", out, "listener-backlog")
+      }
+      model.unwritten.set(listener, unwritten + 1)
+      out.push(`incoming ${keyName(key)} on ${listener}`)
       return
     }
     case "accept": {
@@ -333,7 +370,7 @@ const tickM = (model: Model, out: Array<string>): void => {
       if (model.now - Math.max(mine.progressAt, theirs.progressAt) < model.config.stuckTunnelTicks) continue
       model.connections.delete(id)
       model.connections.delete(c.peer)
-      out.push(`close ${id} over-limit (stuck-tunnel)`, `close ${c.peer} over-limit (stuck-tunnel)`)
+      out.push(closeLine(id, "over-limit", true, "stuck-tunnel"), closeLine(c.peer, "over-limit", true, "stuck-tunnel"))
     }
   }
   for (const [id, c] of [...model.connections]) {
@@ -347,12 +384,12 @@ const tickM = (model: Model, out: Array<string>): void => {
   }
 }
 
-const shutdownM = (model: Model, out: Array<string>): void => {
+const shutdownM = (model: Model, drainTicks: number, out: Array<string>): void => {
   if (model.shutdownAt !== undefined) return
-  model.shutdownAt = model.now + model.config.shutdownDrainTicks
+  model.shutdownAt = model.now + drainTicks
   for (const [id, c] of [...model.connections]) if (c.phase === "pending-connect") closeM(model, id, "shutting-down", out)
   for (const [id, c] of [...model.connections]) if (c.phase !== "tunnel") closeM(model, id, "shutting-down", out)
-  if (model.config.shutdownDrainTicks === 0) closeTunnelsM(model, out)
+  if (drainTicks === 0) closeTunnelsM(model, out)
 }
 
 // ------------------------------------------------------------ step checking
@@ -366,7 +403,7 @@ const describeCommand = (command: RelayCommand): string => {
     case "Splice":
       return `splice ${command.connectId}+${command.acceptId}`
     case "Close":
-      return `close ${command.id} ${command.reason}${command.limit === undefined ? "" : ` (${command.limit})`}`
+      return `close ${command.id} ${command.reason}${command.limit === undefined ? "" : ` (${command.limit})`} ${command.mode}`
     case "PauseReading":
       return `pause ${command.id}`
     case "ResumeReading":
@@ -461,6 +498,7 @@ const step = (
     memoryPressure: model.pressure ? 1 : 0,
     pausedReading: [...model.usage.values()].filter((u) => u.paused).length
   })
+  expect(real.core.drainDeadlinePassed).toBe(model.shutdownAt !== undefined && model.now >= model.shutdownAt)
   expect(real.core.checkInvariants()).toEqual([])
 }
 
@@ -743,15 +781,68 @@ class SetAllowList implements RelayModelCommand {
 
 class Shutdown implements RelayModelCommand {
   readonly armed: boolean
-  constructor(armed: boolean) {
+  /** The drain the adapter asks for; undefined = the config's. */
+  readonly drainTicks: number | undefined
+  constructor(armed: boolean, drainTicks: number | undefined) {
     this.armed = armed
+    this.drainTicks = drainTicks
   }
   check = (): boolean => this.armed
   run(model: Model, real: Real): void {
-    step(model, real, { _tag: "Shutdown" }, (out) => shutdownM(model, out))
+    const event: RelayEvent = this.drainTicks === undefined
+      ? { _tag: "Shutdown" }
+      : { _tag: "Shutdown", drainTicks: this.drainTicks }
+    step(model, real, event, (out) => shutdownM(model, this.drainTicks ?? model.config.shutdownDrainTicks, out))
   }
-  toString = (): string => "Shutdown"
+  toString = (): string => `Shutdown(${this.drainTicks === undefined ? "config drain" : `drain ${this.drainTicks}`})`
 }
+
+/** The adapter saw connection `target` end for `reason`. */
+class End implements RelayModelCommand {
+  readonly target: number
+  readonly reason: EndReason
+  constructor(target: number, reason: EndReason) {
+    this.target = target
+    this.reason = reason
+  }
+  check = (model: Readonly<Model>): boolean => this.target <= model.opened
+  run(model: Model, real: Real): void {
+    step(model, real, { _tag: "Ended", id: ConnectionId(this.target), reason: this.reason }, (out) => {
+      if (this.reason === "rekey-rate") closeM(model, this.target, "over-limit", out, "rekey-rate")
+      else closeM(model, this.target, this.reason, out)
+    })
+  }
+  toString = (): string => `End(#${this.target} ${this.reason})`
+}
+
+/** One IncomingConnection written out on the listen channel of key `key` (or, if none, on connection #1: ignored). */
+class WriteIncoming implements RelayModelCommand {
+  readonly key: number
+  constructor(key: number) {
+    this.key = key
+  }
+  check = (): boolean => true
+  run(model: Model, real: Real): void {
+    const listener = find(model, (c) => c.phase === "listen" && c.key === this.key) ?? 1
+    step(model, real, { _tag: "IncomingConnectionWritten", id: ConnectionId(listener) }, () => {
+      const unwritten = model.unwritten.get(listener) ?? 0
+      if (model.connections.get(listener)?.phase === "listen" && unwritten > 0) model.unwritten.set(listener, unwritten - 1)
+    })
+  }
+  toString = (): string => `WriteIncoming(${keyName(this.key)})`
+}
+
+const END_REASONS: ReadonlyArray<EndReason> = [
+  "client-closed",
+  "connection-lost",
+  "frame-too-long",
+  "version-mismatch",
+  "handshake-failed",
+  "keepalive-timeout",
+  "protocol-violation",
+  "rekey-rate",
+  "internal-error"
+]
 
 // --------------------------------------------------------------- arbitraries
 
@@ -790,11 +881,17 @@ const commandArbs: Array<fc.Arbitrary<RelayModelCommand>> = [
   fc.tuple(fc.nat(20), heldArb).map(([i, h]) => new ReportLive(i, h, 0)),
   target.map((t) => new Garbage(t)),
   target.map((t) => new Close(t)),
+  fc.tuple(target, fc.constantFrom(...END_REASONS)).map(([t, r]) => new End(t, r)),
+  // Listeners mostly read their IncomingConnections; sometimes they fall behind.
+  keyIndex.map((k) => new WriteIncoming(k)),
+  keyIndex.map((k) => new WriteIncoming(k)),
   fc.integer({ min: 1, max: 8 }).map((n) => new Ticks(n)),
   // Mostly the open relay: a list refuses most clients, which starves the other paths.
   fc.option(fc.subarray([0, 1, 2], { minLength: 2 }), { nil: undefined, freq: 1 }).map((keys) => new SetAllowList(keys)),
   // Rare: most runs should exercise the relay before it stops.
-  fc.integer({ min: 0, max: 19 }).map((roll) => new Shutdown(roll === 0))
+  fc.tuple(fc.integer({ min: 0, max: 19 }), fc.option(fc.integer({ min: 0, max: 4 }), { nil: undefined })).map(
+    ([roll, drain]) => new Shutdown(roll === 0, drain)
+  )
 ]
 
 // Small values, so caps and timeouts are hit often.

@@ -16,6 +16,7 @@ import {
 import {
   CLOSE_REASONS,
   checkRelayConfig,
+  type CloseMode,
   type CloseReason,
   ConnectionId,
   defaultRelayConfig,
@@ -40,9 +41,17 @@ class Harness {
   constructor(config: Partial<RelayConfig> = {}) {
     this.core = new RelayCore({ ...defaultRelayConfig, ...config })
   }
+  /** Whether listeners read their IncomingConnection messages (each is reported written at once). */
+  listenersRead = true
   feed(event: RelayEvent): ReadonlyArray<RelayCommand> {
     const commands = this.core.handle(event)
     expect(this.core.checkInvariants()).toEqual([])
+    if (this.listenersRead) {
+      for (const command of commands) {
+        if (command._tag !== "SendIncomingConnection") continue
+        expect(this.core.handle({ _tag: "IncomingConnectionWritten", id: command.id })).toEqual([])
+      }
+    }
     return commands
   }
   opened(n: number, prefix = "203.0.113.1"): ReadonlyArray<RelayCommand> {
@@ -109,7 +118,7 @@ const summary = (commands: ReadonlyArray<RelayCommand>): Array<string> =>
       case "Splice":
         return `splice ${command.connectId}+${command.acceptId}`
       case "Close":
-        return `close ${command.id} ${command.reason}${command.limit === undefined ? "" : ` (${command.limit})`}`
+        return `close ${command.id} ${command.reason}${command.limit === undefined ? "" : ` (${command.limit})`} ${command.mode}`
       case "PauseReading":
         return `pause ${command.id}`
       case "ResumeReading":
@@ -117,8 +126,37 @@ const summary = (commands: ReadonlyArray<RelayCommand>): Array<string> =>
     }
   })
 
-const close = (n: number, reason: CloseReason, limit?: RelayLimit): RelayCommand =>
-  limit === undefined ? { _tag: "Close", id: id(n), reason } : { _tag: "Close", id: id(n), reason, limit }
+// The close mode the module header gives: abort for the hostile or dead,
+// and for limits that only refuse newcomers (before any handshake).
+const ABORTING: ReadonlyArray<CloseReason | RelayLimit> = [
+  "timeout-handshake",
+  "timeout-init",
+  "protocol-violation",
+  "adapter-misuse",
+  "handshake-failed",
+  "frame-too-long",
+  "version-mismatch",
+  "keepalive-timeout",
+  "connection-lost",
+  "internal-error",
+  "stuck-tunnel",
+  "rekey-rate",
+  "unidentified-evicted",
+  "handshake-evicted",
+  "max-connections",
+  "max-buffered-bytes",
+  "handshake-rate",
+  "max-unidentified-per-prefix",
+  "max-handshakes-per-prefix",
+  "max-unidentified",
+  "max-handshakes"
+]
+
+/** A Close as the core gives it; `mode` only where the default rule above is not enough (a client still handshaking). */
+const close = (n: number, reason: CloseReason, limit?: RelayLimit, mode?: CloseMode): RelayCommand => {
+  const m = mode ?? (ABORTING.includes(reason) || (limit !== undefined && ABORTING.includes(limit)) ? "abort" : "graceful")
+  return limit === undefined ? { _tag: "Close", id: id(n), reason, mode: m } : { _tag: "Close", id: id(n), reason, mode: m, limit }
+}
 
 const emptyStats = idleRelayStats
 const emptySizes = { connections: 0, listeners: 0, deadlines: 0, prefixes: 0, keys: 0, usage: 0 }
@@ -790,9 +828,9 @@ describe("shutdown", () => {
       close(4, "shutting-down"),
       close(1, "shutting-down"),
       close(5, "shutting-down"),
-      close(6, "shutting-down")
+      close(6, "shutting-down", undefined, "abort") // still handshaking
     ])
-    expect(relay.opened(7)).toEqual([close(7, "shutting-down")])
+    expect(relay.opened(7)).toEqual([close(7, "shutting-down", undefined, "abort")])
     expect(relay.feed({ _tag: "Shutdown" })).toEqual([])
     expect(relay.ticks(4)).toEqual([])
     expect(relay.ticks(1)).toEqual([close(2, "shutting-down"), close(3, "shutting-down")])
@@ -855,9 +893,119 @@ describe("config and reasons", () => {
       "not-allowed": true,
       "over-limit": true,
       "shutting-down": true,
-      "adapter-misuse": true
+      "adapter-misuse": true,
+      "client-closed": true,
+      "connection-lost": true,
+      "frame-too-long": true,
+      "version-mismatch": true,
+      "handshake-failed": true,
+      "keepalive-timeout": true,
+      "internal-error": true
     }
     expect([...CLOSE_REASONS].sort()).toEqual(Object.keys(all).sort())
     expect(new Set(CLOSE_REASONS).size).toBe(CLOSE_REASONS.length)
+  })
+})
+
+describe("ends the adapter sees, and how each close happens", () => {
+  it("Ended closes with the adapter's reason and closes what depended on it", () => {
+    const relay = new Harness()
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    expect(relay.feed({ _tag: "Ended", id: id(1), reason: "keepalive-timeout" })).toEqual([
+      close(1, "keepalive-timeout"),
+      close(2, "listener-gone")
+    ])
+    expect(relay.feed({ _tag: "Ended", id: id(1), reason: "client-closed" })).toEqual([]) // forgotten
+  })
+
+  it("a tunnel side that ends closes the other peer-closed, gracefully", () => {
+    const relay = new Harness()
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.accept(3, D, C)
+    expect(relay.feed({ _tag: "Ended", id: id(2), reason: "client-closed" })).toEqual([
+      close(2, "client-closed", undefined, "graceful"),
+      close(3, "peer-closed", undefined, "graceful")
+    ])
+  })
+
+  it("a rekey flood closes over-limit (rekey-rate), abruptly", () => {
+    const relay = new Harness()
+    relay.listen(1, D)
+    expect(relay.feed({ _tag: "Ended", id: id(1), reason: "rekey-rate" })).toEqual([
+      close(1, "over-limit", "rekey-rate", "abort")
+    ])
+  })
+
+  it("a client still in its handshake is aborted whatever the reason; an authenticated one is closed gracefully unless hostile or dead", () => {
+    const relay = new Harness()
+    relay.opened(1)
+    expect(relay.feed({ _tag: "Ended", id: id(1), reason: "client-closed" })).toEqual([
+      close(1, "client-closed", undefined, "abort")
+    ])
+    relay.authed(2, C)
+    expect(relay.feed({ _tag: "Ended", id: id(2), reason: "client-closed" })).toEqual([
+      close(2, "client-closed", undefined, "graceful")
+    ])
+    relay.authed(3, C)
+    expect(relay.feed({ _tag: "Ended", id: id(3), reason: "frame-too-long" })).toEqual([
+      close(3, "frame-too-long", undefined, "abort")
+    ])
+    relay.authed(4, E)
+    expect(relay.received(4, encodeInitConnection({ _tag: "Connect", publicKey: D }))).toEqual([
+      close(4, "no-such-listener", undefined, "graceful")
+    ])
+  })
+
+  it("a listener with maxPendingHalfTunnelsPerListener IncomingConnections unwritten closes listener-backlog; its half tunnels listener-gone", () => {
+    const relay = new Harness({ maxPendingHalfTunnelsPerListener: 2, halfTunnelTicks: 1 })
+    relay.listenersRead = false
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.pending(3, E, D, 1)
+    // Both half tunnels time out, but their IncomingConnections were never written.
+    expect(relay.ticks(1)).toEqual([close(2, "timeout-half-tunnel"), close(3, "timeout-half-tunnel")])
+    expect(relay.connect(4, C, D)).toEqual([
+      { _tag: "HoldConnect", id: id(4), listener: id(1) },
+      close(1, "over-limit", "listener-backlog", "graceful"),
+      close(4, "listener-gone")
+    ])
+  })
+
+  it("a written IncomingConnection frees its place in the backlog", () => {
+    const relay = new Harness({ maxPendingHalfTunnelsPerListener: 1, halfTunnelTicks: 1 })
+    relay.listenersRead = false
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.ticks(1)
+    expect(relay.feed({ _tag: "IncomingConnectionWritten", id: id(1) })).toEqual([])
+    relay.pending(3, C, D, 1)
+  })
+
+  it("Shutdown's drainTicks is the one drain deadline; drainDeadlinePassed says when it is over", () => {
+    const relay = new Harness({ shutdownDrainTicks: 30 })
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.accept(3, D, C)
+    expect(relay.core.drainDeadlinePassed).toBe(false)
+    expect(relay.feed({ _tag: "Shutdown", drainTicks: 2 })).toEqual([close(1, "shutting-down")])
+    expect(relay.ticks(1)).toEqual([])
+    expect(relay.core.drainDeadlinePassed).toBe(false)
+    expect(relay.ticks(1)).toEqual([close(2, "shutting-down"), close(3, "shutting-down")])
+    expect(relay.core.drainDeadlinePassed).toBe(true)
+  })
+
+  it("Shutdown with no drain closes tunnels at once", () => {
+    const relay = new Harness()
+    relay.listen(1, D)
+    relay.pending(2, C, D, 1)
+    relay.accept(3, D, C)
+    expect(relay.feed({ _tag: "Shutdown", drainTicks: 0 })).toEqual([
+      close(1, "shutting-down"),
+      close(2, "shutting-down"),
+      close(3, "shutting-down")
+    ])
+    expect(relay.core.drainDeadlinePassed).toBe(true)
   })
 })

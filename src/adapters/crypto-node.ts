@@ -57,6 +57,19 @@ const asBuffer = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.
 // to a Uint8Array in some deep-equality checks); the view shares memory, no copy.
 const asUint8Array = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
+// A channel seals and opens every message with the same key array; making a
+// KeyObject for each call cost more than a small message's cipher work. The
+// cache holds the key's bytes too, so an array whose contents changed (a
+// caller reusing a buffer) gets a fresh KeyObject, never a stale one.
+const secretKeys = new WeakMap<Uint8Array, { readonly bytes: Buffer; readonly key: NodeCrypto.KeyObject }>()
+const secretKeyOf = (key: Uint8Array): NodeCrypto.KeyObject => {
+  const cached = secretKeys.get(key)
+  if (cached !== undefined && cached.bytes.equals(key)) return cached.key
+  const entry = { bytes: Buffer.from(key), key: NodeCrypto.createSecretKey(key) }
+  secretKeys.set(key, entry)
+  return entry.key
+}
+
 const privateKey = (rawKeyFormats: boolean, curve: CurveName, secret: Uint8Array): NodeCrypto.KeyObject => {
   if (rawKeyFormats) {
     return NodeCrypto.createPrivateKey({ key: asBuffer(secret), format: "raw-private", asymmetricKeyType: curve })
@@ -156,7 +169,7 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
     aeadSeal: (key, nonce, plaintext, prefix = emptyPrefix) => {
       requireLength("ChaCha20-Poly1305 key", key, 32)
       requireLength("ChaCha20-Poly1305 nonce", nonce, 12)
-      const cipher = NodeCrypto.createCipheriv("chacha20-poly1305", NodeCrypto.createSecretKey(key), nonce, {
+      const cipher = NodeCrypto.createCipheriv("chacha20-poly1305", secretKeyOf(key), nonce, {
         authTagLength: tagLength
       })
       // One allocation for prefix ‖ ciphertext ‖ tag: update() must allocate
@@ -176,7 +189,7 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
       requireLength("ChaCha20-Poly1305 nonce", nonce, 12)
       if (sealed.length < tagLength) return undefined
       const ciphertextLength = sealed.length - tagLength
-      const decipher = NodeCrypto.createDecipheriv("chacha20-poly1305", NodeCrypto.createSecretKey(key), nonce, {
+      const decipher = NodeCrypto.createDecipheriv("chacha20-poly1305", secretKeyOf(key), nonce, {
         authTagLength: tagLength
       })
       decipher.setAuthTag(sealed.subarray(ciphertextLength))

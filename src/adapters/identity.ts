@@ -30,16 +30,10 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as FileSystem from "effect/FileSystem"
 import type { PlatformError } from "effect/PlatformError"
-import { bytesToHex, hexToBytes } from "../core/keys.ts"
+import { bytesToHex, hexToBytes, type Identity } from "../core/keys.ts"
 import { Crypto } from "./crypto.ts"
 
-/** An Ed25519 key pair: the seed is secret, the public key names its owner. */
-export interface Identity {
-  /** 32-byte secret seed (RFC 8032 private key). Never log it. */
-  readonly seed: Uint8Array
-  /** 32-byte Ed25519 public key of the seed. */
-  readonly publicKey: Uint8Array
-}
+export type { Identity } from "../core/keys.ts"
 
 /** Why an identity file could not be read or written. */
 export type IdentityFileErrorReason =

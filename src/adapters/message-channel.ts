@@ -1,7 +1,7 @@
 /**
  * An authenticated message channel: the secure channel and keepalive of
  * PROTOCOL.md (the pure machine in src/core/connection.ts) run over a frame
- * link. Used for every TCP hop (relay <-> client) and, over a tunnel, end to
+ * link. Used by clients for their hop to a relay and, over a tunnel, end to
  * end between two clients.
  *
  * Fibers: a reader (link -> machine -> inbox) and a writer (outbox -> link)
@@ -31,22 +31,21 @@ import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import type { CryptoService } from "./crypto.ts"
 import { LinkError, type FrameLink } from "./frame-link.ts"
+import type { ChannelFailureDetail, ChannelFailureReason } from "../core/connect-outcome.ts"
 import {
   makeConnection,
   step as stepConnection,
   type ConnectionConfig,
   type ConnectionEvent
 } from "../core/connection.ts"
+import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
 
 /** Why a message channel ended. */
 export class ChannelError extends Data.TaggedError("ChannelError")<{
-  readonly reason:
-    | LinkError["reason"] // the transport below ended or misbehaved
-    | "HandshakeTimeout"
-    | "Protocol" // the secure channel or keepalive refused the peer (see `detail`)
-    | "LocalClose" // we closed it
-  /** The secure channel's own reason code for "Protocol" (e.g. BadSignature, KeepaliveTimeout). */
-  readonly detail?: string
+  readonly reason: ChannelFailureReason
+  /** The machine's own reason for "Protocol" (e.g. BadSignature, KeepaliveTimeout). */
+  readonly detail?: ChannelFailureDetail
   readonly message: string
 }> {}
 
@@ -56,15 +55,8 @@ export interface MessageChannel {
   readonly remotePublicKey: Uint8Array
   /** The next message, in order; fails once the channel has ended and every earlier message was taken. */
   readonly receive: Effect.Effect<Uint8Array, ChannelError>
-  /** Like `receive`, with the packed KaMessage the message arrived in, for `forward`. */
-  readonly receiveForwardable: Effect.Effect<ForwardableMessage, ChannelError>
   /** Sends one message; completes once the transport took it (waits while the peer is slow). */
   readonly send: (data: Uint8Array) => Effect.Effect<void, ChannelError>
-  /**
-   * Sends a message received on another channel, reusing its packed
-   * KaMessage instead of encoding it again (the relay's data path).
-   */
-  readonly forward: (message: ForwardableMessage) => Effect.Effect<void, ChannelError>
   /** Advances the channel's clock by one tick (keepalive, rekey); never waits. */
   readonly tick: () => void
   /** Ends the channel with LocalClose (idempotent); messages already sent stay sent. */
@@ -79,8 +71,9 @@ export interface MessageChannel {
   readonly bufferedBytes: () => number
 }
 
-/** A received message together with the packed KaMessage it came in. */
-export interface ForwardableMessage {
+// A received message together with the packed KaMessage it came in (which
+// keeps its own backing buffer alive).
+interface ForwardableMessage {
   readonly data: Uint8Array
   readonly packed: Uint8Array
 }
@@ -88,7 +81,7 @@ export interface ForwardableMessage {
 /** What a channel needs beyond the link. */
 export interface ChannelOptions {
   readonly crypto: CryptoService
-  readonly identity: { readonly seed: Uint8Array; readonly publicKey: Uint8Array }
+  readonly identity: Identity
   /** The key the peer must prove; undefined accepts any (a relay accepting clients). */
   readonly expectedRemotePublicKey?: Uint8Array | undefined
   /** Wall-clock bound on the handshake. */
@@ -301,11 +294,6 @@ export const establishChannel = (
     return {
       remotePublicKey,
       receive: Effect.map(receiveForwardable, (message) => message.data),
-      receiveForwardable,
-      forward: (message) =>
-        Effect.suspend(() =>
-          ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data: message.data, packed: message.packed }))
-        ),
       send: (data) =>
         Effect.suspend(() => (ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data })))),
       tick: () => {
@@ -349,9 +337,6 @@ class Signal {
 
 const fromLinkError = (error: LinkError): ChannelError => new ChannelError({ reason: error.reason, message: error.message })
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 /**
  * A frame link inside a relayed tunnel: each message of the outer channel is

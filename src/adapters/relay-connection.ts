@@ -21,6 +21,7 @@ import { exchangeVersion, LinkError, makeStreamFrameLink } from "./frame-link.ts
 import { ChannelError, establishChannel, type ChannelOptions, type MessageChannel } from "./message-channel.ts"
 import type { Transport } from "./transport.ts"
 import { tcpTransport } from "./transport-tcp.ts"
+import type { Identity } from "../core/keys.ts"
 
 /** Where a relay is and who it must prove to be. */
 export interface RelayEndpoint {
@@ -32,7 +33,7 @@ export interface RelayEndpoint {
 /** Options for one relay connection. */
 export interface RelayConnectionOptions {
   readonly crypto: CryptoService
-  readonly identity: { readonly seed: Uint8Array; readonly publicKey: Uint8Array }
+  readonly identity: Identity
   /** Bound on TCP connect + version + handshake, in milliseconds (default 10 s). */
   readonly handshakeTimeoutMs?: number
   /** Milliseconds per keepalive/rekey tick (default 1000, as Offset). */

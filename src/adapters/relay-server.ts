@@ -1,56 +1,50 @@
 /**
- * The relay server: the pure relay core (src/core/relay-core.ts) run behind
- * the connection pipeline on real TCP sockets.
+ * The relay server: the pure relay core (src/core/relay-core.ts) behind one
+ * listener of a transport (TCP unless the options name another).
  *
- * Each accepted socket gets its own fiber (`serveConnection`): limits, then
- * version prefix and secure channel, then the core decides what the
- * connection is. Every core command is run right after the event that caused
- * it (`dispatch`), synchronously, so the core and the connection table never
- * disagree. Sends that may wait on a slow socket run in fibers forked into
- * that connection's scope; the tunnel data path (`relay`) is a plain loop
- * per direction whose only buffering is the receiving channel's bounded
- * inbox, so a slow reader stops the relay reading from its peer and TCP
- * pushes back.
+ * Each accepted stream gets a hop (relay-hop.ts): an object driven by the
+ * stream's events and the server's one tick, with no fiber or timer of its
+ * own, so an idle connection costs its socket and a few small objects.
+ * Every core command is run right after the event that caused it
+ * (`dispatch`), synchronously, so the core and the hops never disagree.
  *
- * Admission is the core's (relay-core.ts "Admission"): every accepted socket
+ * Admission is the core's (relay-core.ts "Admission"): every accepted stream
  * is an `Opened` with its address prefix, in the same synchronous step as
  * the accept, and a refusal closes it before any handshake work. Before a
  * client is authenticated its frames are capped at HANDSHAKE_FRAME_LIMIT.
  * Hop channels refuse messages that unpack to more than HOP_MAX_EXPANSION
  * times their wire size, and peers that rekey more than HOP_PEER_REKEY_LIMIT.
  *
- * Every close is reported once: to the core (`Closed`, harmless when the core
- * ordered it), to `offset_relay_closes_total` under one reason, to the log.
- * A hostile or dead client is cut off (destroy); any other gets a graceful
- * close (frame-link.ts `closeGracefully`: FIN after what was written, then
- * drain until the client's FIN, bounded by closeLingerMs), because a reset
- * can make the client lose bytes we wrote to it.
+ * Every close is the core's: an end a hop sees (the client's FIN, a reset,
+ * a bad frame, a keepalive timeout) goes to the core as `Ended`, and the
+ * core answers with the `Close` that says its reason and its mode, which
+ * the hop carries out. Each close is counted once in
+ * `offset_relay_closes_total` under its reason, and logged. Which messages
+ * the core reads (the first message, listen channels) and which are tunnel
+ * payload is the core's role for the connection (`roleOf`); the server
+ * keeps no copy of it. The shutdown drain is the core's deadline.
  *
- * Memory: what a connection holds (`heldBytes`) is its inbox (whole unpacked
- * buffers, ≤ inboxBytes + one message), its link's partial and decoded-ahead
- * frames (≤ 1 MiB + header; ≤ 4 KiB before authentication), its outbox, and
- * what Node's socket has not handed to the kernel yet. The adapter reports
- * it to the core (`Usage`) after every read and every tick; the core's
- * memory budget answers with PauseReading / ResumeReading, which the read
- * gate carries out (the socket is not read, so TCP pushes back).
- *
- * One timer drives the whole server: each tick goes to the core and to every
- * channel (keepalive, rekey), so idle connections cost no timers.
+ * Memory: what a connection holds is its partial frame (≤ 1 MiB + header;
+ * ≤ 4 KiB before authentication), a waiting connect channel's messages
+ * (≤ inboxBytes + one message, by the buffers they keep alive) and what its
+ * stream has not sent yet (a tunnel stops reading its side once the other's
+ * stream holds inboxBytes). Hops report it to the core (`Usage`) after every
+ * read and every tick; the core's memory budget answers with PauseReading /
+ * ResumeReading (the stream is not read, so TCP pushes back).
  */
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
-import * as FiberSet from "effect/FiberSet"
 import * as Clock from "effect/Clock"
 import { publicKeyHex as keyHex } from "../core/keys.ts"
 import * as NodeOs from "node:os"
 import { addressPrefix, defaultPrefixLengths, type PrefixLengths } from "../core/address-prefix.ts"
 import { formatKeyForLog, type LogKeys } from "../core/log-keys.ts"
-import { makeTokenBucket, takeTokens, type TokenBucket } from "../core/token-bucket.ts"
+import { makeTokenBucket, type TokenBucket } from "../core/token-bucket.ts"
 import {
   CLOSE_REASONS,
+  type CloseReason,
   ConnectionId,
   defaultRelayConfig,
   RELAY_LIMITS,
@@ -61,17 +55,15 @@ import {
   type RelayLimit
 } from "../core/relay-core.ts"
 import { Crypto } from "./crypto.ts"
-import { exchangeVersion, type FrameLink, LinkError, makeStreamFrameLink, type StreamFrameLink } from "./frame-link.ts"
-import { ChannelError, establishChannel, type MessageChannel } from "./message-channel.ts"
+import { Hop, type HopServer } from "./relay-hop.ts"
 import { Metrics, registerProcessMetrics } from "./metrics.ts"
 import type { ByteStream, Transport } from "./transport.ts"
 import { tcpTransport } from "./transport-tcp.ts"
+import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
 
-/** An Ed25519 identity: the 32-byte secret seed and its public key. */
-export interface RelayIdentity {
-  readonly seed: Uint8Array
-  readonly publicKey: Uint8Array
-}
+/** The relay's Ed25519 identity (keys.ts `Identity`). */
+export type RelayIdentity = Identity
 
 /** Everything an operator can set; `defaultRelayServerOptions` documents each default. */
 export interface RelayServerOptions {
@@ -200,43 +192,10 @@ export interface RelayServer {
   /**
    * Graceful shutdown: refuse new connections, close everything but tunnels
    * ("shutting-down"), let tunnels finish and their last bytes flush for up
-   * to `drainMs`, then close the rest ("shutting-down") and stop listening.
-   * The core also ends tunnels after `core.shutdownDrainTicks`: the drain
-   * ends at whichever comes first.
+   * to `drainMs` (rounded up to whole ticks: the core's drain deadline),
+   * then close the rest ("shutting-down") and stop listening.
    */
   readonly shutdown: (drainMs: number) => Effect.Effect<void>
-}
-
-// What the adapter keeps per connection, beside the core's view.
-interface Connection {
-  readonly id: ConnectionId
-  readonly ip: string
-  /** The connection's working scope (channel fibers, sends forked for it); closes before the socket lingers. */
-  scope: Scope.Scope | undefined
-  channel: MessageChannel | undefined
-  clientKey: string | undefined
-  /** "core": messages go to the core; "held": a pending connect channel; "tunnel": relayed. */
-  mode: "core" | "held" | "tunnel"
-  /** The other side, once spliced. */
-  peer: Connection | undefined
-  /** Completed with the reason once the connection must close: the core's Close, or an adapter limit or shutdown. */
-  readonly closeOrder: Deferred.Deferred<string>
-  /** Completed by Splice for a held connect channel. */
-  readonly spliced: Deferred.Deferred<void>
-  /** IncomingConnection messages handed to the channel and not yet written to the socket. */
-  unsentIncoming: number
-  /** What this connection holds now (module header, "Memory"). */
-  readonly held: () => number
-  /** Tunnel payload bytes written to this connection so far. */
-  delivered: number
-  /** Told by the core not to read (PauseReading), until ResumeReading. */
-  paused: boolean
-  /** Wakes the read gate waiting on `paused`. */
-  resume: (() => void) | undefined
-  /** The limit an "over-limit" close ordered by the core names. */
-  limit: RelayLimit | "listener-backlog" | "rekey-rate" | undefined
-  /** The client key's rate-limit bucket, once authenticated (with --rate-limit). */
-  bucket: TokenBucket | undefined
 }
 
 /**
@@ -252,32 +211,25 @@ export const makeRelayServer = (
     // The listening socket has its own scope so that shutdown can stop
     // accepting (new dials are refused by the OS) before the server's scope ends.
     const listenScope = yield* Scope.fork(scope)
-    // Every accepted stream is served in its own fiber, in a set that
-    // shutdown interrupts once the listener is closed.
-    const handlersScope = yield* Scope.fork(scope)
-    const runHandler = yield* FiberSet.makeRuntime<never, void, never>().pipe(Scope.provide(handlersScope))
     const core = new RelayCore(options.core)
-    const connections = new Map<ConnectionId, Connection>()
+    // Every open stream's hop, from accept until the stream is gone (lingering closes included).
+    const hops = new Map<ConnectionId, Hop>()
     const buckets = new Map<string, { bucket: TokenBucket; users: number }>()
     let nextId = 1
     let sockets = 0
     let bytesRelayed = 0
-    let drainOver = false
     const publicKeyHexText = keyHex(options.identity.publicKey)
-    // A listener with this many IncomingConnection messages stuck in its
-    // outbox is not reading its listen channel; more would only pile up.
-    const maxUnsentIncoming = options.core.maxPendingHalfTunnelsPerListener
 
     const metrics = new Metrics()
     const closes = metrics.counter("offset_relay_closes_total", "Connections closed, by reason.", "reason")
-    for (const reason of [...CLOSE_REASONS, ...ADAPTER_CLOSE_REASONS]) closes.inc(0, reason)
+    for (const reason of CLOSE_REASONS) closes.inc(0, reason)
     const accepted = metrics.counter("offset_relay_connections_accepted_total", "TCP connections accepted.")
     const overLimit = metrics.counter(
       "offset_relay_over_limit_total",
       "Connections refused, evicted or closed by a limit, by limit.",
       "limit"
     )
-    for (const limit of OVER_LIMIT_LABELS) overLimit.inc(0, limit)
+    for (const limit of RELAY_LIMITS) overLimit.inc(0, limit)
     const refusalLog = makeRefusalLog()
     const handshakeFailures = metrics.counter(
       "offset_relay_handshake_failures_total",
@@ -321,13 +273,9 @@ export const makeRelayServer = (
 
     const bufferedBytes = (): number => {
       let total = 0
-      for (const c of connections.values()) total += c.held()
+      for (const hop of hops.values()) total += hop.heldBytesNow()
       return total
     }
-
-    // What the core needs to judge memory: held bytes now, and delivery progress.
-    const reportUsage = (c: Connection): void =>
-      dispatch({ _tag: "Usage", id: c.id, heldBytes: c.held(), deliveredBytes: c.delivered })
 
     // Runs one core event and every command it gives, in order.
     const dispatch = (event: RelayEvent): void => {
@@ -336,69 +284,26 @@ export const makeRelayServer = (
 
     const runCommand = (command: RelayCommand): void => {
       switch (command._tag) {
-        case "SendIncomingConnection": {
-          const c = connections.get(command.id)
-          const channel = c?.channel
-          if (c === undefined || channel === undefined || c.scope === undefined) return
-          if (c.unsentIncoming >= maxUnsentIncoming) {
-            // Closing the listener closes its half tunnels "listener-gone" once
-            // its fiber reports the close; the core needs no new event now.
-            c.limit = "listener-backlog"
-            Deferred.doneUnsafe(c.closeOrder, Exit.succeed("over-limit"))
-            return
-          }
-          c.unsentIncoming++
-          // The send runs in the listener's scope, so it ends with the listener
-          // (or the server); a failed send ends the channel, which the
-          // listener's own fiber reports.
-          Fiber.runIn(
-            Effect.runFork(
-              channel.send(command.message).pipe(
-                Effect.ignore,
-                Effect.ensuring(Effect.sync(() => c.unsentIncoming--))
-              )
-            ),
-            c.scope
-          )
+        case "SendIncomingConnection":
+          hops.get(command.id)?.sendToClient(command.message)
           return
-        }
-        case "HoldConnect": {
-          const c = connections.get(command.id)
-          if (c !== undefined) c.mode = "held"
-          return
-        }
+        case "HoldConnect":
+          return // the hop asks the core for its role
         case "Splice": {
-          const connect = connections.get(command.connectId)
-          const accept = connections.get(command.acceptId)
-          if (connect === undefined || accept === undefined) return
-          connect.peer = accept
-          accept.peer = connect
-          connect.mode = "tunnel"
-          accept.mode = "tunnel"
-          Deferred.doneUnsafe(connect.spliced, Exit.void)
+          const connect = hops.get(command.connectId)
+          const accept = hops.get(command.acceptId)
+          if (connect !== undefined && accept !== undefined) connect.splice(accept)
           return
         }
-        case "Close": {
-          const c = connections.get(command.id)
-          if (c === undefined) return
-          if (command.limit !== undefined) c.limit = command.limit
-          // Past the drain deadline every close is the shutdown's, even the
-          // "peer-closed" the core gives one tunnel side when the other goes first.
-          Deferred.doneUnsafe(c.closeOrder, Exit.succeed(drainOver ? "shutting-down" : command.reason))
+        case "Close":
+          hops.get(command.id)?.close(command.reason, command.mode, command.limit)
           return
-        }
-        case "PauseReading": {
-          const c = connections.get(command.id)
-          if (c !== undefined) c.paused = true
+        case "PauseReading":
+          hops.get(command.id)?.pauseByCore()
           return
-        }
-        case "ResumeReading": {
-          const c = connections.get(command.id)
-          if (c === undefined) return
-          c.paused = false
-          c.resume?.()
+        case "ResumeReading":
+          hops.get(command.id)?.resumeByCore()
           return
-        }
         default:
           absurd(command)
       }
@@ -418,250 +323,112 @@ export const makeRelayServer = (
       return entry.bucket
     }
 
-    // Runs after every read of `bytes` from `c`'s socket, before the next:
-    // reports what `c` holds (the core may pause it), waits while paused,
-    // then waits out the client's rate limit. A wait here stops reading, so
-    // TCP slows the sender; nothing is dropped.
-    const readGate = (c: Connection) => (bytes: number): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        reportUsage(c)
-        const bucket = c.bucket
-        const rateWait = bucket === undefined
-          ? Effect.void
-          : Effect.flatMap(Clock.currentTimeMillis, (now) => {
-            const waitMs = takeTokens(bucket, bytes, now)
-            return waitMs > 0 ? Effect.sleep(waitMs) : Effect.void
-          })
-        return c.paused ? Effect.andThen(untilResumed(c), rateWait) : rateWait
-      })
-
-    const untilResumed = (c: Connection): Effect.Effect<void> =>
-      Effect.callback<void>((resume) => {
-        if (!c.paused) return resume(Effect.void)
-        c.resume = () => {
-          c.resume = undefined
-          resume(Effect.void)
-        }
-        return Effect.sync(() => {
-          c.resume = undefined
-        })
-      })
-
     const releaseThrottle = (clientKey: string) => {
       const entry = buckets.get(clientKey)
       if (entry !== undefined && --entry.users === 0) buckets.delete(clientKey)
     }
 
-    // Relays every message `from` receives to its peer until `from` ends.
-    // Messages already received are written before the end is reported, which
-    // is what "the other side is closed after what was already read" needs.
-    const relay = (from: Connection): Effect.Effect<never, ChannelError> =>
-      Effect.gen(function*() {
-        const channel = from.channel!
-        const to = from.peer!.channel! // set by Splice, before mode became "tunnel"
-        while (true) {
-          // Forwarded in the KaMessage it came in: one encoding less per message.
-          const message = yield* channel.receiveForwardable
-          // A failed send means the peer's channel ended. The peer's own fiber
-          // reports that, and the core then orders this side closed; until
-          // then what arrives here has nowhere to go. Waiting instead would
-          // deadlock two sides that end at once, each stuck sending to the other.
-          const sent = yield* Effect.exit(to.forward(message))
-          if (Exit.isSuccess(sent)) {
-            bytesRelayed += message.data.length
-            relayedBytes.inc(message.data.length)
-            from.peer!.delivered += message.data.length
-          }
-        }
-      })
+    // Logs run in the server's context (its logger, its annotations), from
+    // stream callbacks that are not fibers.
+    const context = yield* Effect.context<never>()
+    const runLog = Effect.runSyncWith(context)
+    const forkTimer = Effect.runForkWith(context)
 
-    // The life of one accepted socket, from admission to close.
-    const serveConnection = (stream: ByteStream): Effect.Effect<void> =>
-      Effect.gen(function*() {
-        const ip = stream.remoteAddress
-        const id = ConnectionId(nextId++)
-        accepted.inc()
-        let link: StreamFrameLink | undefined
-        const connection: Connection = {
-          id,
-          ip,
-          scope: undefined,
-          channel: undefined,
-          clientKey: undefined,
-          mode: "core",
-          peer: undefined,
-          closeOrder: Deferred.makeUnsafe<string>(),
-          spliced: Deferred.makeUnsafe<void>(),
-          unsentIncoming: 0,
-          held: () => (connection.channel?.bufferedBytes() ?? link?.bufferedBytes() ?? 0) + stream.writableLength(),
-          delivered: 0,
-          paused: false,
-          resume: undefined,
-          limit: undefined,
-          bucket: undefined
-        }
-        let reported = false
-        // Reports the close once: to the core (harmless when the core ordered
-        // it: it has already forgotten the id), to metrics and to the log.
-        const report = (reason: string, detail: string) =>
-          Effect.suspend(() => {
-            if (reported) return Effect.void
-            reported = true
-            connections.delete(id)
-            dispatch({ _tag: "Closed", id })
-            closes.inc(1, reason)
-            if (reason === "timeout-handshake") handshakeFailures.inc(1, "HandshakeTimeout")
-            const limit = connection.limit
-            if (limit !== undefined) {
-              overLimit.inc(1, limit)
-              const line = refusalLog(limit)
-              if (line !== undefined) {
-                return Effect.logWarning(`connection closed by a limit: ${line.limit}; ${LIMIT_ADVICE[line.limit]}`).pipe(
-                  Effect.annotateLogs({ connection: id, ip, limit: line.limit, alsoSuppressed: line.suppressed })
-                )
-              }
-              return Effect.void
-            }
-            const client = formatKeyForLog(connection.clientKey, options.logKeys)
-            const closed = Effect.logInfo("connection closed").pipe(
-              Effect.annotateLogs({ connection: id, ip, client, reason, detail })
-            )
-            if (reason !== "replaced" || connection.clientKey === undefined) return closed
-            replacements.inc()
-            const recent = contested(connection.clientKey)
-            return recent === undefined ? closed : Effect.andThen(
-              closed,
-              Effect.logWarning(
-                `the listen channel of ${client} was replaced ${recent} times in a minute: ` +
-                  "probably two processes listen with the same identity on this relay"
-              ).pipe(Effect.annotateLogs({ client, replacements: recent }))
-            )
-          })
-        // Admission is the core's, in this synchronous step with the accept,
-        // so a burst of connections cannot all pass a check before any counts.
-        sockets++
-        connections.set(id, connection)
-        dispatch({ _tag: "Opened", id, prefix: addressPrefix(ip, options.prefixLengths) })
-        // Last to run: the socket is gone (or being destroyed) by then.
-        yield* Effect.addFinalizer(() =>
-          Effect.andThen(
-            report("shutting-down", "the relay stopped"),
-            Effect.sync(() => {
-              sockets--
-              if (connection.clientKey !== undefined && connection.bucket !== undefined) releaseThrottle(connection.clientKey)
-              stream.destroy()
-            })
-          )
-        )
-        const refused = Deferred.isDoneUnsafe(connection.closeOrder)
-        if (refused) {
-          // Refused at once: no handshake, no core state, no lingering.
-          const reason = yield* Deferred.await(connection.closeOrder)
-          yield* report(reason, "refused on accept")
-          stream.destroy()
-          return
-        }
-        // The link outlives the channel (inner scope), so the stream stays
-        // open while it lingers after the channel is gone.
-        const socketLink = makeStreamFrameLink(stream)
-        link = socketLink
-        socketLink.setReadThrottle(readGate(connection))
-        // Version, ExchangeRandNonce, ExchangeDh: the frames before the client is authenticated.
-        socketLink.limitNextFrames(3, HANDSHAKE_FRAME_LIMIT)
-        // The second frame is the ExchangeRandNonce: the client is really
-        // starting a handshake (the core's hello deadline).
-        let framesRead = 0
-        const handshakeLink: FrameLink = {
-          ...socketLink,
-          read: Effect.map(socketLink.read, (frame) => {
-            if (++framesRead === 2) dispatch({ _tag: "HelloReceived", id })
-            return frame
-          })
-        }
-
-        const life = Effect.gen(function*() {
-          const channel = yield* Effect.gen(function*() {
-            yield* exchangeVersion(handshakeLink)
-            return yield* establishChannel(handshakeLink, {
-              crypto,
-              identity: options.identity,
-              inboxBytes: options.inboxBytes,
-              machine: {
-                keepaliveTicks: options.keepaliveTicks,
-                rekeyIntervalTicks: options.rekeyIntervalTicks,
-                maxPaddingBytes: options.maxPaddingBytes,
-                maxExpansion: HOP_MAX_EXPANSION,
-                peerRekeyLimit: HOP_PEER_REKEY_LIMIT
-              }
-            })
-          }).pipe(
-            Effect.tapError((error) =>
-              Effect.sync(() => handshakeFailures.inc(1, error instanceof LinkError ? error.reason : error.detail ?? error.reason))
+    // Counts and logs a close once, when it is decided.
+    const closing = (hop: Hop, reason: CloseReason, detail: string): void => {
+      closes.inc(1, reason)
+      if (reason === "timeout-handshake") handshakeFailures.inc(1, "HandshakeTimeout")
+      const { id, ip, limit } = hop
+      if (limit !== undefined) {
+        overLimit.inc(1, limit)
+        const line = refusalLog(limit)
+        if (line !== undefined) {
+          runLog(
+            Effect.logWarning(`connection closed by a limit: ${line.limit}; ${LIMIT_ADVICE[line.limit]}`).pipe(
+              Effect.annotateLogs({ connection: id, ip, limit: line.limit, alsoSuppressed: line.suppressed })
             )
           )
-          connection.channel = channel
-          connection.clientKey = keyHex(channel.remotePublicKey)
-          connection.bucket = bucketFor(connection.clientKey)
-          dispatch({ _tag: "Authenticated", id, publicKey: channel.remotePublicKey })
+        }
+        return
+      }
+      const client = formatKeyForLog(hop.clientKey, options.logKeys)
+      runLog(Effect.logInfo("connection closed").pipe(Effect.annotateLogs({ connection: id, ip, client, reason, detail })))
+      if (reason !== "replaced" || hop.clientKey === undefined) return
+      replacements.inc()
+      const recent = contested(hop.clientKey)
+      if (recent === undefined) return
+      runLog(
+        Effect.logWarning(
+          `the listen channel of ${client} was replaced ${recent} times in a minute: ` +
+            "probably two processes listen with the same identity on this relay"
+        ).pipe(Effect.annotateLogs({ client, replacements: recent }))
+      )
+    }
 
-          // Until the core makes it a connect or accept channel, every message goes to the core.
-          while (connection.mode === "core") {
-            const message = yield* channel.receive
-            dispatch({ _tag: "Received", id, message })
-          }
-          if (connection.mode === "held") {
-            // (fix) A connect channel that closes while held is dropped at once,
-            // so watch its end while waiting for the accept.
-            const ended = yield* Effect.raceFirst(
-              Effect.as(Deferred.await(connection.spliced), undefined),
-              channel.ended
-            )
-            if (ended !== undefined) return yield* Effect.fail(ended)
-          }
-          return yield* relay(connection)
-        })
+    const hopServer: HopServer = {
+      crypto,
+      identity: options.identity,
+      machine: {
+        keepaliveTicks: options.keepaliveTicks,
+        rekeyIntervalTicks: options.rekeyIntervalTicks,
+        maxPaddingBytes: options.maxPaddingBytes,
+        maxExpansion: HOP_MAX_EXPANSION,
+        peerRekeyLimit: HOP_PEER_REKEY_LIMIT
+      },
+      heldBytesLimit: options.inboxBytes,
+      closeLingerMs: options.closeLingerMs,
+      dispatch: (event) => dispatch(event),
+      roleOf: (id) => core.roleOf(id),
+      authenticated: (hop) => bucketFor(hop.clientKey!),
+      relayed: (bytes) => {
+        bytesRelayed += bytes
+        relayedBytes.inc(bytes)
+      },
+      handshakeFailed: (reason) => handshakeFailures.inc(1, reason),
+      closing,
+      gone: (hop) => {
+        hops.delete(hop.id)
+        sockets--
+        // Harmless when the core closed it: it has forgotten the id already.
+        dispatch({ _tag: "Closed", id: hop.id })
+        if (hop.clientKey !== undefined && hop.bucket !== undefined) releaseThrottle(hop.clientKey)
+      },
+      now: () => Effect.runSyncWith(context)(Clock.currentTimeMillis),
+      after: (ms, wake) => {
+        const timer = forkTimer(Effect.andThen(Effect.sleep(ms), Effect.sync(wake)))
+        return () => forkTimer(Fiber.interrupt(timer))
+      }
+    }
 
-        // The connection ends when its life ends (client closed, error) or a
-        // close is ordered; the loser of the race is interrupted. The close is
-        // reported before the inner scope closes (which may wait to flush the
-        // channel), so the core closes a tunnel's other side without delay;
-        // closing the inner scope then stops the channel's fibers and the
-        // sends forked for it.
-        const reason = yield* Effect.scoped(
-          Effect.gen(function*() {
-            connection.scope = yield* Effect.scope
-            const outcome = yield* Effect.raceFirst(
-              Effect.map(Effect.exit(life), (exit) => ({ _tag: "Ended" as const, exit })),
-              Effect.map(Deferred.await(connection.closeOrder), (reason) => ({ _tag: "Ordered" as const, reason }))
-            )
-            if (outcome._tag === "Ordered") {
-              yield* report(outcome.reason, "")
-              return outcome.reason
-            }
-            const error = failureOf(outcome.exit)
-            if (error !== undefined) {
-              const reason = adapterCloseReason(error, connection.channel !== undefined)
-              if (error instanceof ChannelError && error.detail === "RekeyFlood") connection.limit = "rekey-rate"
-              yield* report(reason, error.message)
-              return reason
-            }
-            // `life` only ends by failing: anything else is a bug here, made visible.
-            yield* Effect.logError("connection ended unexpectedly", outcome.exit)
-            yield* report("internal-error", "")
-            return "internal-error"
-          })
-        )
-        // A client we merely stop serving gets a graceful close, so nothing
-        // written to it is lost to a reset; a hostile or dead one is cut off.
-        if (ABRUPT_CLOSE_REASONS.has(reason) || (reason === "over-limit" && !gracefulLimit(connection))) {
-          stream.destroy()
-        } else yield* socketLink.closeGracefully(options.closeLingerMs)
-      }).pipe(Effect.scoped)
+    // An accepted stream: admission is the core's, in this synchronous step
+    // with the accept, so a burst of connections cannot all pass a check
+    // before any counts.
+    const accept = (stream: ByteStream): void => {
+      const id = ConnectionId(nextId++)
+      accepted.inc()
+      const hop = new Hop(hopServer, id, stream)
+      sockets++
+      hops.set(id, hop)
+      dispatch({ _tag: "Opened", id, prefix: addressPrefix(hop.ip, options.prefixLengths) })
+      // Refused at once (its Close already ran): no handshake, no core state.
+      if (hop.closeReason !== undefined) hop.refuse()
+      else hop.start()
+    }
+
+    // Closes every hop still open ("shutting-down", the relay stopped) and destroys its stream.
+    const stopAll = (): void => {
+      for (const hop of [...hops.values()]) {
+        hop.close("shutting-down", "abort", undefined)
+        hop.destroy()
+      }
+    }
+    // When the server's scope closes, every stream goes with it.
+    yield* Effect.addFinalizer(() => Effect.sync(stopAll))
 
     const transport = options.transport ?? tcpTransport
     const bound = yield* transport.listen(
       { host: options.host, port: options.port },
-      (stream) => runHandler(serveConnection(stream))
+      accept
     ).pipe(
       Scope.provide(listenScope),
       Effect.mapError((error) => new ServerStartError({ message: error.message, code: error.code }))
@@ -672,11 +439,13 @@ export const makeRelayServer = (
       Effect.forever(
         Effect.andThen(
           Effect.sleep(options.tickMs),
-          Effect.sync(() => {
+          Effect.map(Clock.currentTimeMillis, (now) => {
             // Fresh usage first, so the core judges stuck tunnels on this tick's figures.
-            for (const c of connections.values()) reportUsage(c)
+            for (const hop of hops.values()) {
+              dispatch({ _tag: "Usage", id: hop.id, heldBytes: hop.heldBytesNow(), deliveredBytes: hop.delivered })
+            }
             dispatch({ _tag: "Tick" })
-            for (const c of connections.values()) c.channel?.tick()
+            for (const hop of [...hops.values()]) hop.tick(now)
           })
         )
       ),
@@ -685,20 +454,15 @@ export const makeRelayServer = (
 
     const shutdown = (drainMs: number): Effect.Effect<void> =>
       Effect.gen(function*() {
-        // The core now refuses new connections and closes all but tunnels.
-        dispatch({ _tag: "Shutdown" })
+        // The core now refuses new connections and closes all but tunnels,
+        // which may drain until its deadline (the only one), then it closes them.
+        dispatch({ _tag: "Shutdown", drainTicks: Math.ceil(drainMs / options.tickMs) })
         // Tunnels may finish on their own; a closed side lingers to flush its
         // last bytes, so wait for the sockets, not only the core's tunnels.
-        const deadline = (yield* Clock.currentTimeMillis) + drainMs
-        while (sockets > 0 && (yield* Clock.currentTimeMillis) < deadline) {
-          yield* Effect.sleep(Math.min(50, options.tickMs))
-        }
-        drainOver = true
-        for (const c of [...connections.values()]) Deferred.doneUnsafe(c.closeOrder, Exit.succeed("shutting-down"))
-        // Accept no more, then interrupt the handlers: that destroys every
-        // stream still open (lingering ones too).
+        while (sockets > 0 && !core.drainDeadlinePassed) yield* Effect.sleep(Math.min(50, options.tickMs))
+        // Accept no more, then cut every stream still open (lingering ones too).
         yield* Scope.close(listenScope, Exit.void)
-        yield* Scope.close(handlersScope, Exit.void)
+        stopAll()
         yield* Fiber.interrupt(tickFiber)
       })
 
@@ -735,32 +499,11 @@ export class ServerStartError extends Error {
   }
 }
 
-/** Close reasons seen only by the adapter (the core's are CLOSE_REASONS). */
-export const ADAPTER_CLOSE_REASONS = [
-  "client-closed",
-  "handshake-failed",
-  "timeout-handshake",
-  "frame-too-long",
-  "version-mismatch",
-  "keepalive-timeout",
-  "connection-lost",
-  "internal-error"
-] as const
-
-/**
- * Largest handshake frame the relay takes from a client. The version frame
- * is 4 bytes, ExchangeRandNonce and ExchangeDh a few hundred (fixed-size
- * fields, no padding), so 4 KiB leaves room for any honest encoding while
- * a stranger can make the relay hold no more than that before it proves a
- * key (at most maxConcurrentHandshakes of them at once).
- */
-export const HANDSHAKE_FRAME_LIMIT = 4096
-
-/** Labels of offset_relay_over_limit_total: the core's limits, the listener backlog and the rekey rate. */
-export const OVER_LIMIT_LABELS = [...RELAY_LIMITS, "listener-backlog", "rekey-rate"] as const
+/** Largest handshake frame the relay takes from a client (relay-hop.ts). */
+export { HANDSHAKE_FRAME_LIMIT } from "./relay-hop.ts"
 
 /** What each limit is and which flag raises it, for the refusal log line. */
-export const LIMIT_ADVICE: Readonly<Record<(typeof OVER_LIMIT_LABELS)[number], string>> = {
+export const LIMIT_ADVICE: Readonly<Record<RelayLimit, string>> = {
   "max-connections": "connections in all; raise with --max-connections",
   "max-buffered-bytes": "the relay holds its memory budget; raise with --max-buffered-bytes",
   "handshake-rate": "handshakes per second from one address prefix; raise with --handshake-rate-per-prefix or --handshake-burst-per-prefix",
@@ -801,7 +544,7 @@ const makeContestedListeners = () => {
 const REFUSAL_LOG_INTERVAL_MS = 10_000
 const makeRefusalLog = () => {
   const last = new Map<string, { at: number; suppressed: number }>()
-  return (limit: (typeof OVER_LIMIT_LABELS)[number]) => {
+  return (limit: RelayLimit) => {
     const now = Date.now()
     const entry = last.get(limit)
     if (entry !== undefined && now - entry.at < REFUSAL_LOG_INTERVAL_MS) {
@@ -811,62 +554,4 @@ const makeRefusalLog = () => {
     last.set(limit, { at: now, suppressed: 0 })
     return { limit, suppressed: entry?.suppressed ?? 0 }
   }
-}
-
-// An authenticated client refused by a limit on what it asked for (a cap on
-// channels, a listener's queue) is served a graceful close, like any client
-// we stop serving; one that evicted, stuck, or flooded rekeys is cut off.
-const gracefulLimit = (connection: Connection): boolean =>
-  connection.channel !== undefined && connection.limit !== "stuck-tunnel" && connection.limit !== "rekey-rate" &&
-  connection.limit !== "unidentified-evicted"
-
-// Closes caused by a hostile or dead peer: destroyed at once, no lingering
-// for a FIN (there is nothing it should still read from us).
-const ABRUPT_CLOSE_REASONS: ReadonlySet<string> = new Set([
-  "handshake-failed",
-  "timeout-handshake",
-  "timeout-init",
-  "frame-too-long",
-  "version-mismatch",
-  "keepalive-timeout",
-  "connection-lost",
-  "protocol-violation",
-  "adapter-misuse",
-  "internal-error"
-])
-
-const failureOf = (exit: Exit.Exit<unknown, unknown>): ChannelError | LinkError | undefined => {
-  if (!Exit.isFailure(exit)) return undefined
-  for (const reason of exit.cause.reasons) {
-    if (reason._tag === "Fail" && (reason.error instanceof ChannelError || reason.error instanceof LinkError)) {
-      return reason.error
-    }
-  }
-  return undefined
-}
-
-// Names a connection's end for logs and metrics when the core did not order it.
-const adapterCloseReason = (error: ChannelError | LinkError, established: boolean): string => {
-  switch (error.reason) {
-    case "Closed":
-    case "LocalClose":
-      return "client-closed"
-    case "Reset":
-      return "connection-lost"
-    case "FrameTooLong":
-      return "frame-too-long"
-    case "VersionMismatch":
-      return "version-mismatch"
-    case "HandshakeTimeout":
-      return "timeout-handshake"
-    case "Protocol":
-      if (error instanceof ChannelError && error.detail === "KeepaliveTimeout") return "keepalive-timeout"
-      return established ? "protocol-violation" : "handshake-failed"
-    default:
-      return absurd(error)
-  }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

@@ -38,6 +38,7 @@
  * `displacedInitialMs × (1 - jitter)` must exceed `displacedWithinMs` (the
  * defaults: 7.5 s > 5 s).
  */
+import { absurd } from "./absurd.ts"
 
 /** How fast to retry; every field in milliseconds except the two ratios. */
 export interface BackoffPolicy {
@@ -267,7 +268,3 @@ export const stepReconnect = (
 
 const none: ReconnectCommand = { _tag: "None" }
 const connect: ReconnectCommand = { _tag: "Connect" }
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}

@@ -21,15 +21,32 @@
  * the tunnel it is someone other than the peer answering (a relay trying to
  * read or forge our traffic).
  */
+import { absurd } from "./absurd.ts"
+import type { ConnectionError } from "./connection.ts"
 
 /** The low-level failure of one phase, as the channel adapter reports it (its reason and detail codes). */
 export interface PhaseFailure {
-  /** ChannelError reason: Closed, Reset, FrameTooLong, VersionMismatch, HandshakeTimeout, Protocol, LocalClose. */
-  readonly reason: string
-  /** The secure channel's own code for "Protocol" (UnexpectedRemoteKey, BadSignature, ...). */
-  readonly detail?: string | undefined
+  readonly reason: ChannelFailureReason
+  readonly detail?: ChannelFailureDetail | undefined
   readonly message: string
 }
+
+/** Why a channel (a hop or the end-to-end channel) ended: the reasons of the adapters' ChannelError. */
+export type ChannelFailureReason =
+  | "Closed" // the peer ended the stream cleanly
+  | "Reset" // the transport failed
+  | "FrameTooLong"
+  | "VersionMismatch"
+  | "HandshakeTimeout"
+  | "Protocol" // the secure channel or keepalive refused the peer: `detail` says how
+  | "LocalClose" // we closed it
+
+/**
+ * The machine's own reason for a "Protocol" failure (UnexpectedRemoteKey,
+ * BadSignature, KeepaliveTimeout, ...), or CLOSED_BEFORE_VERSION for a relay
+ * that closed before it said anything.
+ */
+export type ChannelFailureDetail = ConnectionError["reason"] | typeof CLOSED_BEFORE_VERSION
 
 /** How one attempt through one relay ended. */
 export type AttemptOutcome =
@@ -68,7 +85,7 @@ export type ConnectFailureReason =
   | "NoRelays" // the relay list was empty
 
 /** PhaseFailure detail of a relay that closed before sending its version prefix (relay-connection.ts). */
-export const CLOSED_BEFORE_VERSION = "ClosedBeforeVersion"
+export const CLOSED_BEFORE_VERSION = "ClosedBeforeVersion" as const
 
 /** Names the outcome of a failed phase ("relay": the hop; "tunnel": the end-to-end handshake). */
 export const classifyFailure = (phase: "relay" | "tunnel", failure: PhaseFailure): AttemptOutcome => {
@@ -182,8 +199,4 @@ export const describeOutcome = (outcome: AttemptOutcome): string => {
     default:
       return absurd(outcome)
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

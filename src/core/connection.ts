@@ -45,6 +45,7 @@ import {
   type SecureChannelState,
   step as channelStep
 } from "./secure-channel.ts"
+import { absurd } from "./absurd.ts"
 
 /** A secure channel's config plus keepalive timing; optional fields default to Offset's values. */
 export interface ConnectionConfig extends SecureChannelConfig {
@@ -89,9 +90,6 @@ export { ChannelMisuseError }
 
 const noCommands: ReadonlyArray<ConnectionCommand> = []
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 /** A connection that has not started; bad settings throw a RangeError here, not later. */
 export const makeConnection = (config: ConnectionConfig): ConnectionState => {

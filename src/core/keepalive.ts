@@ -26,6 +26,7 @@
  */
 import { type DecodeError, decodeKaMessage, defaultMaxUnpackedBytes, encodeKaMessage } from "./messages.ts"
 import { unpackBound } from "./unpack-bound.ts"
+import { absurd } from "./absurd.ts"
 
 /** Offset's keepalive_ticks: close after this many quiet ticks, ping after half. */
 export const DEFAULT_KEEPALIVE_TICKS = 32
@@ -90,9 +91,6 @@ let keepAliveBytes: Uint8Array | undefined
 /** The packed KaMessage `keepAlive`. */
 export const encodedKeepAlive = (): Uint8Array => (keepAliveBytes ??= encodeKaMessage({ _tag: "KeepAlive" }))
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 /** Half of keepaliveTicks, rounded down (Offset's keepalive_ticks / 2). */
 const sendInterval = (keepaliveTicks: number): number => Math.floor(keepaliveTicks / 2)

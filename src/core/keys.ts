@@ -98,3 +98,11 @@ export const parsePublicKeyHex = (text: string): KeyParseResult => {
   }
   return { _tag: "Ok", value: bytes }
 }
+
+/** An Ed25519 key pair: the seed is secret, the public key names its owner. */
+export interface Identity {
+  /** 32-byte secret seed (RFC 8032 private key). Never log it. */
+  readonly seed: Uint8Array
+  /** 32-byte Ed25519 public key of the seed. */
+  readonly publicKey: Uint8Array
+}

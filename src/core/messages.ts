@@ -29,6 +29,7 @@ import {
   unpack,
   writeWordsBigEndian
 } from "./capnp.ts"
+import { absurd } from "./absurd.ts"
 
 /** Bytes of a field; fixed-size fields have their exact length. */
 export type Bytes = Uint8Array
@@ -324,9 +325,6 @@ const encodeChannel = (value: ChannelMessage, transient: boolean): Uint8Array =>
   return finishPacked(builder, transient)
 }
 
-const absurd = (value: never): never => {
-  throw new Error(`unexpected value ${JSON.stringify(value)}`)
-}
 
 // Decoding: each reader returns undefined only after recording an error on
 // the MessageReader (capnp.ts's sticky error), so `reader.error` is then set.

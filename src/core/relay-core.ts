@@ -15,8 +15,8 @@
  *   the N-th Tick fed after X, which is between N-1 and N tick periods of real
  *   time, as in Offset.
  * - Connection ids are chosen by the adapter and never reused.
- * - Once the core has emitted `Close { id }`, or has been told `Closed { id }`,
- *   it forgets `id`: every later event naming it is ignored. So late messages
+ * - Once the core has emitted `Close { id }`, or has been told `Ended { id }`
+ *   or `Closed { id }`, it forgets `id`: every later event naming it is ignored. So late messages
  *   and the socket's own close notification after a `Close` are harmless.
  *
  * Which messages the adapter hands to the core (`Received`): every decrypted
@@ -94,6 +94,25 @@
  *   once; a later accept of it gets "no-pending".
  * - A tunnel side closes → the other side is closed "peer-closed" (the
  *   adapter writes what it already read from the closed side first).
+ * - A listen channel with `maxPendingHalfTunnelsPerListener` IncomingConnection
+ *   messages not yet written (`IncomingConnectionWritten` counts them off) is
+ *   not reading: it closes "over-limit" ("listener-backlog"), and its half
+ *   tunnels "listener-gone".
+ * Ends the adapter sees (`Ended { reason }`: the client's FIN, a reset, a
+ * bad frame or version, a failed handshake, a keepalive timeout, a broken
+ * channel, a rekey flood) → `Close` with that reason (a rekey flood:
+ * "over-limit", "rekey-rate"), and whatever depended on the connection
+ * closes as if the core had closed it.
+ * How a connection is closed (`Close.mode`):
+ * - "abort" (destroy at once) when the client never finished its handshake,
+ *   or the reason says it is hostile or dead: timeouts of the handshake or
+ *   init, protocol violations, adapter misuse, failed handshakes, bad frames
+ *   or versions, keepalive timeouts, lost connections, internal errors, and
+ *   the limits "stuck-tunnel", "rekey-rate", "unidentified-evicted",
+ *   "handshake-evicted". Nothing we wrote is worth a linger to them.
+ * - "graceful" otherwise, for a client we merely stop serving: FIN after
+ *   what was written, then read and drop until its FIN (bounded by the
+ *   adapter's linger), because a reset can make it lose what we wrote.
  * Memory budget (`Usage { heldBytes, deliveredBytes }`: what a connection
  * holds now, and the tunnel payload written to it so far):
  * - The relay is under memory pressure from the moment the bytes all
@@ -110,9 +129,11 @@
  * - `AllowListChanged` applies to first messages from then on; connections
  *   already past their first message stay (a key removed from the list can
  *   no longer listen, connect or accept anew, but its open tunnels finish).
- * - `Shutdown`: every connection that is not part of a tunnel is closed
- *   "shutting-down", new connections too; tunnels may drain for
- *   `shutdownDrainTicks`, then are closed "shutting-down".
+ * - `Shutdown { drainTicks }`: every connection that is not part of a
+ *   tunnel is closed "shutting-down", new connections too; tunnels may drain
+ *   for `drainTicks` (default `shutdownDrainTicks`), then are closed
+ *   "shutting-down". This is the one drain deadline: the adapter waits for
+ *   its sockets until `drainDeadlinePassed`.
  * - The adapter breaking this contract on a known connection (Authenticated
  *   twice, a message before Authenticated or on a connect/accept channel, an
  *   id reused while open) closes that connection "adapter-misuse": a bug made
@@ -120,6 +141,7 @@
  */
 import { publicKeyHex, publicKeyLength } from "./keys.ts"
 import { decodeInitConnection, decodeRejectConnection, encodeIncomingConnection } from "./messages.ts"
+import { absurd } from "./absurd.ts"
 
 /** A connection's id, chosen by the adapter, unique for the relay's lifetime. */
 export type ConnectionId = number & { readonly ConnectionId: unique symbol }
@@ -144,14 +166,46 @@ export type RelayEvent =
    * once per tick.
    */
   | { readonly _tag: "Usage"; readonly id: ConnectionId; readonly heldBytes: number; readonly deliveredBytes: number }
-  /** The connection closed for any reason the adapter saw: EOF, error, keepalive timeout. */
+  /**
+   * The adapter saw connection `id` end (EOF, error, keepalive timeout, ...):
+   * the core answers with the `Close` that says how to close it, and closes
+   * what depended on it.
+   */
+  | { readonly _tag: "Ended"; readonly id: ConnectionId; readonly reason: EndReason }
+  /** Connection `id` is gone already (the server is stopping): forget it, no `Close` for it. */
   | { readonly _tag: "Closed"; readonly id: ConnectionId }
+  /** One IncomingConnection message of listen channel `id` was written out (or failed to be). */
+  | { readonly _tag: "IncomingConnectionWritten"; readonly id: ConnectionId }
   /** One tick passed. */
   | { readonly _tag: "Tick" }
   /** The allow-list now holds `keys` (lower-case hex, as `publicKeyHex` in keys.ts writes them); undefined = open relay. */
   | { readonly _tag: "AllowListChanged"; readonly keys: ReadonlySet<string> | undefined }
-  /** Graceful shutdown began: stop taking new work, let tunnels drain. */
-  | { readonly _tag: "Shutdown" }
+  /** Graceful shutdown began: stop taking new work, let tunnels drain for `drainTicks` (default: the config's). */
+  | { readonly _tag: "Shutdown"; readonly drainTicks?: number }
+
+/** Ends the adapter sees and reports as `Ended`. */
+export type EndReason =
+  /** The client closed its side (FIN). */
+  | "client-closed"
+  /** The connection failed (reset, write to a vanished peer). */
+  | "connection-lost"
+  /** A frame longer than the link allows. */
+  | "frame-too-long"
+  /** The version prefix was not ours. */
+  | "version-mismatch"
+  /** The secure-channel handshake failed (bad signature, wrong message). */
+  | "handshake-failed"
+  /** Nothing arrived for two keepalive periods. */
+  | "keepalive-timeout"
+  /** The authenticated channel broke its protocol (bad ciphertext, a bad message). */
+  | "protocol-violation"
+  /** The peer started rekeys faster than allowed. */
+  | "rekey-rate"
+  /** The adapter failed (a bug, made visible). */
+  | "internal-error"
+
+/** How the adapter closes a connection (module header, "How a connection is closed"). */
+export type CloseMode = "graceful" | "abort"
 
 /** Why the core closes a connection; every `Close` carries exactly one. */
 export type CloseReason =
@@ -185,6 +239,8 @@ export type CloseReason =
   | "shutting-down"
   /** The adapter broke the driving contract for this connection (a bug, made visible). */
   | "adapter-misuse"
+  /** Ends the adapter saw (`Ended`), but a rekey flood, which closes "over-limit". */
+  | Exclude<EndReason, "rekey-rate" | "protocol-violation">
 
 /** Every close reason, for metrics labels and exhaustive tests. */
 export const CLOSE_REASONS: ReadonlyArray<CloseReason> = [
@@ -202,7 +258,14 @@ export const CLOSE_REASONS: ReadonlyArray<CloseReason> = [
   "not-allowed",
   "over-limit",
   "shutting-down",
-  "adapter-misuse"
+  "adapter-misuse",
+  "client-closed",
+  "connection-lost",
+  "frame-too-long",
+  "version-mismatch",
+  "handshake-failed",
+  "keepalive-timeout",
+  "internal-error"
 ]
 
 /** Which limit an "over-limit" close is for (the label of offset_relay_over_limit_total). */
@@ -219,7 +282,9 @@ export type RelayLimit =
   | "max-connections-per-prefix"
   | "max-connections-per-key"
   | "max-pending-per-listener"
+  | "listener-backlog"
   | "stuck-tunnel"
+  | "rekey-rate"
 
 /** Every limit the core enforces, for metrics labels and exhaustive tests. */
 export const RELAY_LIMITS: ReadonlyArray<RelayLimit> = [
@@ -235,8 +300,35 @@ export const RELAY_LIMITS: ReadonlyArray<RelayLimit> = [
   "max-connections-per-prefix",
   "max-connections-per-key",
   "max-pending-per-listener",
-  "stuck-tunnel"
+  "listener-backlog",
+  "stuck-tunnel",
+  "rekey-rate"
 ]
+
+// The closes whose client is hostile or dead (module header, "How a connection is closed").
+const ABORTING_REASONS: ReadonlySet<CloseReason> = new Set<CloseReason>([
+  "timeout-handshake",
+  "timeout-init",
+  "protocol-violation",
+  "adapter-misuse",
+  "handshake-failed",
+  "frame-too-long",
+  "version-mismatch",
+  "keepalive-timeout",
+  "connection-lost",
+  "internal-error"
+])
+const ABORTING_LIMITS: ReadonlySet<RelayLimit> = new Set<RelayLimit>([
+  "stuck-tunnel",
+  "rekey-rate",
+  "unidentified-evicted",
+  "handshake-evicted"
+])
+
+const closeModeOf = (reason: CloseReason, limit: RelayLimit | undefined, authenticated: boolean): CloseMode =>
+  !authenticated || ABORTING_REASONS.has(reason) || (limit !== undefined && ABORTING_LIMITS.has(limit))
+    ? "abort"
+    : "graceful"
 
 /** Something the adapter must do, in the order given. */
 export type RelayCommand =
@@ -265,13 +357,19 @@ export type RelayCommand =
    */
   | { readonly _tag: "Splice"; readonly connectId: ConnectionId; readonly acceptId: ConnectionId }
   /**
-   * Close connection `id`. When `reason` is "peer-closed", first write to it
-   * what was already read from its peer (buffered and in-flight messages),
-   * then close; otherwise close now. `limit` names the limit of an
-   * "over-limit" close. Do not report `Closed` for it (harmless if you do:
-   * the core has already forgotten `id`).
+   * Close connection `id`, as `mode` says. When `reason` is "peer-closed",
+   * first write to it what was already read from its peer (buffered and
+   * in-flight messages), then close; otherwise close now. `limit` names the
+   * limit of an "over-limit" close. Do not report `Ended` or `Closed` for it
+   * (harmless if you do: the core has already forgotten `id`).
    */
-  | { readonly _tag: "Close"; readonly id: ConnectionId; readonly reason: CloseReason; readonly limit?: RelayLimit }
+  | {
+    readonly _tag: "Close"
+    readonly id: ConnectionId
+    readonly reason: CloseReason
+    readonly mode: CloseMode
+    readonly limit?: RelayLimit
+  }
   /** Stop reading connection `id`'s socket until `ResumeReading` (memory pressure). */
   | { readonly _tag: "PauseReading"; readonly id: ConnectionId }
   /** Read connection `id`'s socket again. */
@@ -456,6 +554,8 @@ type Connection =
     readonly key: string
     // Connector key (hex) → its pending connect channel.
     readonly pending: Map<string, ConnectionId>
+    // IncomingConnection messages sent and not yet written out.
+    unwritten: number
   }
   | {
     readonly _tag: "PendingConnect"
@@ -495,8 +595,10 @@ interface Usage {
   paused: boolean
 }
 
-const absurd = (value: never): never => {
-  throw new Error(`unreachable: ${JSON.stringify(value)}`)
+
+const closeCommand = (id: ConnectionId, reason: CloseReason, authenticated: boolean, limit?: RelayLimit): RelayCommand => {
+  const mode = closeModeOf(reason, limit, authenticated)
+  return limit === undefined ? { _tag: "Close", id, reason, mode } : { _tag: "Close", id, reason, mode, limit }
 }
 
 /** The relay state machine; see the module header for how to drive it. */
@@ -541,6 +643,11 @@ export class RelayCore {
     return this.now
   }
 
+  /** True once a shutdown's drain deadline has passed: nothing is left to wait for. */
+  get drainDeadlinePassed(): boolean {
+    return this.shutdownDeadline !== undefined && this.now >= this.shutdownDeadline
+  }
+
   /** Applies one event; returns the commands to run, in order, before the next event. */
   handle(event: RelayEvent): ReadonlyArray<RelayCommand> {
     const out: Array<RelayCommand> = []
@@ -560,9 +667,18 @@ export class RelayCore {
       case "Usage":
         this.onUsage(event.id, event.heldBytes, event.deliveredBytes, out)
         break
+      case "Ended":
+        if (event.reason === "rekey-rate") this.close(event.id, "over-limit", out, "rekey-rate")
+        else this.close(event.id, event.reason, out)
+        break
       case "Closed":
         this.release(event.id, out)
         break
+      case "IncomingConnectionWritten": {
+        const connection = this.connections.get(event.id)
+        if (connection?._tag === "Listening" && connection.unwritten > 0) connection.unwritten--
+        break
+      }
       case "Tick":
         this.onTick(out)
         break
@@ -570,7 +686,7 @@ export class RelayCore {
         this.allowList = event.keys
         break
       case "Shutdown":
-        this.onShutdown(out)
+        this.onShutdown(event.drainTicks ?? this.config.shutdownDrainTicks, out)
         break
       default:
         absurd(event)
@@ -759,9 +875,10 @@ export class RelayCore {
       this.close(id, "adapter-misuse", out)
       return
     }
-    const refuse = (limit: RelayLimit) => out.push({ _tag: "Close", id, reason: "over-limit", limit })
+    // Refused before its handshake: nothing to flush to it.
+    const refuse = (limit: RelayLimit) => out.push({ _tag: "Close", id, reason: "over-limit", mode: "abort", limit })
     if (this.shutdownDeadline !== undefined) {
-      out.push({ _tag: "Close", id, reason: "shutting-down" })
+      out.push({ _tag: "Close", id, reason: "shutting-down", mode: "abort" })
       return
     }
     if (this.connections.size >= this.config.maxConnections) return void refuse("max-connections")
@@ -925,7 +1042,7 @@ export class RelayCore {
       case "Listen": {
         const older = this.listeners.get(clientKey)
         if (older !== undefined) this.close(older, "replaced", out)
-        this.put(id, { _tag: "Listening", prefix, key: clientKey, pending: new Map() })
+        this.put(id, { _tag: "Listening", prefix, key: clientKey, pending: new Map(), unwritten: 0 })
         this.listeners.set(clientKey, id)
         return
       }
@@ -953,6 +1070,12 @@ export class RelayCore {
           deadline: this.now + this.config.halfTunnelTicks
         })
         out.push({ _tag: "HoldConnect", id, listener: listenerId })
+        if (listener.unwritten >= this.config.maxPendingHalfTunnelsPerListener) {
+          // Its half tunnels, this one too, close "listener-gone".
+          this.close(listenerId, "over-limit", out, "listener-backlog")
+          return
+        }
+        listener.unwritten++
         out.push({
           _tag: "SendIncomingConnection",
           id: listenerId,
@@ -1095,16 +1218,16 @@ export class RelayCore {
       if (mine.held + theirs.held === 0) continue
       if (this.now - Math.max(mine.progressAt, theirs.progressAt) < this.config.stuckTunnelTicks) continue
       // Both sides name the budget rather than one of them "peer-closed".
-      out.push({ _tag: "Close", id, reason: "over-limit", limit: "stuck-tunnel" })
-      out.push({ _tag: "Close", id: connection.peer, reason: "over-limit", limit: "stuck-tunnel" })
+      out.push(closeCommand(id, "over-limit", true, "stuck-tunnel"))
+      out.push(closeCommand(connection.peer, "over-limit", true, "stuck-tunnel"))
       this.drop(id)
       this.drop(connection.peer)
     }
   }
 
-  private onShutdown(out: Array<RelayCommand>): void {
+  private onShutdown(drainTicks: number, out: Array<RelayCommand>): void {
     if (this.shutdownDeadline !== undefined) return
-    this.shutdownDeadline = this.now + this.config.shutdownDrainTicks
+    this.shutdownDeadline = this.now + drainTicks
     // Half tunnels first, so that closing their listeners does not report them "listener-gone".
     for (const [id, connection] of [...this.connections]) {
       if (connection._tag === "PendingConnect") this.close(id, "shutting-down", out)
@@ -1112,7 +1235,7 @@ export class RelayCore {
     for (const [id, connection] of [...this.connections]) {
       if (connection._tag !== "Tunnel") this.close(id, "shutting-down", out)
     }
-    if (this.config.shutdownDrainTicks === 0) this.closeAllTunnels(out)
+    if (drainTicks <= 0) this.closeAllTunnels(out)
   }
 
   private closeAllTunnels(out: Array<RelayCommand>): void {
@@ -1120,8 +1243,8 @@ export class RelayCore {
       const connection = this.connections.get(id)
       if (connection?._tag !== "Tunnel") continue
       // Both sides get the shutdown reason rather than one of them "peer-closed".
-      out.push({ _tag: "Close", id, reason: "shutting-down" })
-      out.push({ _tag: "Close", id: connection.peer, reason: "shutting-down" })
+      out.push(closeCommand(id, "shutting-down", true))
+      out.push(closeCommand(connection.peer, "shutting-down", true))
       this.drop(id)
       this.drop(connection.peer)
     }
@@ -1129,8 +1252,9 @@ export class RelayCore {
 
   // Emits Close for tracked `id`, then forgets it and closes what depended on it.
   private close(id: ConnectionId, reason: CloseReason, out: Array<RelayCommand>, limit?: RelayLimit): void {
-    if (!this.connections.has(id)) return
-    out.push(limit === undefined ? { _tag: "Close", id, reason } : { _tag: "Close", id, reason, limit })
+    const connection = this.connections.get(id)
+    if (connection === undefined) return
+    out.push(closeCommand(id, reason, connection._tag !== "Handshaking", limit))
     this.release(id, out)
   }
 
@@ -1156,7 +1280,7 @@ export class RelayCore {
       case "Tunnel":
         // Dropped directly: releasing the peer would name `id` again.
         if (this.connections.has(connection.peer)) {
-          out.push({ _tag: "Close", id: connection.peer, reason: "peer-closed" })
+          out.push(closeCommand(connection.peer, "peer-closed", true))
           this.drop(connection.peer)
         }
         return

@@ -62,6 +62,8 @@ import {
   type Rekey
 } from "./messages.ts"
 import { unpackBound } from "./unpack-bound.ts"
+import { absurd } from "./absurd.ts"
+import type { Identity } from "./keys.ts"
 
 /** Bytes of the nonce at the start of every transport frame. */
 export const TRANSPORT_NONCE_LENGTH = 12
@@ -83,11 +85,8 @@ const SYMMETRIC_KEY_LENGTH = 32
 const MAX_PADDING_LIMIT = 0xffff
 const emptyBytes = new Uint8Array(0)
 
-/** A long-term Ed25519 identity: the 32-byte secret seed and its public key. */
-export interface Identity {
-  readonly seed: Uint8Array
-  readonly publicKey: Uint8Array
-}
+/** A long-term Ed25519 identity (keys.ts). */
+export type { Identity } from "./keys.ts"
 
 /** What a secure channel needs; optional fields default to Offset's values. */
 export interface SecureChannelConfig {
@@ -253,9 +252,6 @@ export type SecureChannelStep = readonly [SecureChannelState, ReadonlyArray<Secu
 
 const noCommands: ReadonlyArray<SecureChannelCommand> = []
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 const requireTicks = (what: string, value: number): number => {
   if (!(value === Number.POSITIVE_INFINITY || (Number.isSafeInteger(value) && value >= 1))) {

@@ -39,6 +39,7 @@
  * fail that one call, nothing else changes). After `Finish` or `Fail` the
  * stream is done and every event but a misuse gives nothing.
  */
+import { absurd } from "./absurd.ts"
 
 /** Our half: still writing, end requested but not yet taken by the channel, end sent. */
 export type SendingHalf = "open" | "ending" | "ended"
@@ -282,8 +283,4 @@ const fail = (
     : { _tag: "StreamError", reason, message, peerCode }
   commands.push({ _tag: "Fail", error })
   return [{ ...state, outcome: { _tag: "Failed", error } }, commands]
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

@@ -11,6 +11,7 @@
  */
 import { bytesToHex, hexToBytes } from "./keys.ts"
 import * as M from "./messages.ts"
+import { absurd } from "./absurd.ts"
 
 /** The message types the wire command knows, in the order help lists them. */
 export const wireTypes = [
@@ -292,9 +293,6 @@ const channelMessage: WireCodec<M.ChannelMessage> = {
   decode: (bytes) => M.decodeChannelMessage(bytes)
 }
 
-const absurd = (value: never): never => {
-  throw new Error(`unexpected value ${JSON.stringify(value)}`)
-}
 
 const codecs: { readonly [T in WireType]: WireCodec<any> } = {
   InitConnection: initConnection,

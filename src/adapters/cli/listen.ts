@@ -30,6 +30,7 @@ import {
 } from "./client-common.ts"
 import { cryptoOption } from "./runtime.ts"
 import { UsageError, type OptionTable } from "./options.ts"
+import { absurd } from "../../core/absurd.ts"
 
 const table: OptionTable = {
   identity: identityOption,
@@ -169,8 +170,4 @@ const describeStatus = (status: RelayStatus): string => {
     default:
       return absurd(status.state)
   }
-}
-
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
 }

@@ -19,14 +19,14 @@
  *
  * The relay closes a second pending connect from the same client to the same
  * peer ("duplicate"), so connects from this process to the same peer through
- * the same relay take turns until each one's tunnel has formed.
+ * the same relay take turns until each one's tunnel has formed
+ * (src/core/connect-gate.ts).
  */
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
-import * as Semaphore from "effect/Semaphore"
 import {
   type Attempt,
   type AttemptOutcome,
@@ -35,10 +35,12 @@ import {
   connectFailureReason,
   formatConnectFailure
 } from "../../core/connect-outcome.ts"
+import { ConnectGate, type ConnectGateEvent, GateTicket } from "../../core/connect-gate.ts"
 import { bytesToHex } from "../../core/keys.ts"
 import { formatRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
 import { type ClientSettings, openTunnel, type TunnelOpenError } from "./tunnel.ts"
 import type { PeerStream } from "./tunnel-stream.ts"
+import { absurd } from "../../core/absurd.ts"
 
 /** How a connect tries the relays. */
 export interface ConnectOptions {
@@ -179,21 +181,44 @@ const outcomeOf = (exit: Exit.Exit<PeerStream, TunnelOpenError>): AttemptOutcome
 }
 
 // One pending connect per (us, peer, relay) at a time: the relay would close a
-// second one as "duplicate". Entries go away when nobody holds or waits.
-const gates = new Map<string, { readonly semaphore: Semaphore.Semaphore; users: number }>()
+// second one as "duplicate" (src/core/connect-gate.ts decides who goes). One
+// gate for the whole process, not one per client: the relay tells
+// duplicates apart by our key alone, and every `connect()` call or
+// RelayClient with the same identity in this process shares that key, while
+// `connect()` has no instance to hold a gate.
+const gate = new ConnectGate()
+const granted = new Map<GateTicket, Deferred.Deferred<void>>()
+let nextTicket = 0
+
+const feedGate = (event: ConnectGateEvent): void => {
+  gate.handle(event)
+  for (let command = gate.poll(); command !== undefined; command = gate.poll()) {
+    switch (command._tag) {
+      case "Grant": {
+        const turn = granted.get(command.ticket)
+        granted.delete(command.ticket)
+        if (turn !== undefined) Deferred.doneUnsafe(turn, Exit.void)
+        break
+      }
+      default:
+        absurd(command._tag)
+    }
+  }
+}
 
 const oneAtATime = <A, E, R>(key: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.suspend(() => {
-    let entry = gates.get(key)
-    if (entry === undefined) {
-      entry = { semaphore: Semaphore.makeUnsafe(1), users: 0 }
-      gates.set(key, entry)
-    }
-    const held = entry
-    held.users++
-    return held.semaphore.withPermits(1)(effect).pipe(
-      Effect.ensuring(Effect.sync(() => {
-        if (--held.users === 0 && gates.get(key) === held) gates.delete(key)
-      }))
-    )
-  })
+  Effect.acquireUseRelease(
+    Effect.sync(() => {
+      const ticket = GateTicket(nextTicket++)
+      const turn = Deferred.makeUnsafe<void>()
+      granted.set(ticket, turn)
+      feedGate({ _tag: "Requested", ticket, key })
+      return { ticket, turn }
+    }),
+    ({ turn }) => Effect.andThen(Deferred.await(turn), effect),
+    ({ ticket }) =>
+      Effect.sync(() => {
+        granted.delete(ticket)
+        feedGate({ _tag: "Left", ticket })
+      })
+  )

@@ -8,7 +8,9 @@
  * that relay saying accept(C), the end-to-end handshake expecting C's key,
  * then the authenticated stream goes to the application (`accept`). If any
  * step fails: RejectConnection(C) (harmless if the relay already dropped the
- * half tunnel).
+ * half tunnel). Those decisions, and the cap on accepts under way, are each
+ * listen channel's ListenFlow (src/core/listen-flow.ts); this module asks
+ * the policy, opens the connections and hands the streams over.
  *
  * Lifetimes: every listen channel and every tunnel lives in a child scope of
  * the listener's scope, so closing the listener closes them all; a dropped
@@ -38,12 +40,14 @@ import {
 } from "../../core/backoff.ts"
 import { classifyFailure, describeOutcome } from "../../core/connect-outcome.ts"
 import { bytesToHex } from "../../core/keys.ts"
-import { decodeIncomingConnection, encodeRejectConnection } from "../../core/messages.ts"
+import { type AcceptId, ListenFlow, type ListenFlowEvent, type Refusal } from "../../core/listen-flow.ts"
+import { encodeRejectConnection } from "../../core/messages.ts"
 import { formatRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
 import type { ChannelError, MessageChannel } from "../message-channel.ts"
 import { openRelayConnection } from "../relay-connection.ts"
 import { type ClientSettings, hopOptions, openTunnel } from "./tunnel.ts"
 import type { PeerStream } from "./tunnel-stream.ts"
+import { absurd } from "../../core/absurd.ts"
 
 /**
  * Who may connect: a list of public keys, or a function of the peer's key
@@ -100,12 +104,12 @@ export interface ListenerOptions {
 }
 
 /**
- * Accepts (policy check, accept connection, end-to-end handshake) under way
- * at once per listen channel; IncomingConnections beyond it are rejected, so
- * a relay (or a flood through it) cannot make the listener open connections
- * without bound.
+ * Accepts (policy check, accept connection, end-to-end handshake, hand-over)
+ * under way at once per listen channel; IncomingConnections beyond it are
+ * rejected, so a relay (or a flood through it) cannot make the listener open
+ * connections without bound (src/core/listen-flow.ts).
  */
-export const MAX_ACCEPTS_IN_PROGRESS = 32
+export { MAX_ACCEPTS_IN_PROGRESS } from "../../core/listen-flow.ts"
 
 /** The listener was closed; no more streams will come. */
 export class ListenerClosedError extends Data.TaggedError("ListenerClosedError")<{ readonly message: string }> {}
@@ -189,45 +193,37 @@ export const makeListener = (
       })
 
     // One listen channel's life; returns why it ended (it never ends well).
+    // Its ListenFlow (src/core/listen-flow.ts) decides what each
+    // IncomingConnection gets; this only carries the decisions out.
     const listenOnce = (
       relay: RelayAddress,
       onListening: Effect.Effect<void>
-    ): Effect.Effect<ListenEnd, never, Scope.Scope> =>
-      Effect.gen(function*() {
+    ): Effect.Effect<ListenEnd, never, Scope.Scope> => {
+      // Set when the flow closed the channel: that, not the close it causes, is why it ended.
+      let closedBecause: string | undefined
+      return Effect.gen(function*() {
         const opened = yield* Effect.result(openRelayConnection(relay, { _tag: "Listen" }, hop))
         if (Result.isFailure(opened)) {
           return { error: describeOutcome(classifyFailure("relay", opened.failure)), closedByRelay: false }
         }
         const channel = opened.success
         yield* onListening
-        let inProgress = 0
+        const run = makeFlowRunner(relay, channel, (error) => {
+          closedBecause = error
+        })
+        // Accepts under way outlive the channel; their refusals are then only reported.
+        yield* Effect.addFinalizer(() => run({ _tag: "ChannelEnded" }))
         while (true) {
           const message = yield* channel.receive
-          const decoded = decodeIncomingConnection(message)
-          if (decoded._tag === "Err") {
-            // The relay broke the protocol: drop this channel and reconnect later.
-            yield* channel.close
-            return {
-              error: `the relay sent a malformed IncomingConnection: ${decoded.error.message}`,
-              closedByRelay: false
-            }
-          }
-          const peerKey = decoded.value.publicKey
-          if (inProgress >= MAX_ACCEPTS_IN_PROGRESS) {
-            emit({ _tag: "Busy", relay: formatRelayAddress(relay), peer: bytesToHex(peerKey) })
-            yield* Effect.ignore(channel.send(encodeRejectConnection({ publicKey: peerKey })))
-            continue
-          }
-          inProgress++
-          yield* Effect.forkIn(
-            incoming(relay, channel, peerKey).pipe(Effect.ensuring(Effect.sync(() => inProgress--))),
-            listenerScope
-          )
+          yield* run({ _tag: "Received", message })
+          if (closedBecause !== undefined) return { error: closedBecause, closedByRelay: false }
         }
       }).pipe(
         Effect.catch((error: ChannelError) =>
           Effect.succeed(
-            error.reason === "Closed"
+            closedBecause !== undefined
+              ? { error: closedBecause, closedByRelay: false }
+              : error.reason === "Closed"
               ? {
                 error:
                   "the relay closed the listen channel (it is stopping, or another process with our identity took our place there)",
@@ -240,21 +236,85 @@ export const makeListener = (
           )
         )
       )
+    }
 
-    const incoming = (
+    // Feeds one listen channel's flow and carries out what it decides: the
+    // slow steps (the policy, the accept tunnel, the hand-over) run in fibers
+    // of the listener's scope, which feed the flow again when they are done.
+    const makeFlowRunner = (
       relay: RelayAddress,
-      listenChannel: MessageChannel,
-      peerKey: Uint8Array
-    ): Effect.Effect<void> =>
-      Effect.gen(function*() {
-        const peer = bytesToHex(peerKey)
-        const name = formatRelayAddress(relay)
-        emit({ _tag: "Incoming", relay: name, peer })
-        const reject = Effect.ignore(listenChannel.send(encodeRejectConnection({ publicKey: peerKey })))
-        if (!(yield* allowed(peerKey))) {
-          emit({ _tag: "Denied", relay: name, peer })
-          return yield* reject
+      channel: MessageChannel,
+      onClose: (error: string) => void
+    ): (event: ListenFlowEvent) => Effect.Effect<void> => {
+      const flow = new ListenFlow()
+      const name = formatRelayAddress(relay)
+      // Streams between AcceptOpened and their Deliver command.
+      const opened = new Map<AcceptId, PeerStream>()
+      const run = (event: ListenFlowEvent): Effect.Effect<void> =>
+        Effect.suspend(() => {
+          flow.handle(event)
+          return drain
+        })
+      const drain: Effect.Effect<void> = Effect.gen(function*() {
+        for (let command = flow.poll(); command !== undefined; command = flow.poll()) {
+          switch (command._tag) {
+            case "CheckAccess": {
+              const { id, peerKey } = command
+              emit({ _tag: "Incoming", relay: name, peer: bytesToHex(peerKey) })
+              yield* Effect.forkIn(
+                Effect.flatMap(allowed(peerKey), (yes) => run({ _tag: "AccessDecided", id, allowed: yes })),
+                listenerScope
+              )
+              break
+            }
+            case "OpenAccept": {
+              const { id, peerKey } = command
+              yield* Effect.forkIn(
+                Effect.flatMap(openAccept(relay, peerKey), (result) => {
+                  if (Result.isFailure(result)) return run({ _tag: "AcceptFailed", id, message: result.failure })
+                  opened.set(id, result.success)
+                  return run({ _tag: "AcceptOpened", id })
+                }),
+                listenerScope
+              )
+              break
+            }
+            case "Deliver": {
+              const { id, peerKey } = command
+              // The flow hands out Deliver only right after AcceptOpened, which set it.
+              const stream = opened.get(id)!
+              opened.delete(id)
+              emit({ _tag: "Accepted", relay: name, peer: bytesToHex(peerKey) })
+              yield* Effect.forkIn(
+                Effect.andThen(Queue.offer(queue, stream), run({ _tag: "Delivered", id })),
+                listenerScope
+              )
+              break
+            }
+            case "Refuse": {
+              emit(refusalEvent(name, command.peerKey, command.refusal))
+              if (command.sendReject) {
+                // Harmless if the relay already dropped the half tunnel.
+                yield* Effect.ignore(channel.send(encodeRejectConnection({ publicKey: command.peerKey })))
+              }
+              break
+            }
+            case "CloseChannel":
+              onClose(command.error)
+              yield* channel.close
+              break
+            default:
+              absurd(command)
+          }
         }
+      })
+      return run
+    }
+
+    // The accept tunnel for `peerKey`, in its own child scope of the listener's
+    // (closed here when it fails); fails with a message for the log.
+    const openAccept = (relay: RelayAddress, peerKey: Uint8Array): Effect.Effect<Result.Result<PeerStream, string>> =>
+      Effect.gen(function*() {
         const scope = yield* Scope.fork(listenerScope)
         const exit = yield* Effect.exit(
           openTunnel(
@@ -265,19 +325,10 @@ export const makeListener = (
             hop.handshakeTimeoutMs
           )
         )
-        if (Exit.isFailure(exit)) {
-          yield* Scope.close(scope, Exit.void)
-          const reason = exit.cause.reasons.find((r) => r._tag === "Fail")
-          emit({
-            _tag: "AcceptFailed",
-            relay: name,
-            peer,
-            message: reason?._tag === "Fail" ? `${reason.error.phase}: ${reason.error.message}` : "interrupted"
-          })
-          return yield* reject
-        }
-        emit({ _tag: "Accepted", relay: name, peer })
-        yield* Queue.offer(queue, exit.value)
+        if (Exit.isSuccess(exit)) return Result.succeed(exit.value)
+        yield* Scope.close(scope, Exit.void)
+        const reason = exit.cause.reasons.find((r) => r._tag === "Fail")
+        return Result.fail(reason?._tag === "Fail" ? `${reason.error.phase}: ${reason.error.message}` : "interrupted")
       })
 
     for (let i = 0; i < options.relays.length; i++) {
@@ -309,4 +360,19 @@ const allowFunction = (policy: AccessPolicy): (peer: Uint8Array) => Effect.Effec
   }
   const keys = new Set(policy.map(bytesToHex))
   return (peer) => Effect.succeed(keys.has(bytesToHex(peer)))
+}
+
+// The log event of a refused IncomingConnection.
+const refusalEvent = (relay: string, peerKey: Uint8Array, refusal: Refusal): ListenerEvent => {
+  const peer = bytesToHex(peerKey)
+  switch (refusal._tag) {
+    case "Busy":
+      return { _tag: "Busy", relay, peer }
+    case "Denied":
+      return { _tag: "Denied", relay, peer }
+    case "AcceptFailed":
+      return { _tag: "AcceptFailed", relay, peer, message: refusal.message }
+    default:
+      return absurd(refusal)
+  }
 }

@@ -44,6 +44,7 @@ import {
   type StreamState
 } from "../../core/stream-state.ts"
 import type { ChannelError, MessageChannel } from "../message-channel.ts"
+import { absurd } from "../../core/absurd.ts"
 
 /** Why a stream failed or a call on it was refused (reasons of src/core/stream-state.ts). */
 export class PeerStreamError extends Data.TaggedError("PeerStreamError")<{
@@ -300,9 +301,6 @@ const describeChannelEnd = (error: ChannelError): string => {
   }
 }
 
-const absurd = (value: never): never => {
-  throw new Error(`unhandled case: ${JSON.stringify(value)}`)
-}
 
 /** Node stream sizes: a few messages' worth, so Node buffers little beyond the channel's own bounded inbox. */
 const DUPLEX_HIGH_WATER_MARK = 64 * 1024

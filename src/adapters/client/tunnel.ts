@@ -63,7 +63,7 @@ export class TunnelOpenError extends Data.TaggedError("TunnelOpenError")<{
   /** "relay": the hop to the relay; "tunnel": the end-to-end handshake through it. */
   readonly phase: "relay" | "tunnel"
   readonly reason: ChannelError["reason"]
-  readonly detail?: string | undefined
+  readonly detail?: ChannelError["detail"] | undefined
   readonly message: string
 }> {}
 

@@ -1,0 +1,446 @@
+/**
+ * One client connection of the relay (a hop), driven directly by its
+ * stream's events and the server's tick: no fiber, no timer, no queue of
+ * its own. Everything it decides comes from the pure machines — the
+ * connection machine (secure channel + keepalive, core/connection.ts) for
+ * the bytes, the relay core (through `HopServer.dispatch`) for what the
+ * connection is and when it closes; the hop only carries out their
+ * commands.
+ *
+ * Data path: a chunk arrives → frames (u64 length, capped at 4 KiB for the
+ * three frames before authentication) → the machine opens each frame →
+ * a delivered message goes to the core (the first message, listen
+ * channels), into the held buffer (a connect channel waiting for accept),
+ * or straight into the tunnel peer's machine, which seals it and writes it
+ * to the peer's stream. Nothing waits in between: when the peer's stream is
+ * past its high-water mark (`write` returned false), this hop stops reading
+ * until the peer drains, so TCP pushes back on the sender and the relay
+ * holds at most one chunk beyond the streams' own buffers.
+ *
+ * Reading stops for any of: the core's memory budget (PauseReading), the
+ * client's rate limit, a full peer, a full held buffer. While it is stopped
+ * because of us, the keepalive does not judge the client's silence.
+ *
+ * Closing is the core's: an end the hop sees goes to the core as `Ended`,
+ * and the core's `Close` says how (`close`): "abort" destroys the stream,
+ * "graceful" ends it after what was written and drops what still arrives
+ * until the client's FIN, up to the linger deadline, checked on ticks.
+ */
+import {
+  type ConnectionCommand,
+  type ConnectionConfig,
+  type ConnectionEvent,
+  type ConnectionState,
+  makeConnection,
+  step as stepConnection
+} from "../core/connection.ts"
+import { publicKeyHex } from "../core/keys.ts"
+import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
+import type { CloseMode, CloseReason, ConnectionId, EndReason, RelayEvent, RelayLimit } from "../core/relay-core.ts"
+import type { ConnectionRole } from "../core/relay-core.ts"
+import { takeTokens, type TokenBucket } from "../core/token-bucket.ts"
+import { checkVersion, encodeVersion } from "../core/version.ts"
+import type { CryptoService } from "./crypto.ts"
+import type { ByteStream } from "./transport.ts"
+import { absurd } from "../core/absurd.ts"
+import type { Identity } from "../core/keys.ts"
+
+/** What a hop needs from its server: the core, the clock, and where to report. */
+export interface HopServer {
+  readonly crypto: CryptoService
+  readonly identity: Identity
+  readonly machine: Pick<ConnectionConfig, "keepaliveTicks" | "rekeyIntervalTicks" | "maxPaddingBytes" | "maxExpansion" | "peerRekeyLimit">
+  /**
+   * Bytes a hop may hold for its client before reading stops: a connect
+   * channel's messages while it waits for accept, and what a tunnel peer's
+   * stream has not sent yet.
+   */
+  readonly heldBytesLimit: number
+  readonly closeLingerMs: number
+  readonly dispatch: (event: RelayEvent) => void
+  readonly roleOf: (id: ConnectionId) => ConnectionRole | undefined
+  /** The client proved its key: the rate limit's bucket for it, if any. */
+  readonly authenticated: (hop: Hop) => TokenBucket | undefined
+  /** Tunnel payload went from one hop to its peer. */
+  readonly relayed: (bytes: number) => void
+  /** The version or secure-channel handshake failed, for metrics. */
+  readonly handshakeFailed: (reason: string) => void
+  /** The close is decided (reason, limit, detail): count and log it once. */
+  readonly closing: (hop: Hop, reason: CloseReason, detail: string) => void
+  /** The stream is gone: forget the hop. */
+  readonly gone: (hop: Hop) => void
+  /** Milliseconds on the server's clock. */
+  readonly now: () => number
+  /** Runs `wake` after `ms` on the server's clock; returns a cancel. */
+  readonly after: (ms: number, wake: () => void) => () => void
+}
+
+/** Version, ExchangeRandNonce, ExchangeDh: the frames before the client is authenticated, capped at HANDSHAKE_FRAME_LIMIT. */
+const HANDSHAKE_FRAMES = 3
+
+// Why reading is stopped; reading resumes when none is left.
+const PAUSED_BY_CORE = 1
+const PAUSED_BY_RATE = 2
+const PAUSED_BY_PEER = 4
+const PAUSED_BY_HELD = 8
+
+/** A message as the machine delivered it: the payload and the packed KaMessage it came in (forwarded as is). */
+interface Delivered {
+  readonly data: Uint8Array
+  readonly packed: Uint8Array
+}
+
+/** One client connection of the relay; see the module header. */
+export class Hop {
+  readonly id: ConnectionId
+  readonly ip: string
+  readonly stream: ByteStream
+  /** The client's key (hex), once authenticated. */
+  clientKey: string | undefined
+  /** The limit an "over-limit" close names. */
+  limit: RelayLimit | undefined
+  /** The other side of the tunnel, once spliced. */
+  peer: Hop | undefined
+  /** Tunnel payload bytes written to this hop so far. */
+  delivered = 0
+  /** The rate limit's bucket for the client key, once authenticated (with --rate-limit). */
+  bucket: TokenBucket | undefined
+  /** The reason it closes with, once decided. */
+  closeReason: CloseReason | undefined
+
+  private readonly server: HopServer
+  private readonly decoder = new FrameDecoder(MAX_FRAME_LENGTH)
+  private machine: ConnectionState | undefined
+  private framesRead = 0
+  private versionChecked = false
+  private paused = 0
+  // Messages of a connect channel waiting for accept, and the bytes they keep alive.
+  private held: Array<Delivered> = []
+  private heldBytes = 0
+  // Hops paused because this one's stream was full; resumed on its drain.
+  private blocked: Hop | undefined
+  // IncomingConnection messages written while the stream was past its high-water mark.
+  private incomingUnflushed = 0
+  private cancelRateWait: (() => void) | undefined
+  private lingerUntil: number | undefined
+  // What the hop saw when it ended (for the close's log line).
+  private endDetail = ""
+  private closed = false
+  private gone = false
+
+  constructor(server: HopServer, id: ConnectionId, stream: ByteStream) {
+    this.server = server
+    this.id = id
+    this.stream = stream
+    this.ip = stream.remoteAddress
+  }
+
+  /** Bytes this hop holds: partial frames, held messages, what its stream has not sent. */
+  heldBytesNow(): number {
+    return this.decoder.bufferedBytes + this.heldBytes + this.stream.writableLength()
+  }
+
+  /** Starts reading and writes our version; the core has admitted the connection. */
+  start(): void {
+    this.stream.start({
+      data: (chunk) => this.onData(chunk),
+      drain: () => this.onDrain(),
+      end: () => this.end("client-closed", "the client closed the connection", "Closed"),
+      close: (error) => this.onClose(error === undefined ? undefined : error.message)
+    })
+    this.writeFrames([encodeVersion()])
+  }
+
+  /** Refused at admission (its Close already ran): cut off at once, no handshake, gone now. */
+  refuse(): void {
+    this.closed = true
+    this.stream.start({ data: () => {}, drain: () => {}, end: () => {}, close: () => {} })
+    this.stream.destroy()
+    this.onClose(undefined)
+  }
+
+  /** One server tick: keepalive and rekey, and the linger deadline of a closing hop. */
+  tick(now: number): void {
+    if (this.closed) {
+      if (this.lingerUntil !== undefined && now >= this.lingerUntil) this.stream.destroy()
+      return
+    }
+    if (this.machine !== undefined) this.step({ _tag: "Tick", receivePaused: this.paused !== 0 })
+  }
+
+  /** Sends one relay message (IncomingConnection) on this hop; the core hears when it is written. */
+  sendToClient(message: Uint8Array): void {
+    if (this.closed || this.machine === undefined) {
+      this.server.dispatch({ _tag: "IncomingConnectionWritten", id: this.id })
+      return
+    }
+    const flushed = this.step({ _tag: "Send", data: message })
+    if (flushed) this.server.dispatch({ _tag: "IncomingConnectionWritten", id: this.id })
+    else this.incomingUnflushed++
+  }
+
+  /** The core made this held connect channel a tunnel with `accept`: its held messages go first. */
+  splice(accept: Hop): void {
+    this.peer = accept
+    accept.peer = this
+    const held = this.held
+    this.held = []
+    this.heldBytes = 0
+    this.resume(PAUSED_BY_HELD)
+    for (const message of held) this.forward(message)
+  }
+
+  pauseByCore(): void {
+    this.pause(PAUSED_BY_CORE)
+  }
+
+  resumeByCore(): void {
+    this.resume(PAUSED_BY_CORE)
+  }
+
+  /** Carries out the core's Close. */
+  close(reason: CloseReason, mode: CloseMode, limit: RelayLimit | undefined): void {
+    if (this.closed) return
+    this.closed = true
+    this.closeReason = reason
+    if (limit !== undefined) this.limit = limit
+    const detail = this.endDetail
+    this.cancelRateWait?.()
+    this.cancelRateWait = undefined
+    // A peer we held back reads again: it is closing too, or its own close follows.
+    this.releaseBlocked()
+    this.server.closing(this, reason, detail)
+    if (mode === "abort") {
+      this.stream.destroy()
+      return
+    }
+    this.lingerUntil = this.server.now() + this.server.closeLingerMs
+    this.stream.end()
+    this.stream.resume()
+  }
+
+  /** Destroys the stream at once (the server is stopping). */
+  destroy(): void {
+    this.stream.destroy()
+  }
+
+  // ------------------------------------------------------------------ events
+
+  private onData(chunk: Uint8Array): void {
+    if (this.closed) return // closing gracefully: what still arrives is dropped
+    const result = this.decoder.push(chunk)
+    if (result._tag === "Error") return this.end("frame-too-long", result.error.message, "FrameTooLong")
+    for (const frame of result.frames) {
+      if (this.closed) return
+      if (this.framesRead < HANDSHAKE_FRAMES && frame.length > HANDSHAKE_FRAME_LIMIT) {
+        return this.end(
+          "frame-too-long",
+          `frame of ${frame.length} bytes is over the handshake limit of ${HANDSHAKE_FRAME_LIMIT} bytes`,
+          "FrameTooLong"
+        )
+      }
+      this.framesRead++
+      this.onFrame(frame)
+    }
+    if (this.closed) return
+    // A capped partial frame is refused once it holds more than its cap.
+    if (this.framesRead < HANDSHAKE_FRAMES && this.decoder.bufferedBytes > HANDSHAKE_FRAME_LIMIT + FRAME_HEADER_LENGTH) {
+      return this.end("frame-too-long", `a handshake frame of over ${HANDSHAKE_FRAME_LIMIT} bytes`, "FrameTooLong")
+    }
+    this.server.dispatch({ _tag: "Usage", id: this.id, heldBytes: this.heldBytesNow(), deliveredBytes: this.delivered })
+    this.takeRate(chunk.length)
+  }
+
+  private onFrame(frame: Uint8Array): void {
+    if (!this.versionChecked) {
+      const error = checkVersion(frame)
+      if (error !== undefined) return this.end("version-mismatch", error.message, "VersionMismatch")
+      this.versionChecked = true
+      this.machine = makeConnection({
+        crypto: this.server.crypto,
+        identity: this.server.identity,
+        random: this.server.crypto.randomBytes,
+        // The core's handshake deadline is the relay's one.
+        handshakeTimeoutTicks: Infinity,
+        ...this.server.machine
+      })
+      this.step({ _tag: "Start" })
+      return
+    }
+    // The second frame is the ExchangeRandNonce: the client is really starting a handshake.
+    if (this.framesRead === 2) this.server.dispatch({ _tag: "HelloReceived", id: this.id })
+    this.step({ _tag: "FrameReceived", frame })
+  }
+
+  private onDrain(): void {
+    if (this.incomingUnflushed > 0) {
+      const written = this.incomingUnflushed
+      this.incomingUnflushed = 0
+      for (let i = 0; i < written; i++) this.server.dispatch({ _tag: "IncomingConnectionWritten", id: this.id })
+    }
+    this.releaseBlocked()
+  }
+
+  private onClose(error: string | undefined): void {
+    if (this.gone) return
+    this.gone = true
+    this.cancelRateWait?.()
+    this.releaseBlocked()
+    if (!this.closed) {
+      if (error === undefined) this.end("client-closed", "the client closed the connection", "Closed")
+      else this.end("connection-lost", error, "Reset")
+    }
+    this.server.gone(this)
+  }
+
+  // ---------------------------------------------------------------- machine
+
+  // Steps the connection machine and carries out its commands; true when
+  // every frame it wrote went out without passing the high-water mark.
+  private step(event: ConnectionEvent): boolean {
+    const [next, commands] = stepConnection(this.machine!, event)
+    this.machine = next
+    let flushed = true
+    for (const command of commands) {
+      if (!this.run(command)) flushed = false
+      if (this.closed) break
+    }
+    return flushed
+  }
+
+  private run(command: ConnectionCommand): boolean {
+    switch (command._tag) {
+      case "SendFrame":
+        return this.writeFrames([command.frame])
+      case "Authenticated":
+        this.clientKey = publicKeyHex(command.remotePublicKey)
+        this.bucket = this.server.authenticated(this)
+        this.server.dispatch({ _tag: "Authenticated", id: this.id, publicKey: command.remotePublicKey })
+        return true
+      case "Deliver":
+        this.onMessage(command)
+        return true
+      case "Close": {
+        const reason = command.error.reason
+        this.end(
+          reason === "KeepaliveTimeout"
+            ? "keepalive-timeout"
+            : reason === "RekeyFlood"
+            ? "rekey-rate"
+            : this.clientKey === undefined
+            ? "handshake-failed"
+            : "protocol-violation",
+          command.error.message,
+          reason
+        )
+        return true
+      }
+      default:
+        return absurd(command)
+    }
+  }
+
+  private onMessage(message: Delivered): void {
+    const role = this.server.roleOf(this.id)
+    switch (role) {
+      case "awaiting-init":
+      case "listen":
+        this.server.dispatch({ _tag: "Received", id: this.id, message: message.data })
+        return
+      case "pending-connect":
+        this.held.push(message)
+        this.heldBytes += keptAlive(message)
+        if (this.heldBytes >= this.server.heldBytesLimit) this.pause(PAUSED_BY_HELD)
+        return
+      case "tunnel":
+        this.forward(message)
+        return
+      case "handshaking":
+      case undefined:
+        // Closed by the core in this very chunk: nothing more is read.
+        return
+      default:
+        absurd(role)
+    }
+  }
+
+  // Relays one message to the tunnel peer. Once the peer's stream holds
+  // `heldBytesLimit` unsent bytes (what the client has not read yet), this
+  // hop stops reading until the peer's stream has drained. Pausing at the
+  // stream's own high-water mark instead would pause and resume around
+  // nearly every large message, and leave a slow reader too little to read.
+  private forward(message: Delivered): void {
+    const peer = this.peer
+    if (peer === undefined || peer.closed || peer.machine === undefined) return
+    peer.step({ _tag: "Send", data: message.data, packed: message.packed })
+    peer.delivered += message.data.length
+    this.server.relayed(message.data.length)
+    if (!peer.closed && peer.stream.writableLength() >= this.server.heldBytesLimit) {
+      peer.blocked = this
+      this.pause(PAUSED_BY_PEER)
+    }
+  }
+
+  private releaseBlocked(): void {
+    const blocked = this.blocked
+    this.blocked = undefined
+    blocked?.resume(PAUSED_BY_PEER)
+  }
+
+  private writeFrames(frames: ReadonlyArray<Uint8Array>): boolean {
+    const pieces: Array<Uint8Array> = []
+    for (const frame of frames) pieces.push(encodeFrameHeader(frame.length), frame)
+    return this.stream.write(pieces)
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  private pause(why: number): void {
+    if (this.paused === 0) this.stream.pause()
+    this.paused |= why
+  }
+
+  private resume(why: number): void {
+    if ((this.paused & why) === 0) return
+    this.paused &= ~why
+    if (this.paused === 0 && !this.closed) this.stream.resume()
+  }
+
+  // The client's rate limit: past its tokens, reading waits until they are back.
+  private takeRate(bytes: number): void {
+    const bucket = this.bucket
+    if (bucket === undefined || this.closed) return
+    const waitMs = takeTokens(bucket, bytes, this.server.now())
+    if (waitMs <= 0) return
+    this.pause(PAUSED_BY_RATE)
+    this.cancelRateWait?.()
+    this.cancelRateWait = this.server.after(waitMs, () => {
+      this.cancelRateWait = undefined
+      this.resume(PAUSED_BY_RATE)
+    })
+  }
+
+  // An end this hop saw: the core decides how it closes (its Close comes
+  // back through `close`). `failure` labels a handshake that failed this way.
+  private end(reason: EndReason, detail: string, failure: string): void {
+    if (this.closed) return
+    if (this.clientKey === undefined) this.server.handshakeFailed(failure)
+    this.endDetail = detail
+    this.server.dispatch({ _tag: "Ended", id: this.id, reason })
+    // Forgotten by the core already (it ordered the close): abort whatever is left.
+    if (!this.closed) this.close(reason === "rekey-rate" ? "over-limit" : reason, "abort", undefined)
+  }
+}
+
+/**
+ * Largest handshake frame the relay takes from a client. The version frame
+ * is 4 bytes, ExchangeRandNonce and ExchangeDh a few hundred (fixed-size
+ * fields, no padding), so 4 KiB leaves room for any honest encoding while
+ * a stranger can make the relay hold no more than that before it proves a
+ * key (at most maxHandshakes of them at once).
+ */
+export const HANDSHAKE_FRAME_LIMIT = 4096
+
+// The bytes a delivered message keeps alive: the buffers its views point into.
+const keptAlive = (message: Delivered): number =>
+  message.data.buffer.byteLength + (message.packed.buffer === message.data.buffer ? 0 : message.packed.buffer.byteLength)
