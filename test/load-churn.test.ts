@@ -208,8 +208,17 @@ describe("churn soak against a relay process", () => {
       return relay.openFds()
     }
 
+    // The relay's closes by reason, for failure messages: a client's "the peer
+    // closed the connection" says nothing of why the relay closed it.
+    const closeReasons = async () => {
+      const s = await relay.scrape()
+      const lines = [...s.samples].filter(([name, value]) => name.startsWith("offset_relay_closes_total") && value > 0)
+      return `the relay's closes so far: ${lines.map(([name, value]) => `${/reason="([^"]*)"/.exec(name)?.[1] ?? name} ${value}`).join(", ")}`
+    }
+
     try {
-      expect(await churn(0, WARM_UP)).toEqual([])
+      const warmUp = await churn(0, WARM_UP)
+      expect(warmUp, warmUp.length === 0 ? undefined : await closeReasons()).toEqual([])
       await settle("after the warm-up")
       const startHeap = (await relay.memory(true)).heapUsed
       const startFds = relay.openFds()
@@ -227,7 +236,7 @@ describe("churn soak against a relay process", () => {
 
       const failures = await churn(WARM_UP, CHURN_TUNNELS)
       const opened = await killedRun
-      expect(failures).toEqual([])
+      expect(failures, failures.length === 0 ? undefined : await closeReasons()).toEqual([])
       expect([opened.done, opened.failed, opened.firstFailure]).toEqual([KILLED_TUNNELS, 0, undefined])
 
       const rest = await settle("after the churn")
