@@ -40,7 +40,16 @@ export const scenarioArbitrary = (bounds: ScenarioBounds = defaultBounds): fc.Ar
     fc.record({ _tag: fc.constant("KillRelay" as const), atMs: at, relay, downMs: fc.integer({ min: 0, max: 10_000 }) }),
     fc.record({ _tag: fc.constant("Partition" as const), atMs: at, peer, relay, forMs: fc.integer({ min: 100, max: 60_000 }) }),
     fc.record({ _tag: fc.constant("Reset" as const), atMs: at, peer, relay }),
-    fc.record({ _tag: fc.constant("RefuseDials" as const), atMs: at, relay, count: fc.integer({ min: 1, max: 5 }) })
+    fc.record({ _tag: fc.constant("RefuseDials" as const), atMs: at, relay, count: fc.integer({ min: 1, max: 5 }) }),
+    fc.record({
+      _tag: fc.constant("SlowLink" as const),
+      atMs: at,
+      peer,
+      relay,
+      bytesPerMs: fc.integer({ min: 1, max: 200 }),
+      latencyMs: fc.integer({ min: 0, max: 500 }),
+      forMs: fc.integer({ min: 100, max: 30_000 })
+    })
   )
   const stream: fc.Arbitrary<StreamPlan> = fc.record({
     listener: fc.integer({ min: 0, max: bounds.maxListeners - 1 }),
@@ -76,6 +85,7 @@ export const normalize = (raw: Scenario): Scenario => {
         return { ...f, relay: f.relay % relays }
       case "Partition":
       case "Reset":
+      case "SlowLink":
         return { ...f, relay: f.relay % relays, peer: peer(f.peer) }
     }
   })
@@ -106,6 +116,9 @@ export const describeScenario = (scenario: Scenario): string => {
         break
       case "Reset":
         lines.push(`at ${fault.atMs} ms every connection between ${peerName(fault.peer)} and relay-${fault.relay} is reset`)
+        break
+      case "SlowLink":
+        lines.push(`at ${fault.atMs} ms the link between ${peerName(fault.peer)} and relay-${fault.relay} slows to ${fault.bytesPerMs} bytes/ms and ${fault.latencyMs} ms for ${fault.forMs} ms`)
         break
       case "RefuseDials":
         lines.push(`at ${fault.atMs} ms relay-${fault.relay} refuses the next ${fault.count} dials`)

@@ -46,6 +46,16 @@ export type Fault =
   | { readonly _tag: "Partition"; readonly atMs: number; readonly peer: PeerRef; readonly relay: number; readonly forMs: number }
   /** Every connection between a peer and a relay is reset. */
   | { readonly _tag: "Reset"; readonly atMs: number; readonly peer: PeerRef; readonly relay: number }
+  /** The link between a peer and a relay slows to `bytesPerMs` with `latencyMs` for `forMs`. */
+  | {
+    readonly _tag: "SlowLink"
+    readonly atMs: number
+    readonly peer: PeerRef
+    readonly relay: number
+    readonly bytesPerMs: number
+    readonly latencyMs: number
+    readonly forMs: number
+  }
   /** The relay refuses the next `count` dials. */
   | { readonly _tag: "RefuseDials"; readonly atMs: number; readonly relay: number; readonly count: number }
 
@@ -195,7 +205,8 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
     if (options.verbose === true) console.log(line)
   }
   const note = (text: string) => logLine(`${rt.now.toFixed(0).padStart(8)} ms SIM ${text}`)
-  const net: MemoryNetwork = makeMemoryNetwork({ clock: rt.networkClock, defaultLink: { latencyMs: scenario.latencyMs, bytesPerMs: 10_000 } })
+  const defaultLink = { latencyMs: scenario.latencyMs, bytesPerMs: 10_000 }
+  const net: MemoryNetwork = makeMemoryNetwork({ clock: rt.networkClock, defaultLink })
   const crypto = seededCrypto(seed)
   const identity = () => {
     const secret = crypto.randomBytes(32)
@@ -403,6 +414,23 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
           run: () => {
             const count = net.resetBetween(peerHost(fault.peer), relayHost(fault.relay))
             note(`FAULT reset ${count} ends between ${peerHost(fault.peer)} and relay-${fault.relay}`)
+          }
+        })
+        break
+      case "SlowLink":
+        lastFaultEnd = Math.max(lastFaultEnd, fault.atMs + fault.forMs)
+        events.push({
+          atMs: fault.atMs,
+          run: () => {
+            note(`FAULT ${peerHost(fault.peer)} ↔ relay-${fault.relay} slows to ${fault.bytesPerMs} bytes/ms, ${fault.latencyMs} ms for ${fault.forMs} ms`)
+            net.setLink(peerHost(fault.peer), relayHost(fault.relay), { latencyMs: fault.latencyMs, bytesPerMs: fault.bytesPerMs })
+          }
+        })
+        events.push({
+          atMs: fault.atMs + fault.forMs,
+          run: () => {
+            note(`FAULT ${peerHost(fault.peer)} ↔ relay-${fault.relay} back to normal`)
+            net.setLink(peerHost(fault.peer), relayHost(fault.relay), defaultLink)
           }
         })
         break
