@@ -232,10 +232,16 @@ describe("churn soak against a relay process", () => {
         await streamer.request({ type: "stream", relay: endpoint, listenerKeyHex: bytesToHex(echoing.identity.publicKey), tickMs: TICK_MS })
         await Promise.all([holder.stop("SIGKILL"), streamer.stop("SIGKILL")])
         return opened
-      })()
+      })().then(
+        (opened) => ({ opened }),
+        // Settled here, reported after the churn (no unhandled rejection), with the relay's side of it.
+        async (error: unknown) => ({ failed: `${error instanceof Error ? error.message : String(error)}; ${await closeReasons()}` })
+      )
 
       const failures = await churn(WARM_UP, CHURN_TUNNELS)
-      const opened = await killedRun
+      const killed = await killedRun
+      if ("failed" in killed) throw new Error(`the killed clients' tunnels: ${killed.failed}`)
+      const opened = killed.opened
       expect(failures, failures.length === 0 ? undefined : await closeReasons()).toEqual([])
       expect([opened.done, opened.failed, opened.firstFailure]).toEqual([KILLED_TUNNELS, 0, undefined])
 
