@@ -4,9 +4,10 @@ import { defineConfig } from "vitest/config"
  * Two projects. "fast" is `npm test`: unit, property and model tests, the
  * whole-system simulation on virtual time, and real-socket tests that
  * finish in seconds. "heavy" is `npm run test:heavy`: load, soak and
- * process-level fault tests, the bench, and the CLI run as child processes;
- * they need real time and real processes, and a busy machine slows them.
- * CI runs both (.ci/run).
+ * process-level fault tests, the bench, real-socket tests of throughput and
+ * timing, and whatever runs child processes (the CLI, the capnp reference
+ * compiler, other runtimes); they need real time and real processes, and a
+ * busy machine slows them. CI runs both (.ci/run).
  */
 const HEAVY = [
   "test/load-*.test.ts",
@@ -17,6 +18,7 @@ const HEAVY = [
   "test/client-duplicate-listeners.test.ts",
   "test/fuzz-relay.test.ts",
   "test/crypto-choice.test.ts",
+  "test/capnp-golden.test.ts",
   "test/cli.test.ts",
   "test/cli-*.test.ts"
 ]
