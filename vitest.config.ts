@@ -15,7 +15,6 @@ const HEAVY = [
   "test/resource-safety.test.ts",
   "test/relay-backpressure.test.ts",
   "test/client-slow-fast.test.ts",
-  "test/client-duplicate-listeners.test.ts",
   "test/fuzz-relay.test.ts",
   "test/crypto-choice.test.ts",
   "test/capnp-golden.test.ts",
