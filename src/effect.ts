@@ -45,3 +45,13 @@ export {
   ServerStartError
 } from "./adapters/relay-server.ts"
 export { Metrics } from "./adapters/metrics.ts"
+export { type ByteStream, type StreamHandlers, type Transport, type TransportAddress, TransportError } from "./adapters/transport.ts"
+export {
+  type LinkProfile,
+  makeMemoryNetwork,
+  type MemoryNetwork,
+  type MemoryNetworkOptions,
+  type MemoryNetworkStats,
+  type NetworkClock,
+  realTimeNetworkClock
+} from "./adapters/transport-memory.ts"

@@ -10,3 +10,13 @@ export * from "./adapters/client/index.ts"
 export { type Relay, startRelay, type StartRelayOptions } from "./adapters/start-relay.ts"
 export { defaultRelayServerOptions, type RelayServerOptions, type RelayServerStats, ServerStartError } from "./adapters/relay-server.ts"
 export { CryptoUnavailableError } from "./adapters/crypto.ts"
+export { type ByteStream, type StreamHandlers, type Transport, type TransportAddress, TransportError } from "./adapters/transport.ts"
+export {
+  type LinkProfile,
+  makeMemoryNetwork,
+  type MemoryNetwork,
+  type MemoryNetworkOptions,
+  type MemoryNetworkStats,
+  type NetworkClock,
+  realTimeNetworkClock
+} from "./adapters/transport-memory.ts"

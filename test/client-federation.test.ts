@@ -4,18 +4,15 @@
  * each relay's listen channel reconnects on its own schedule, within the
  * backoff bound once its relay is back.
  */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import { afterEach, describe, expect, it } from "vitest"
-import { connect, ConnectError, listen, type PeerDuplex, type RelayStatus } from "../src/adapters/client/index.ts"
-import {
-  newIdentity,
-  randomData,
-  readAll,
-  sha256,
-  startRelay,
-  TICK_MS,
-  waitFor,
-  writeAllAndEnd
-} from "./support/client-harness.ts"
+import { connectToPeer } from "../src/adapters/client/connector.ts"
+import { connect, ConnectError } from "../src/adapters/client/index.ts"
+import { type Listener, makeListener } from "../src/adapters/client/listener.ts"
+import { formatRelayAddress } from "../src/core/relay-address.ts"
+import { newIdentity, startRelay, TICK_MS } from "./support/client-harness.ts"
+import { echo, exchange, makeSimWorld, type SimRelay } from "./sim/world.ts"
 
 const cleanups: Array<() => Promise<void>> = []
 afterEach(async () => {
@@ -25,70 +22,82 @@ afterEach(async () => {
 const backoff = { initialMs: 50, maxMs: 400, multiplier: 2, jitter: 0.5, resetAfterMs: 5000 }
 
 describe("federation", () => {
-  it("stays reachable through the relays that are up and comes back on a relay that returns", async () => {
-    const relays = [await startRelay(), await startRelay(), await startRelay()]
-    for (const relay of relays) cleanups.push(relay.stop)
-    const [a, b, c] = relays as [typeof relays[0], typeof relays[0], typeof relays[0]]
-    await c.stop() // down before the listener starts
-    const server = newIdentity()
-    const client = newIdentity()
-    const listener = listen({
-      identity: server,
-      relays: relays.map((r) => r.address),
-      allow: [client.publicKey],
-      tickMs: TICK_MS,
-      backoff
-    })
-    cleanups.push(() => listener.close())
+  // On the in-memory network and virtual time (test/sim/world.ts): relays
+  // are killed and restarted, and every wait is a jump to the next event.
+  it("stays reachable through the relays that are up and comes back on a relay that returns", () => {
+    const world = makeSimWorld(11)
+    const [a, b, c] = [world.relay("relay-a"), world.relay("relay-b"), world.relay("relay-c")]
+    c.stop() // down before the listener starts
+    const server = world.identity()
+    const client = world.identity()
     const log: Array<string> = []
-    const started = Date.now()
-    listener.on("status", (s: RelayStatus) => {
-      const which = s.relay === a.address ? "A" : s.relay === b.address ? "B" : "C"
-      log.push(
-        `+${String(Date.now() - started).padStart(5)} ms relay ${which} ${s.state}` +
-          (s.state === "backing-off" ? ` (retry in ${s.retryInMs} ms, failures ${s.failures}): ${s.lastError}` : "")
+    const name = (relay: string) => (relay === formatRelayAddress(a.address) ? "A" : relay === formatRelayAddress(b.address) ? "B" : "C")
+    let listener: Listener | undefined
+    world.spawn(
+      Effect.gen(function*() {
+        listener = yield* makeListener(world.settings("listener", server), {
+          relays: [a.address, b.address, c.address],
+          allow: [client.publicKey],
+          backoff,
+          onEvent: (event) => {
+            if (event._tag !== "StatusChanged") return
+            const s = event.status
+            log.push(
+              `${String(world.rt.now).padStart(6)} ms relay ${name(s.relay)} ${s.state}` +
+                (s.state === "backing-off" ? ` (retry in ${s.retryInMs} ms, failures ${s.failures}): ${s.lastError}` : "")
+            )
+          }
+        })
+        while (true) {
+          const stream = yield* listener.accept
+          yield* Effect.forkScoped(Effect.ignore(echo(stream)))
+        }
+      })
+    )
+    const stateOf = (relay: SimRelay) => listener?.status().find((s) => s.relay === formatRelayAddress(relay.address))
+    const roundTrip = (through: ReadonlyArray<SimRelay>) => {
+      const data = world.crypto.randomBytes(100_000)
+      const exit = world.await(
+        Effect.gen(function*() {
+          const stream = yield* connectToPeer(world.settings("client", client), server.publicKey, through.map((r) => r.address))
+          const echoed = yield* exchange(stream, data)
+          return { echoed, relay: stream.relay }
+        }),
+        30_000
       )
-    })
-    listener.on("connection", (socket: PeerDuplex) => socket.pipe(socket))
-    const stateOf = (relay: { address: string }) => listener.status().find((s) => s.relay === relay.address)?.state
-
-    const echo = async (through: ReadonlyArray<string>) => {
-      const socket = await connect({ identity: client, relays: through, to: server.publicKey, tickMs: TICK_MS })
-      const data = randomData(100_000)
-      const [, echoed] = await Promise.all([writeAllAndEnd(socket, data), readAll(socket)])
-      expect(sha256(echoed)).toBe(sha256(data))
-      return socket.relay
+      if (!Exit.isSuccess(exit)) throw new Error(`connect failed: ${String(exit.cause)}`)
+      expect(exit.value.echoed).toEqual(data)
+      return exit.value.relay
     }
 
-    await waitFor(() => stateOf(a) === "listening" && stateOf(b) === "listening", 5000, "A and B listening")
-    await waitFor(() => stateOf(c) === "backing-off", 5000, "C backing off")
-    expect(listener.status().find((s) => s.relay === c.address)?.lastError).toContain("ECONNREFUSED")
+    world.runUntil(() => stateOf(a)?.state === "listening" && stateOf(b)?.state === "listening", 5000, "A and B listening")
+    world.runUntil(() => stateOf(c)?.state === "backing-off", 5000, "C backing off")
+    expect(stateOf(c)?.lastError).toContain("connection refused")
 
-    // The dead relay first in the list costs the connector nothing but a refused TCP connect.
-    expect(await echo([c.address, a.address, b.address])).toBe(a.address)
+    // The dead relay first in the list costs the connector nothing but a refused connect.
+    expect(roundTrip([c, a, b])).toBe(formatRelayAddress(a.address))
 
     // A dies during the test: its listen channel backs off, B keeps serving.
-    await a.stop()
-    await waitFor(() => stateOf(a) === "backing-off", 5000, "A backing off")
-    expect(log.find((line) => line.includes("relay A backing-off"))).toContain("the relay closed the listen channel")
-    expect(stateOf(b)).toBe("listening")
-    expect(await echo([a.address, b.address])).toBe(b.address)
+    a.stop()
+    world.runUntil(() => stateOf(a)?.state === "backing-off", 5000, "A backing off")
+    expect(log.find((line) => line.includes("relay A backing-off"))).toContain("connection reset")
+    expect(stateOf(b)?.state).toBe("listening")
+    expect(roundTrip([a, b])).toBe(formatRelayAddress(b.address))
 
     // C comes back: the listener is listening there within its backoff bound (plus the handshake).
-    await c.restart()
-    const back = Date.now()
-    await waitFor(() => stateOf(c) === "listening", backoff.maxMs + 1500, "C listening again")
-    const tookMs = Date.now() - back
-    expect(tookMs).toBeLessThanOrEqual(backoff.maxMs + 1500)
-    expect(await echo([c.address])).toBe(c.address)
+    c.restart()
+    const back = world.rt.now
+    world.runUntil(() => stateOf(c)?.state === "listening", backoff.maxMs + 1500, "C listening again")
+    expect(world.rt.now - back).toBeLessThanOrEqual(backoff.maxMs + 100)
+    expect(roundTrip([c])).toBe(formatRelayAddress(c.address))
 
     // A is still down and still bounded: every wait it reports is within maxMs.
-    await new Promise((resolve) => setTimeout(resolve, 1500))
+    world.rt.runFor(1500)
     const waits = log.filter((line) => line.includes("relay A backing-off")).map((line) => Number(/retry in (\d+)/.exec(line)![1]))
     expect(waits.length).toBeGreaterThanOrEqual(3)
     for (const wait of waits) expect(wait).toBeLessThanOrEqual(backoff.maxMs)
-    await a.restart()
-    await waitFor(() => stateOf(a) === "listening", backoff.maxMs + 1500, "A listening again")
+    a.restart()
+    world.runUntil(() => stateOf(a)?.state === "listening", backoff.maxMs + 1500, "A listening again")
   })
 
   it("fails with every relay named when none can reach the peer", async () => {

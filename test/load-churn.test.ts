@@ -208,8 +208,17 @@ describe("churn soak against a relay process", () => {
       return relay.openFds()
     }
 
+    // The relay's closes by reason, for failure messages: a client's "the peer
+    // closed the connection" says nothing of why the relay closed it.
+    const closeReasons = async () => {
+      const s = await relay.scrape()
+      const lines = [...s.samples].filter(([name, value]) => name.startsWith("offset_relay_closes_total") && value > 0)
+      return `the relay's closes so far: ${lines.map(([name, value]) => `${/reason="([^"]*)"/.exec(name)?.[1] ?? name} ${value}`).join(", ")}`
+    }
+
     try {
-      expect(await churn(0, WARM_UP)).toEqual([])
+      const warmUp = await churn(0, WARM_UP)
+      expect(warmUp, warmUp.length === 0 ? undefined : await closeReasons()).toEqual([])
       await settle("after the warm-up")
       const startHeap = (await relay.memory(true)).heapUsed
       const startFds = relay.openFds()
@@ -223,11 +232,17 @@ describe("churn soak against a relay process", () => {
         await streamer.request({ type: "stream", relay: endpoint, listenerKeyHex: bytesToHex(echoing.identity.publicKey), tickMs: TICK_MS })
         await Promise.all([holder.stop("SIGKILL"), streamer.stop("SIGKILL")])
         return opened
-      })()
+      })().then(
+        (opened) => ({ opened }),
+        // Settled here, reported after the churn (no unhandled rejection), with the relay's side of it.
+        async (error: unknown) => ({ failed: `${error instanceof Error ? error.message : String(error)}; ${await closeReasons()}` })
+      )
 
       const failures = await churn(WARM_UP, CHURN_TUNNELS)
-      const opened = await killedRun
-      expect(failures).toEqual([])
+      const killed = await killedRun
+      if ("failed" in killed) throw new Error(`the killed clients' tunnels: ${killed.failed}`)
+      const opened = killed.opened
+      expect(failures, failures.length === 0 ? undefined : await closeReasons()).toEqual([])
       expect([opened.done, opened.failed, opened.firstFailure]).toEqual([KILLED_TUNNELS, 0, undefined])
 
       const rest = await settle("after the churn")

@@ -238,7 +238,9 @@ export const makeRelayServer = (
       "limit"
     )
     for (const limit of RELAY_LIMITS) overLimit.inc(0, limit)
-    const refusalLog = makeRefusalLog()
+    // Effect's Clock, not Date.now: the simulation runs the relay on virtual time.
+    const currentTimeMillis = () => Effect.runSyncWith(context)(Clock.currentTimeMillis)
+    const refusalLog = makeRefusalLog(currentTimeMillis)
     const handshakeFailures = metrics.counter(
       "offset_relay_handshake_failures_total",
       "Version or secure-channel handshakes that failed, by reason.",
@@ -249,7 +251,7 @@ export const makeRelayServer = (
       "offset_relay_listener_replacements_total",
       "Listen channels replaced by a newer one for the same key."
     )
-    const contested = makeContestedListeners()
+    const contested = makeContestedListeners(currentTimeMillis)
     metrics.gauge("offset_relay_listeners", "Listen channels.", () => core.stats().listeners)
     metrics.gauge("offset_relay_pending_half_tunnels", "Connect channels waiting for accept.", () => core.stats().pendingHalfTunnels)
     metrics.gauge("offset_relay_tunnels", "Relayed tunnels.", () => core.stats().tunnels)
@@ -401,7 +403,7 @@ export const makeRelayServer = (
         dispatch({ _tag: "Closed", id: hop.id })
         if (hop.clientKey !== undefined && hop.bucket !== undefined) releaseThrottle(hop.clientKey)
       },
-      now: () => Effect.runSyncWith(context)(Clock.currentTimeMillis),
+      now: currentTimeMillis,
       after: (ms, wake) => {
         const timer = forkTimer(Effect.andThen(Effect.sleep(ms), Effect.sync(wake)))
         return () => forkTimer(Fiber.interrupt(timer))
@@ -552,10 +554,10 @@ export const LIMIT_ADVICE: Readonly<Record<RelayLimit, string>> = {
 // count when it reaches 3 (two processes taking turns), at most once a
 // minute per key, so the log names a contested key without flooding.
 const CONTESTED_WINDOW_MS = 60_000
-const makeContestedListeners = () => {
+const makeContestedListeners = (currentTimeMillis: () => number) => {
   const byKey = new Map<string, { since: number; count: number; warned: boolean }>()
   return (key: string): number | undefined => {
-    const now = Date.now()
+    const now = currentTimeMillis()
     for (const [k, entry] of byKey) if (now - entry.since > CONTESTED_WINDOW_MS) byKey.delete(k)
     const entry = byKey.get(key) ?? { since: now, count: 0, warned: false }
     byKey.set(key, entry)
@@ -569,10 +571,10 @@ const makeContestedListeners = () => {
 // One log line per limit per REFUSAL_LOG_INTERVAL_MS at most; the next line
 // says how many were not logged in between, so a flood cannot flood the log.
 const REFUSAL_LOG_INTERVAL_MS = 10_000
-const makeRefusalLog = () => {
+const makeRefusalLog = (currentTimeMillis: () => number) => {
   const last = new Map<string, { at: number; suppressed: number }>()
   return (limit: RelayLimit) => {
-    const now = Date.now()
+    const now = currentTimeMillis()
     const entry = last.get(limit)
     if (entry !== undefined && now - entry.at < REFUSAL_LOG_INTERVAL_MS) {
       entry.suppressed++

@@ -29,6 +29,7 @@ import { bytesToHex, parsePublicKeyHex } from "../../core/keys.ts"
 import { parseRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
 import { type CryptoChoice, cryptoServiceFor, layerFor } from "../crypto.ts"
 import { generateIdentity, type Identity, readIdentityFile } from "../identity.ts"
+import type { Transport } from "../transport.ts"
 import { ConnectError, connectToPeer } from "./connector.ts"
 import { type Listener, type ListenerEvent, makeListener, type RelayStatus } from "./listener.ts"
 import { PeerDuplex } from "./peer-duplex.ts"
@@ -57,6 +58,8 @@ export interface ClientOptions {
    * has ChaCha20-Poly1305 and raw keys, else the portable @noble/* one).
    */
   readonly crypto?: CryptoChoice
+  /** How relays are reached (default TCP; `makeMemoryNetwork` from transport-memory.ts in tests). */
+  readonly transport?: Transport
 }
 
 /** A relay: `<key hex>@<host>:<port>` text, or parsed. */
@@ -226,7 +229,8 @@ const settingsOf = (options: ClientOptions): ClientSettings => {
     identity: options.identity,
     tickMs: options.tickMs,
     handshakeTimeoutMs: options.handshakeTimeoutMs,
-    maxMessageBytes: options.maxMessageBytes
+    maxMessageBytes: options.maxMessageBytes,
+    transport: options.transport
   }
 }
 

@@ -15,6 +15,7 @@ import type { CryptoService } from "../crypto.ts"
 import type { Identity } from "../identity.ts"
 import { ChannelError, establishChannel, tunnelFrameLink, type ChannelOptions, type MessageChannel } from "../message-channel.ts"
 import { openRelayConnection, type RelayConnectionOptions } from "../relay-connection.ts"
+import type { Transport } from "../transport.ts"
 import { makePeerStream, type PeerStream } from "./tunnel-stream.ts"
 
 /** What every client connection needs: who we are, and timing. */
@@ -31,6 +32,8 @@ export interface ClientSettings {
   readonly hop?: Pick<ChannelOptions, "inboxBytes" | "machine"> | undefined
   /** Channel settings of end-to-end channels. */
   readonly endToEnd?: Pick<ChannelOptions, "inboxBytes" | "machine"> | undefined
+  /** How relays are reached (default TCP; the in-memory network in tests and simulations). */
+  readonly transport?: Transport | undefined
 }
 
 /** Default bound on a relay handshake and on a listener's end-to-end handshake. */
@@ -51,7 +54,8 @@ export const hopOptions = (settings: ClientSettings): HopOptions => ({
   identity: settings.identity,
   handshakeTimeoutMs: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
   tickMs: settings.tickMs ?? DEFAULT_TICK_MS,
-  ...(settings.hop === undefined ? {} : { channel: settings.hop })
+  ...(settings.hop === undefined ? {} : { channel: settings.hop }),
+  ...(settings.transport === undefined ? {} : { transport: settings.transport })
 })
 
 /** A tunnel that did not open, and in which phase (for src/core/connect-outcome.ts). */
