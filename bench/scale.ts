@@ -18,10 +18,20 @@ import { row, type BenchRow } from "./report.ts"
 /** Tunnels one worker process holds (3 sockets each, well inside a 20k fd limit). */
 const WORKER_TUNNELS = 2000
 
-/** Flags the scale relay runs with: every connection comes from 127.0.0.1, so the per-IP caps must not apply. */
+/**
+ * Flags the scale relay runs with: every connection comes from 127.0.0.1, so
+ * the per-IP caps must not apply; and the workers open tunnels 32 at a time
+ * each, several handshakes per tunnel, so on a busy machine more than the
+ * default 256 handshakes (1024 unidentified connections) can be in flight:
+ * the relay would evict some, which is right for a flood and wrong here.
+ */
 export const SCALE_RELAY_ARGS = [
   "--max-connections",
   "1000000",
+  "--max-handshakes",
+  "100000",
+  "--max-unidentified",
+  "100000",
   ...ONE_HOST_AS_MANY_ARGS
 ]
 
