@@ -7,6 +7,7 @@
  */
 import * as Net from "node:net"
 import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
 import { type ByteStream, type Transport, type TransportAddress, TransportError } from "./transport.ts"
 
 /** A ByteStream over a connected Node socket. */
@@ -61,32 +62,45 @@ const dialError = (address: TransportAddress, cause: NodeJS.ErrnoException): Tra
     code: cause.code
   })
 
+/**
+ * Listens with a Node server (net, http or https) on `address` until the
+ * scope closes; succeeds with the address bound. Closing stops accepting:
+ * connections already accepted belong to their drivers. `what` names what
+ * is listened for in the error ("cannot listen for <what> on host:port").
+ */
+export const listenServer = (
+  server: Net.Server,
+  address: TransportAddress,
+  what?: string
+): Effect.Effect<TransportAddress, TransportError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.callback<TransportAddress, TransportError>((resume) => {
+      server.once("error", (cause: NodeJS.ErrnoException) =>
+        resume(Effect.fail(
+          new TransportError({
+            reason: cause.code === "EADDRINUSE" ? "AddressInUse" : "ListenFailed",
+            message: `cannot listen${what === undefined ? "" : ` for ${what}`} on ${address.host}:${address.port}: ${cause.message}`,
+            code: cause.code
+          })
+        )))
+      server.listen(address.port, address.host, () => {
+        const bound = server.address()
+        const port = typeof bound === "object" && bound !== null ? bound.port : address.port
+        resume(Effect.succeed({ host: address.host, port }))
+      })
+      return Effect.sync(() => server.close())
+    }),
+    () => Effect.sync(() => server.close())
+  )
+
 /** TCP over Node's `net`. */
 export const tcpTransport: Transport = {
   name: "tcp",
-  listen: (address, onStream) =>
-    Effect.acquireRelease(
-      Effect.callback<{ server: Net.Server; bound: TransportAddress }, TransportError>((resume) => {
-        const server = Net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false })
-        server.on("connection", (socket) => onStream(tcpByteStream(socket)))
-        server.once("error", (cause: NodeJS.ErrnoException) =>
-          resume(Effect.fail(
-            new TransportError({
-              reason: cause.code === "EADDRINUSE" ? "AddressInUse" : "ListenFailed",
-              message: `cannot listen on ${address.host}:${address.port}: ${cause.message}`,
-              code: cause.code
-            })
-          )))
-        server.listen(address.port, address.host, () => {
-          const bound = server.address()
-          const port = typeof bound === "object" && bound !== null ? bound.port : address.port
-          resume(Effect.succeed({ server, bound: { host: address.host, port } }))
-        })
-        return Effect.sync(() => server.close())
-      }),
-      // Stops accepting; connections already accepted belong to their drivers.
-      ({ server }) => Effect.sync(() => server.close())
-    ).pipe(Effect.map(({ bound }) => bound)),
+  listen: (address, onStream) => {
+    const server = Net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false })
+    server.on("connection", (socket) => onStream(tcpByteStream(socket)))
+    return listenServer(server, address)
+  },
   dial: (address) =>
     Effect.acquireRelease(
       Effect.callback<ByteStream, TransportError>((resume) => {

@@ -26,11 +26,13 @@ import * as Https from "node:https"
 import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
 import { type RawData, WebSocket as NodeWebSocket, WebSocketServer } from "ws"
 import type { RelayScheme } from "../core/relay-address.ts"
 import type { ByteStream, Transport, TransportAddress } from "./transport.ts"
 import { TransportError } from "./transport.ts"
 import { dialWebSocket, makeMessageByteStream, WS_MAX_MESSAGE_BYTES } from "./transport-ws-dial.ts"
+import { listenServer } from "./transport-tcp.ts"
 
 /** How the relay's WebSocket port behaves. */
 export interface WebSocketListenOptions {
@@ -74,51 +76,34 @@ const listenWebSocket = (
   address: TransportAddress,
   options: WebSocketListenOptions,
   onStream: (stream: ByteStream) => void
-) =>
-  Effect.acquireRelease(
-    Effect.callback<{ server: Http.Server | Https.Server; bound: TransportAddress }, TransportError>((resume) => {
-      const sockets = new WebSocketServer({
-        noServer: true,
-        maxPayload: options.maxMessageBytes ?? WS_MAX_MESSAGE_BYTES,
-        perMessageDeflate: false,
-        clientTracking: false
+): Effect.Effect<TransportAddress, TransportError, Scope.Scope> =>
+  Effect.suspend(() => {
+    const sockets = new WebSocketServer({
+      noServer: true,
+      maxPayload: options.maxMessageBytes ?? WS_MAX_MESSAGE_BYTES,
+      perMessageDeflate: false,
+      clientTracking: false
+    })
+    const server: Http.Server | Https.Server = options.tls === undefined
+      ? Http.createServer()
+      : Https.createServer({ cert: options.tls.cert, key: options.tls.key })
+    server.headersTimeout = REQUEST_TIMEOUT_MS
+    server.requestTimeout = REQUEST_TIMEOUT_MS
+    server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+      if (options.onHttpRequest !== undefined) return options.onHttpRequest(request, response)
+      response.writeHead(426, { "content-type": "text/plain; charset=utf-8", upgrade: "websocket" })
+      response.end("This is an offset-relay WebSocket port: connect with a WebSocket client (a <key>@ws://host:port relay address).\n")
+    })
+    server.on("upgrade", (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      const refusal = refusalOf(request, options.allowedOrigins)
+      if (refusal !== undefined) return refuseUpgrade(socket, refusal.status, refusal.text)
+      const ip = clientAddress(request, options.trustForwardedFor === true)
+      sockets.handleUpgrade(request, socket, head, (webSocket) => {
+        onStream(relayStream(webSocket, socket as Net.Socket, ip))
       })
-      const server: Http.Server | Https.Server = options.tls === undefined
-        ? Http.createServer()
-        : Https.createServer({ cert: options.tls.cert, key: options.tls.key })
-      server.headersTimeout = REQUEST_TIMEOUT_MS
-      server.requestTimeout = REQUEST_TIMEOUT_MS
-      server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-        if (options.onHttpRequest !== undefined) return options.onHttpRequest(request, response)
-        response.writeHead(426, { "content-type": "text/plain; charset=utf-8", upgrade: "websocket" })
-        response.end("This is an offset-relay WebSocket port: connect with a WebSocket client (a <key>@ws://host:port relay address).\n")
-      })
-      server.on("upgrade", (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-        const refusal = refusalOf(request, options.allowedOrigins)
-        if (refusal !== undefined) return refuseUpgrade(socket, refusal.status, refusal.text)
-        const ip = clientAddress(request, options.trustForwardedFor === true)
-        sockets.handleUpgrade(request, socket, head, (webSocket) => {
-          onStream(relayStream(webSocket, socket as Net.Socket, ip))
-        })
-      })
-      server.once("error", (cause: NodeJS.ErrnoException) =>
-        resume(Effect.fail(
-          new TransportError({
-            reason: cause.code === "EADDRINUSE" ? "AddressInUse" : "ListenFailed",
-            message: `cannot listen for WebSocket connections on ${address.host}:${address.port}: ${cause.message}`,
-            code: cause.code
-          })
-        )))
-      server.listen(address.port, address.host, () => {
-        const bound = server.address()
-        const port = typeof bound === "object" && bound !== null ? bound.port : address.port
-        resume(Effect.succeed({ server, bound: { host: address.host, port } }))
-      })
-      return Effect.sync(() => server.close())
-    }),
-    // Stops accepting; connections already upgraded belong to their drivers.
-    ({ server }) => Effect.sync(() => server.close())
-  ).pipe(Effect.map(({ bound }) => bound))
+    })
+    return listenServer(server, address, "WebSocket connections")
+  })
 
 // Why an upgrade is refused before it is one, or undefined.
 const refusalOf = (
