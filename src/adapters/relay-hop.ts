@@ -22,9 +22,10 @@
  * because of us, the keepalive does not judge the client's silence.
  *
  * Closing is the core's: an end the hop sees goes to the core as `Ended`,
- * and the core's `Close` says how (`close`): "abort" destroys the stream,
- * "graceful" ends it after what was written and drops what still arrives
- * until the client's FIN, up to the linger deadline, checked on ticks.
+ * and the core's `Close` says how (`close`). Both end the stream after what
+ * was already written; "abort" reads nothing more and cuts the stream at
+ * the next tick, "graceful" drops what still arrives until the client's
+ * FIN, up to the linger deadline, checked on ticks.
  */
 import {
   type ConnectionCommand,
@@ -210,12 +211,19 @@ export class Hop {
     // A peer we held back reads again: it is closing too, or its own close follows.
     this.releaseBlocked()
     this.server.closing(this, reason, detail)
+    // Either way what was already written still goes out: a client refused
+    // in its handshake needs our ExchangeRandNonce to say which key we hold,
+    // and a runtime whose socket writes are asynchronous (Deno) would drop
+    // it on a destroy right after. An aborted client is not read any more
+    // and is cut at the next tick; a graceful one is read (and dropped)
+    // until its FIN, up to the linger.
+    this.stream.end()
     if (mode === "abort") {
-      this.stream.destroy()
+      this.stream.pause()
+      this.lingerUntil = this.server.now()
       return
     }
     this.lingerUntil = this.server.now() + this.server.closeLingerMs
-    this.stream.end()
     this.stream.resume()
   }
 

@@ -104,7 +104,8 @@
  * "over-limit", "rekey-rate"), and whatever depended on the connection
  * closes as if the core had closed it.
  * How a connection is closed (`Close.mode`):
- * - "abort" (destroy at once) when the client never finished its handshake,
+ * - "abort" (read nothing more, cut within a tick: only what was already
+ *   written still goes out) when the client never finished its handshake,
  *   or the reason says it is hostile or dead: timeouts of the handshake or
  *   init, protocol violations, adapter misuse, failed handshakes, bad frames
  *   or versions, keepalive timeouts, lost connections, internal errors, and
