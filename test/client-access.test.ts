@@ -2,47 +2,48 @@
  * The access policy, through the Effect API: a denied key gets
  * RejectConnection (the relay closes the connect channel "rejected") and the
  * connector's error says rejected; an allowed key gets through; a policy
- * function is asked with the peer's key.
+ * function is asked with the peer's key. On the in-memory network and
+ * virtual time (test/sim/world.ts): nothing here is about sockets.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "vitest"
 import * as Effect from "effect/Effect"
-import * as Logger from "effect/Logger"
+import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import { ConnectError, makeRelayClient, type ListenerEvent } from "../src/adapters/client/effect.ts"
-// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
-import { autoCryptoService, layerAuto as layerNode } from "../src/adapters/crypto.ts"
-const nodeCryptoService = autoCryptoService()
-import { makeRelayServer, testRelayOptions } from "../src/adapters/relay-server.ts"
 import { bytesToHex } from "../src/core/keys.ts"
-import type { RelayAddress } from "../src/core/relay-address.ts"
-import { newIdentity, TICK_MS } from "./support/client-harness.ts"
+import { TICK_MS } from "./support/client-harness.ts"
+import { makeSimWorld, type SimWorld } from "./sim/world.ts"
 
-const relay = Effect.gen(function*() {
-  const identity = newIdentity()
-  const server = yield* makeRelayServer(testRelayOptions(identity, TICK_MS))
-  const address: RelayAddress = { publicKey: identity.publicKey, host: "127.0.0.1", port: server.port }
-  return { server, address }
-})
+// A client on its own host of the world, with a fresh identity.
+let hosts = 0
+const client = (world: SimWorld) => makeRelayClient(world.settings(`client-${hosts++}`, world.identity(), TICK_MS))
 
-const client = (identity = newIdentity()) =>
-  makeRelayClient({ crypto: nodeCryptoService, identity, tickMs: TICK_MS })
-
+// Waits (on virtual time) for the listener to listen on its one relay.
 const untilListening = (status: () => ReadonlyArray<{ readonly state: string }>) =>
   Effect.gen(function*() {
     for (let i = 0; i < 250 && !status().every((s) => s.state === "listening"); i++) yield* Effect.sleep(20)
     expect(status().map((s) => s.state)).toEqual(["listening"])
   })
 
+// Runs a test's story to its end on the world's virtual time.
+const play = (world: SimWorld, story: Effect.Effect<void, unknown, Scope.Scope>) => {
+  const exit = world.await(story, 60_000)
+  if (!Exit.isSuccess(exit)) throw new Error(`the story failed: ${String(exit.cause)}\n${world.log.slice(-30).join("\n")}`)
+}
+
 const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes)
 
 describe("access policy", () => {
-  it.live("an allow-list: the allowed key talks, the denied key is rejected and told so", () =>
-    Effect.gen(function*() {
-      const { server, address } = yield* relay
-      const friend = client()
-      const stranger = client()
+  it("an allow-list: the allowed key talks, the denied key is rejected and told so", () => {
+    const world = makeSimWorld(41)
+    const relay = world.relay("relay")
+    const address = relay.address
+    play(world, Effect.gen(function*() {
+      const friend = client(world)
+      const stranger = client(world)
       const events: Array<ListenerEvent> = []
-      const listener = yield* client().listen({
+      const listener = yield* client(world).listen({
         relays: [address],
         allow: [friend.publicKey],
         onEvent: (event) => events.push(event)
@@ -76,17 +77,19 @@ describe("access policy", () => {
         bytesToHex(stranger.publicKey)
       ])
       // The relay closed the connect channel because of the listener's RejectConnection (not a timeout).
-      expect(server.metrics.render()).toMatch(/offset_relay_closes_total\{reason="rejected"\} 1\b/)
-    }).pipe(Effect.provide(layerNode), Effect.provide(Logger.layer([]))))
+      expect(relay.server()!.metrics.render()).toMatch(/offset_relay_closes_total\{reason="rejected"\} 1\b/)
+    }))
+  })
 
-  it.live("a policy function decides per key, and an Effect that fails denies", () =>
-    Effect.gen(function*() {
-      const { address } = yield* relay
-      const good = client()
-      const bad = client()
-      const flaky = client()
+  it("a policy function decides per key, and an Effect that fails denies", () => {
+    const world = makeSimWorld(43)
+    const address = world.relay("relay").address
+    play(world, Effect.gen(function*() {
+      const good = client(world)
+      const bad = client(world)
+      const flaky = client(world)
       const asked: Array<string> = []
-      const listener = yield* client().listen({
+      const listener = yield* client(world).listen({
         relays: [address],
         allow: (peer) => {
           asked.push(bytesToHex(peer))
@@ -101,5 +104,6 @@ describe("access policy", () => {
       const flakyError = yield* Effect.flip(flaky.connect(listener.publicKey, [address], { timeoutMs: 5000 }))
       expect(flakyError.reason).toBe("Rejected")
       expect(asked).toEqual([good.publicKey, bad.publicKey, flaky.publicKey].map(bytesToHex))
-    }).pipe(Effect.provide(layerNode), Effect.provide(Logger.layer([]))))
+    }))
+  })
 })

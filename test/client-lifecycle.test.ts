@@ -1,23 +1,30 @@
 /**
  * Lifetimes and the connector's relay strategy: closing a listener, a
  * socket or a scope closes everything it opened (checked on the relay);
- * the Effect layers; a relay that accepts TCP but never answers costs the
- * connector only the stagger delay, and an overall deadline is kept.
+ * the Effect layers; a relay that accepts connections but never answers
+ * costs the connector only the stagger delay, and an overall deadline is kept.
+ * The Node API tests run on real sockets and the wall clock (the Node
+ * wrapper lives on promises and Node streams, which virtual time cannot
+ * drive); the Effect API tests run on the in-memory network and virtual time.
  */
-import * as Net from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
+import * as Cause from "effect/Cause"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
+import { connectToPeer } from "../src/adapters/client/connector.ts"
 import { connect, ConnectError, listen, type PeerDuplex } from "../src/adapters/client/index.ts"
+import { type Listener, makeListener } from "../src/adapters/client/listener.ts"
 import { makeRelayClient, RelayClient, RelayListener } from "../src/adapters/client/effect.ts"
-// auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
-import { autoCryptoService, layerAuto as layerNode } from "../src/adapters/crypto.ts"
-const nodeCryptoService = autoCryptoService()
+import { Crypto } from "../src/adapters/crypto.ts"
+import type { RelayServer } from "../src/adapters/relay-server.ts"
+import { makeMemoryNetwork } from "../src/adapters/transport-memory.ts"
 import { bytesToHex } from "../src/core/keys.ts"
-import { formatRelayAddress, parseRelayAddress } from "../src/core/relay-address.ts"
-import { newIdentity, readAll, startRelay, TICK_MS, type TestRelay, waitFor } from "./support/client-harness.ts"
+import { formatRelayAddress } from "../src/core/relay-address.ts"
+import { newIdentity, startRelay, TICK_MS, type TestRelay, waitFor } from "./support/client-harness.ts"
+import { echo, exchange, makeSimWorld } from "./sim/world.ts"
 
 const cleanups: Array<() => Promise<void>> = []
 afterEach(async () => {
@@ -30,8 +37,10 @@ const relayFor = async (): Promise<TestRelay> => {
   return relay
 }
 
-const idle = (relay: TestRelay) => {
-  const stats = relay.server().stats()
+const idle = (relay: TestRelay) => idleServer(relay.server())
+
+const idleServer = (server: RelayServer) => {
+  const stats = server.stats()
   return stats.core.listeners === 0 && stats.core.tunnels === 0 && stats.core.pendingHalfTunnels === 0 &&
     stats.sockets === 0
 }
@@ -97,97 +106,133 @@ describe("closing", () => {
     await waitFor(() => relay.server().stats().core.pendingHalfTunnels === 0, 5000, "the half tunnel to close")
   })
 
-  it("the Effect layers: a listener for the life of a layer, streams closed with their scope", async () => {
-    const relay = await relayFor()
-    const parsed = parseRelayAddress(relay.address)
-    if (parsed._tag !== "Ok") throw new Error(parsed.error.message)
-    const address = parsed.value
-    const server = newIdentity()
-    const client = makeRelayClient({ crypto: nodeCryptoService, identity: newIdentity(), tickMs: TICK_MS })
-    const layer = RelayListener.layer({ relays: [address], allow: [client.publicKey] }).pipe(
-      Layer.provideMerge(RelayClient.layer({ identity: server, tickMs: TICK_MS })),
-      Layer.provide(layerNode),
-      Layer.provide(Logger.layer([]))
+  // On the in-memory network and virtual time (test/sim/world.ts).
+  it("the Effect layers: a listener for the life of a layer, streams closed with their scope", () => {
+    const world = makeSimWorld(29)
+    const relay = world.relay("relay")
+    const server = world.identity()
+    const client = makeRelayClient(world.settings("client", world.identity(), TICK_MS))
+    const layer = RelayListener.layer({ relays: [relay.address], allow: [client.publicKey] }).pipe(
+      Layer.provideMerge(RelayClient.layer({ identity: server, tickMs: TICK_MS, transport: world.net.host("listener") })),
+      Layer.provide(Layer.succeed(Crypto, world.crypto))
     )
     const program = Effect.gen(function*() {
       const listener = yield* RelayListener
       const self = yield* RelayClient
       expect(bytesToHex(listener.publicKey)).toBe(bytesToHex(self.publicKey))
       while (listener.status()[0]?.state !== "listening") yield* Effect.sleep(20)
-      const stream = yield* client.connect(listener.publicKey, [address])
+      const stream = yield* client.connect(listener.publicKey, [relay.address])
       const accepted = yield* listener.accept
       yield* stream.write(new TextEncoder().encode("ping"))
       expect(Option.map(yield* accepted.read, (b) => new TextDecoder().decode(b))).toEqual(Option.some("ping"))
-      expect(relay.server().stats().core.tunnels).toBe(1)
+      expect(relay.server()!.stats().core.tunnels).toBe(1)
       // The scope ends here with the stream and the listener still open.
     })
-    await Effect.runPromise(program.pipe(Effect.scoped, Effect.provide(layer)))
-    await waitFor(() => idle(relay), 5000, "the relay to hold nothing")
+    const exit = world.await(program.pipe(Effect.provide(layer)), 10_000)
+    if (!Exit.isSuccess(exit)) throw new Error(`the program failed: ${String(exit.cause)}`)
+    // Within a second, well before the relay's keepalive timeout would drop
+    // a channel that was left open (that would hide a leak).
+    world.runUntil(() => idleServer(relay.server()!), 1000, "the relay to hold nothing")
   })
 })
 
 describe("connector relay strategy", () => {
-  // Accepts TCP connections and never says a word.
-  const blackHole = async () => {
-    const sockets = new Set<Net.Socket>()
-    const server = Net.createServer((socket) => {
-      sockets.add(socket)
-      socket.on("close", () => sockets.delete(socket))
-    })
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-    cleanups.push(async () => {
-      for (const socket of sockets) socket.destroy()
-      await new Promise((resolve) => server.close(resolve))
-    })
-    const port = (server.address() as Net.AddressInfo).port
-    return formatRelayAddress({ publicKey: newIdentity().publicKey, host: "127.0.0.1", port })
-  }
-
-  it("a relay that never answers costs only the stagger delay: the next relay is raced", async () => {
-    const hole = await blackHole()
-    const relay = await relayFor()
-    const server = newIdentity()
-    const client = newIdentity()
-    const listener = listen({ identity: server, relays: [relay.address], allow: [client.publicKey], tickMs: TICK_MS })
-    cleanups.push(() => listener.close())
-    listener.on("connection", (socket: PeerDuplex) => socket.pipe(socket))
-    await waitFor(() => listener.status()[0]?.state === "listening", 5000, "listening")
-    const started = Date.now()
-    const socket = await connect({
-      identity: client,
-      relays: [hole, relay.address],
-      to: server.publicKey,
-      tickMs: TICK_MS,
-      staggerMs: 300,
-      timeoutMs: 10_000
-    })
-    const took = Date.now() - started
-    expect(socket.relay).toBe(relay.address)
-    expect(took).toBeGreaterThanOrEqual(250)
-    expect(took).toBeLessThan(5000)
-    socket.end("done")
-    expect((await readAll(socket)).toString()).toBe("done")
+  // On the in-memory network and virtual time (test/sim/world.ts): a hung
+  // relay is a host that accepts and never answers, and the stagger and the
+  // deadline are measured on the virtual clock, exactly, whatever the machine.
+  it("a relay that never answers costs only the stagger delay: the next relay is raced", () => {
+    const world = makeSimWorld(31)
+    const hole = world.blackHole("hole")
+    const relay = world.relay("relay")
+    const server = world.identity()
+    const client = world.identity()
+    let listener: Listener | undefined
+    world.spawn(
+      Effect.gen(function*() {
+        listener = yield* makeListener(world.settings("listener", server, TICK_MS), {
+          relays: [relay.address],
+          allow: [client.publicKey]
+        })
+        while (true) {
+          const stream = yield* listener.accept
+          yield* Effect.forkScoped(Effect.ignore(echo(stream)))
+        }
+      })
+    )
+    world.runUntil(() => listener?.status()[0]?.state === "listening", 5000, "listening")
+    const started = world.rt.now
+    let connectedAt = 0
+    const exit = world.await(
+      Effect.gen(function*() {
+        const stream = yield* connectToPeer(world.settings("client", client, TICK_MS), server.publicKey, [hole, relay.address], {
+          staggerMs: 300,
+          timeoutMs: 10_000
+        })
+        connectedAt = world.rt.now
+        const echoed = yield* exchange(stream, new TextEncoder().encode("done"))
+        return { relay: stream.relay, echoed: new TextDecoder().decode(echoed) }
+      }),
+      20_000
+    )
+    if (!Exit.isSuccess(exit)) throw new Error(`connect failed: ${String(exit.cause)}`)
+    expect(exit.value.relay).toBe(formatRelayAddress(relay.address))
+    // The second relay was started after the stagger delay, not after the 10 s deadline.
+    expect(connectedAt - started).toBeGreaterThanOrEqual(300)
+    expect(connectedAt - started).toBeLessThan(1000)
+    expect(exit.value.echoed).toBe("done")
   })
 
-  it("keeps the overall deadline and says which relays timed out", async () => {
-    const holes = [await blackHole(), await blackHole()]
-    const started = Date.now()
+  it("keeps the overall deadline and says which relays timed out", () => {
+    const world = makeSimWorld(37)
+    const holes = [world.blackHole("hole-a"), world.blackHole("hole-b")]
+    const started = world.rt.now
+    const exit = world.await(
+      connectToPeer(
+        { ...world.settings("client", world.identity(), TICK_MS), handshakeTimeoutMs: 10_000 },
+        world.identity().publicKey,
+        holes,
+        { staggerMs: 200, timeoutMs: 800 }
+      ),
+      20_000
+    )
+    const took = world.rt.now - started
+    if (!Exit.isFailure(exit)) throw new Error("the connect through two hung relays succeeded")
+    const failure = Cause.squash(exit.cause)
+    expect(failure).toBeInstanceOf(ConnectError)
+    const error = failure as ConnectError
+    expect(error.reason).toBe("Timeout")
+    expect(error.attempts.map((a) => a.outcome._tag)).toEqual(["TimedOut", "TimedOut"])
+    expect(error.message).toContain("800 ms")
+    // The deadline, not the 10 s handshake bound, ended it (closing the attempts takes a little virtual time).
+    expect(took).toBeGreaterThanOrEqual(800)
+    expect(took).toBeLessThan(1500)
+  })
+
+  // The Node API only passes the options on; the connector's timing is
+  // checked above. Real time, but no real sockets and nothing timed: the
+  // error itself shows both options arrived.
+  it("the Node API's connect passes staggerMs and timeoutMs on", async () => {
+    const net = makeMemoryNetwork()
+    const scope = Scope.makeUnsafe()
+    cleanups.push(() => Effect.runPromise(Scope.close(scope, Exit.void)))
+    const holes = await Promise.all(["hole-a", "hole-b"].map(async (host) => {
+      await Effect.runPromise(net.host(host).listen({ host, port: 4747 }, () => {}).pipe(Scope.provide(scope)))
+      return formatRelayAddress({ publicKey: newIdentity().publicKey, host, port: 4747 })
+    }))
     const error = await connect({
       identity: newIdentity(),
       relays: holes,
       to: newIdentity().publicKey,
       tickMs: TICK_MS,
-      staggerMs: 200,
-      timeoutMs: 800,
-      handshakeTimeoutMs: 10_000
+      staggerMs: 50,
+      timeoutMs: 300,
+      transport: net.host("client")
     }).then(() => undefined, (e: unknown) => e)
-    const took = Date.now() - started
     expect(error).toBeInstanceOf(ConnectError)
     const failure = error as ConnectError
     expect(failure.reason).toBe("Timeout")
+    // Both were tried (the default 1 s stagger would have left the second "not tried").
     expect(failure.attempts.map((a) => a.outcome._tag)).toEqual(["TimedOut", "TimedOut"])
-    expect(failure.message).toContain("800 ms")
-    expect(took).toBeGreaterThanOrEqual(750)
-    expect(took).toBeLessThan(3000)
+    expect(failure.message).toContain("300 ms")
   })
 })

@@ -1,18 +1,20 @@
 /**
  * The connection pipeline on its own over real loopback TCP (no relay):
  * frames → version → secure channel → keepalive → messages, in both roles,
- * with both crypto layers, and the ways a handshake can fail.
+ * with both crypto layers, and the ways a handshake can fail. The handshake
+ * deadline, a matter of time and not of sockets, runs on the in-memory
+ * network and virtual time.
  */
 import { describe, expect, it } from "@effect/vitest"
-import * as Net from "node:net"
 import { createHash } from "node:crypto"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Deferred from "effect/Deferred"
 import { type CryptoService, nobleCryptoService, nodeCryptoService } from "../src/adapters/crypto.ts"
-import { exchangeVersion } from "../src/adapters/frame-link.ts"
+import { exchangeVersion, makeStreamFrameLink } from "../src/adapters/frame-link.ts"
 import { dialFrames, serveFrames } from "./support/frame-server.ts"
 import { type ChannelError, establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
+import { makeSimWorld } from "./sim/world.ts"
 
 const identity = (crypto: CryptoService) => {
   const seed = crypto.randomBytes(32)
@@ -173,31 +175,35 @@ describe("pipeline over loopback TCP", () => {
       expect(Exit.isFailure(server)).toBe(true)
     }).pipe(Effect.scoped))
 
-  it.live("a peer that never answers the handshake is closed after handshakeTimeoutMs", () =>
-    Effect.gen(function*() {
-      const server = Net.createServer((socket) => socket.on("data", () => {})) // accepts, says nothing
-      yield* Effect.acquireRelease(
-        Effect.callback<void>((resume) => {
-          server.listen(0, "127.0.0.1", () => resume(Effect.void))
-        }),
-        () => Effect.sync(() => server.close())
-      )
-      const port = (server.address() as Net.AddressInfo).port
-      const link = yield* dialFrames(port)
-      const started = Date.now()
-      const result = yield* Effect.exit(
-        Effect.andThen(
-          link.write([new Uint8Array(4)]),
-          establishChannel(link, {
-            crypto: nodeCryptoService,
-            identity: identity(nodeCryptoService),
-            handshakeTimeoutMs: 300
-          })
+  // On the in-memory network and virtual time (test/sim/world.ts): the
+  // handshake's deadline is about time, not sockets, and is measured exactly.
+  it("a peer that never answers the handshake is closed after handshakeTimeoutMs", () => {
+    const world = makeSimWorld(59)
+    const silent = world.blackHole("silent") // accepts, says nothing
+    let started = 0
+    let ended = 0
+    const exit = world.await(
+      Effect.gen(function*() {
+        const link = makeStreamFrameLink(yield* world.net.host("client").dial({ host: silent.host, port: silent.port }))
+        yield* Effect.addFinalizer(() => Effect.sync(link.destroy))
+        started = world.rt.now
+        const result = yield* Effect.exit(
+          Effect.andThen(
+            link.write([new Uint8Array(4)]),
+            establishChannel(link, { crypto: world.crypto, identity: world.identity(), handshakeTimeoutMs: 300 })
+          )
         )
-      )
-      expect(Exit.isFailure(result)).toBe(true)
-      const error = Exit.isFailure(result) ? (result.cause.reasons[0] as { error?: ChannelError }).error : undefined
-      expect(error?.reason).toBe("HandshakeTimeout")
-      expect(Date.now() - started).toBeLessThan(5000)
-    }).pipe(Effect.scoped))
+        ended = world.rt.now
+        return result
+      }),
+      10_000
+    )
+    if (!Exit.isSuccess(exit)) throw new Error(`the dial failed: ${String(exit.cause)}`)
+    const result = exit.value
+    expect(Exit.isFailure(result)).toBe(true)
+    const error = Exit.isFailure(result) ? (result.cause.reasons[0] as { error?: ChannelError }).error : undefined
+    expect(error?.reason).toBe("HandshakeTimeout")
+    expect(ended - started).toBeGreaterThanOrEqual(300)
+    expect(ended - started).toBeLessThan(400)
+  })
 })

@@ -3,7 +3,9 @@
  * of the seed's diagrams and PROTOCOL.md's relay rules, with real version
  * prefixes and secure-channel handshakes on every hop. Each test ends by
  * closing its clients and checking that the server holds nothing (no socket,
- * no core state, no buffered byte).
+ * no core state, no buffered byte). Waits are on conditions the relay
+ * reports, never on a sleep; the half-tunnel timeout, a matter of time and
+ * not of sockets, runs on the in-memory network and virtual time.
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
@@ -34,6 +36,7 @@ import {
   waitUntil,
   type TestClient
 } from "./support/relay-harness.ts"
+import { makeSimWorld } from "./sim/world.ts"
 
 const MiB = 1024 * 1024
 
@@ -68,14 +71,25 @@ const expectIdle = (server: RelayServer, clients: ReadonlyArray<TestClient>) =>
     expect(server.stats().core).toEqual(idleRelayStats)
   })
 
+/**
+ * Opens a listen channel for an identity not listening yet, and waits until
+ * the relay has registered it, so a connect that follows finds it (no sleep
+ * that a busy machine could outrun).
+ */
+const openListen = (server: RelayServer, endpoint: Parameters<typeof openClient>[0], identity: ReturnType<typeof makeIdentity>) =>
+  Effect.gen(function*() {
+    const before = server.stats().core.listeners
+    const listen = yield* openClient(endpoint, identity, { _tag: "Listen" })
+    yield* waitUntil("the listen to be registered", () => server.stats().core.listeners > before)
+    return listen
+  })
+
 /** listen + connect + IncomingConnection + accept: a tunnel between two fresh identities. */
 const makeTunnel = (server: RelayServer, endpoint: Parameters<typeof openClient>[0]) =>
   Effect.gen(function*() {
     const listenerId = makeIdentity()
     const connectorId = makeIdentity()
-    const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
-    // The listen must be registered before the connect arrives: wait for the first keepalive-free round trip.
-    yield* Effect.sleep(20)
+    const listen = yield* openListen(server, endpoint, listenerId)
     const connect = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })
     const key = yield* incomingKey(listen.channel)
     expect(Buffer.from(key).equals(Buffer.from(connectorId.publicKey))).toBe(true)
@@ -144,8 +158,7 @@ describe("relay server on real sockets", () => {
     live(Effect.gen(function*() {
       const { server, endpoint } = yield* startRelay()
       const listenerId = makeIdentity()
-      const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
-      yield* Effect.sleep(20)
+      const listen = yield* openListen(server, endpoint, listenerId)
       const connect = yield* openClient(endpoint, makeIdentity(), { _tag: "Connect", publicKey: listenerId.publicKey })
       const key = yield* incomingKey(listen.channel)
       yield* listen.channel.send(encodeRejectConnection({ publicKey: key }))
@@ -176,25 +189,40 @@ describe("relay server on real sockets", () => {
       yield* expectIdle(server, [accept, listen])
     })))
 
-  it.live("a half tunnel not accepted in halfTunnelTicks is closed", () =>
-    live(Effect.gen(function*() {
-      const { server, endpoint } = yield* startRelay()
-      const listenerId = makeIdentity()
-      const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
-      yield* Effect.sleep(20)
-      const started = Date.now()
-      const connect = yield* openClient(endpoint, makeIdentity(), { _tag: "Connect", publicKey: listenerId.publicKey })
-      yield* incomingKey(listen.channel)
-      expect(server.stats().core.pendingHalfTunnels).toBe(1)
-      yield* expectEnded(connect.channel)
-      // 32 ticks of 50 ms: between 31 and 32 tick periods, plus scheduling slack.
-      const elapsed = Date.now() - started
-      expect(elapsed).toBeGreaterThanOrEqual(31 * 50 - 50)
-      expect(elapsed).toBeLessThan(32 * 50 + 2000)
-      expect(closes(server, "timeout-half-tunnel")).toBe(1)
-      expect(server.stats().core.pendingHalfTunnels).toBe(0)
-      yield* expectIdle(server, [connect, listen])
-    })))
+  // On the in-memory network and virtual time (test/sim/world.ts): the
+  // timeout is the point, not the sockets, and virtual time measures it
+  // exactly (the world's relay ticks every second: 32 s here, in no wall time).
+  it("a half tunnel not accepted in halfTunnelTicks is closed", () => {
+    const world = makeSimWorld(53)
+    const relay = world.relay("relay")
+    const server = () => relay.server()!
+    let started = 0
+    let ended = 0
+    const exit = world.await(
+      Effect.gen(function*() {
+        const listenerId = makeIdentity(world.crypto)
+        const listen = yield* openClient(relay.address, listenerId, { _tag: "Listen" }, { transport: world.net.host("listener"), tickMs: 1000 })
+        yield* waitUntil("the listen to be registered", () => server().stats().core.listeners === 1)
+        started = world.rt.now
+        const connect = yield* openClient(relay.address, makeIdentity(world.crypto), { _tag: "Connect", publicKey: listenerId.publicKey }, {
+          transport: world.net.host("connector"),
+          tickMs: 1000
+        })
+        yield* incomingKey(listen.channel)
+        expect(server().stats().core.pendingHalfTunnels).toBe(1)
+        yield* expectEnded(connect.channel, 60_000)
+        ended = world.rt.now
+        expect(closes(server(), "timeout-half-tunnel")).toBe(1)
+        expect(server().stats().core.pendingHalfTunnels).toBe(0)
+        yield* expectIdle(server(), [connect, listen])
+      }).pipe(Effect.provideService(Crypto, world.crypto)),
+      120_000
+    )
+    if (!Exit.isSuccess(exit)) throw new Error(`failed: ${String(exit.cause)}\n${world.log.slice(-20).join("\n")}`)
+    // 32 ticks of 1 s: between 31 and 32 tick periods after the connect, plus the few ms of its handshake.
+    expect(ended - started).toBeGreaterThanOrEqual(31 * 1000)
+    expect(ended - started).toBeLessThan(32 * 1000 + 100)
+  })
 
   it.live("the listener closes: its pending half tunnels close, its made tunnels go on", () =>
     live(Effect.gen(function*() {
@@ -218,8 +246,7 @@ describe("relay server on real sockets", () => {
     live(Effect.gen(function*() {
       const { server, endpoint } = yield* startRelay()
       const listenerId = makeIdentity()
-      const older = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
-      yield* Effect.sleep(20)
+      const older = yield* openListen(server, endpoint, listenerId)
       const newer = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
       yield* expectEnded(older.channel)
       expect(closes(server, "replaced")).toBe(1)
@@ -237,14 +264,15 @@ describe("relay server on real sockets", () => {
       const { server, endpoint } = yield* startRelay()
       const listenerId = makeIdentity()
       const connectorId = makeIdentity()
-      const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
-      yield* Effect.sleep(20)
+      const listen = yield* openListen(server, endpoint, listenerId)
       const connect = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })
       // Different sizes, so a merge or split of messages would show.
       const early = Array.from({ length: 20 }, (_, i) => patternBytes(1 + i * 97, i + 10))
       for (const m of early) yield* connect.channel.send(m)
       yield* incomingKey(listen.channel)
-      yield* Effect.sleep(100) // the messages are now held by the relay, not in flight
+      // The messages are now held by the relay, not in flight (each sealed, so larger than its plaintext).
+      const earlyBytes = early.reduce((n, m) => n + m.length, 0)
+      yield* waitUntil("the relay to hold the early messages", () => server.stats().core.heldBytes >= earlyBytes)
       expect(server.stats().core.pendingHalfTunnels).toBe(1)
       const accept = yield* openClient(endpoint, listenerId, { _tag: "Accept", publicKey: connectorId.publicKey })
       const late = patternBytes(500, 99)
@@ -261,8 +289,7 @@ describe("relay server on real sockets", () => {
       const { server, endpoint } = yield* startRelay()
       const listenerId = makeIdentity()
       const connectorId = makeIdentity()
-      const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
-      yield* Effect.sleep(20)
+      const listen = yield* openListen(server, endpoint, listenerId)
       const first = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })
       yield* incomingKey(listen.channel)
       const second = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })
@@ -277,8 +304,7 @@ describe("relay server on real sockets", () => {
       const { server, endpoint } = yield* startRelay()
       const listenerId = makeIdentity()
       const connectorId = makeIdentity()
-      const listen = yield* openClient(endpoint, listenerId, { _tag: "Listen" })
-      yield* Effect.sleep(20)
+      const listen = yield* openListen(server, endpoint, listenerId)
       const connect = yield* openClient(endpoint, connectorId, { _tag: "Connect", publicKey: listenerId.publicKey })
       yield* incomingKey(listen.channel)
       yield* connect.close

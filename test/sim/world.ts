@@ -45,6 +45,12 @@ export interface SimWorld {
   readonly log: Array<string>
   readonly identity: () => SimIdentity
   readonly relay: (host: string) => SimRelay
+  /**
+   * A host that accepts connections on port 4747 and never says a word (a
+   * hung relay): its address, with a key nobody holds. The connections stay
+   * open until the world ends.
+   */
+  readonly blackHole: (host: string) => RelayAddress
   /** Client settings for a peer on `host` (1 s ticks unless given). */
   readonly settings: (host: string, identity: SimIdentity, tickMs?: number) => ClientSettings
   /** Runs `effect` in a scope that lives until `close` (or the world's end). */
@@ -108,6 +114,13 @@ export const makeSimWorld = (seed: number): SimWorld => {
     }
   }
 
+  const blackHole = (host: string): RelayAddress => {
+    // Accepted streams are left alone: never read, written or closed.
+    spawn(net.host(host).listen({ host, port: 4747 }, () => {}))
+    rt.runFor(0)
+    return { publicKey: identity().publicKey, host, port: 4747 }
+  }
+
   const await_ = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>, limitMs: number): Exit.Exit<A, E> => {
     const fiber = rt.fork(Effect.scoped(effect), (line) => log.push(line))
     runUntil(() => fiber.pollUnsafe() !== undefined, limitMs, "an effect to finish")
@@ -121,6 +134,7 @@ export const makeSimWorld = (seed: number): SimWorld => {
     log,
     identity,
     relay,
+    blackHole,
     settings: (host, who, tickMs = 1000) => ({ crypto, identity: who, tickMs, transport: net.host(host) }),
     spawn,
     runUntil,

@@ -7,20 +7,23 @@ import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
 import type * as Scope from "effect/Scope"
 import { makeStreamFrameLink, type StreamFrameLink } from "../../src/adapters/frame-link.ts"
-import type { TransportError } from "../../src/adapters/transport.ts"
+import type { Transport, TransportAddress, TransportError } from "../../src/adapters/transport.ts"
 import { tcpTransport } from "../../src/adapters/transport-tcp.ts"
 
 /**
  * Listens on 127.0.0.1 (an ephemeral port, returned) and runs `handle` for
  * each connection in its own scope; the connection is destroyed when the
  * handler ends, and every handler is interrupted when the caller's scope closes.
+ * Another transport and address (e.g. a host of the in-memory network) may be given.
  */
 export const serveFrames = (
-  handle: (link: StreamFrameLink) => Effect.Effect<unknown, unknown, Scope.Scope>
+  handle: (link: StreamFrameLink) => Effect.Effect<unknown, unknown, Scope.Scope>,
+  transport: Transport = tcpTransport,
+  address: TransportAddress = { host: "127.0.0.1", port: 0 }
 ): Effect.Effect<number, TransportError, Scope.Scope> =>
   Effect.gen(function*() {
     const run = yield* FiberSet.makeRuntime<never, void, never>()
-    const bound = yield* tcpTransport.listen({ host: "127.0.0.1", port: 0 }, (stream) =>
+    const bound = yield* transport.listen(address, (stream) =>
       run(
         Effect.gen(function*() {
           const link = makeStreamFrameLink(stream)

@@ -7,6 +7,7 @@
  */
 import * as Net from "node:net"
 import { createHash } from "node:crypto"
+import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -15,6 +16,7 @@ import * as Scope from "effect/Scope"
 import { autoCryptoService, type CryptoService } from "../../src/adapters/crypto.ts"
 const nodeCryptoService = autoCryptoService()
 import type { MessageChannel } from "../../src/adapters/message-channel.ts"
+import type { Transport } from "../../src/adapters/transport.ts"
 import { openRelayConnection, type RelayEndpoint } from "../../src/adapters/relay-connection.ts"
 import {
   testRelayOptions,
@@ -67,7 +69,15 @@ export const openClient = (
   endpoint: RelayEndpoint,
   identity: RelayIdentity,
   init: InitConnection,
-  options: { readonly inboxBytes?: number; readonly maxPaddingBytes?: number; readonly rekeyIntervalTicks?: number } = {}
+  options: {
+    readonly inboxBytes?: number
+    readonly maxPaddingBytes?: number
+    readonly rekeyIntervalTicks?: number
+    /** Default TCP; a host of the in-memory network for tests on virtual time. */
+    readonly transport?: Transport
+    /** Default TEST_TICK_MS; it should match the relay's ticks (a world's relay ticks every 1000 ms). */
+    readonly tickMs?: number
+  } = {}
 ) =>
   Effect.gen(function*() {
     const crypto = yield* Crypto
@@ -76,8 +86,9 @@ export const openClient = (
     const channel = yield* openRelayConnection(endpoint, init, {
       crypto,
       identity,
-      tickMs: TEST_TICK_MS,
+      tickMs: options.tickMs ?? TEST_TICK_MS,
       handshakeTimeoutMs: 5000,
+      ...(options.transport === undefined ? {} : { transport: options.transport }),
       channel: {
         inboxBytes: options.inboxBytes,
         machine: {
@@ -89,12 +100,15 @@ export const openClient = (
     return { channel, identity, close: Scope.close(scope, Exit.void) } satisfies TestClient
   })
 
-/** Polls `condition` every 10 ms until it holds; dies with `what` after `timeoutMs`. */
+/**
+ * Polls `condition` every 10 ms until it holds; dies with `what` after
+ * `timeoutMs`. On Effect's Clock, so it also works on virtual time.
+ */
 export const waitUntil = (what: string, condition: () => boolean, timeoutMs = 5000) =>
   Effect.gen(function*() {
-    const start = Date.now()
+    const start = yield* Clock.currentTimeMillis
     while (!condition()) {
-      if (Date.now() - start > timeoutMs) return yield* Effect.die(new Error(`timed out waiting for ${what}`))
+      if ((yield* Clock.currentTimeMillis) - start > timeoutMs) return yield* Effect.die(new Error(`timed out waiting for ${what}`))
       yield* Effect.sleep(10)
     }
   })
