@@ -23,7 +23,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import { nodeCryptoService } from "../src/adapters/crypto.ts"
 import { openRelayConnection } from "../src/adapters/relay-connection.ts"
-import { makeConnection, step } from "../src/core/connection.ts"
+import { makeConnection, stepConnection } from "../src/core/connection.ts"
 import { encodeFrame, FrameDecoder } from "../src/core/frame.ts"
 import { decodeExchangeRandNonce } from "../src/core/messages.ts"
 import { encodeVersion } from "../src/core/version.ts"
@@ -34,7 +34,7 @@ describe("a relay dialed under the wrong key", () => {
     const relay = await startRelay()
     try {
       const client = newIdentity()
-      const [, commands] = step(
+      const [, commands] = stepConnection(
         makeConnection({
           crypto: nodeCryptoService,
           identity: client,

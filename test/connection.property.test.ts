@@ -16,7 +16,7 @@ import {
   type ConnectionState,
   isAuthenticated,
   makeConnection,
-  step
+  stepConnection
 } from "../src/core/connection.ts"
 import type { CryptoPrimitives } from "../src/core/crypto.ts"
 import { makeDeterministicRandom } from "../src/core/random.ts"
@@ -53,7 +53,7 @@ const runScenario = (cryptoA: CryptoPrimitives, cryptoB: CryptoPrimitives, scena
   // is about ordering, not timeouts (keepalive.test.ts covers those).
   const limits = { keepaliveTicks: 1000, handshakeTimeoutTicks: 1000 }
   const link = makeLink(
-    step,
+    stepConnection,
     makeConnection({
       crypto: cryptoA,
       identity: idA,

@@ -17,12 +17,12 @@ import {
   type ConnectionState,
   isAuthenticated,
   makeConnection,
-  step
+  stepConnection
 } from "../src/core/connection.ts"
 import type { CryptoPrimitives } from "../src/core/crypto.ts"
 import { decodeChannelMessage, decodeKaMessage, encodeChannelMessage, encodeKaMessage } from "../src/core/messages.ts"
 import { makeDeterministicRandom } from "../src/core/random.ts"
-import { step as channelStep, transportNonce } from "../src/core/secure-channel.ts"
+import { stepSecureChannel, transportNonce } from "../src/core/secure-channel.ts"
 import { inflate } from "./support/capnp-bombs.ts"
 import { type Link, makeIdentity, makeLink, type Side } from "./support/sim-link.ts"
 
@@ -45,7 +45,7 @@ const connectionLink = (options: LinkOptions = {}): ConnectionLink => {
   const idA = makeIdentity(cryptoA, 1)
   const idB = makeIdentity(cryptoB, 2)
   return makeLink(
-    step,
+    stepConnection,
     makeConnection({
       crypto: cryptoA,
       identity: idA,
@@ -119,10 +119,10 @@ describe("connection", () => {
 
   it("Send before Authenticated throws ChannelMisuseError; after Close it does nothing", () => {
     const link = connectionLink()
-    expect(() => step(link.a.state, { _tag: "Send", data: utf8("early") })).toThrow(ChannelMisuseError)
+    expect(() => stepConnection(link.a.state, { _tag: "Send", data: utf8("early") })).toThrow(ChannelMisuseError)
     link.a.start()
     expect(() => link.a.send(utf8("early"))).toThrow(ChannelMisuseError)
-    expect(() => step(link.a.state, { _tag: "Start" })).toThrow(ChannelMisuseError)
+    expect(() => stepConnection(link.a.state, { _tag: "Start" })).toThrow(ChannelMisuseError)
     link.b.start()
     link.flush()
     link.b.feed({ _tag: "FrameReceived", frame: new Uint8Array(64).fill(1) })
@@ -135,7 +135,7 @@ describe("connection", () => {
       { _tag: "Start" },
       { _tag: "FrameReceived", frame: link.a.sentFrames[0]! }
     ] as const) {
-      const [next, commands] = step(closed, event)
+      const [next, commands] = stepConnection(closed, event)
       expect(next).toBe(closed)
       expect(commands).toEqual([])
     }
@@ -154,7 +154,7 @@ describe("connection", () => {
     const link = connectionLink()
     connect(link)
     // Forge a channel-level user message from B that skips the KaMessage wrapping.
-    const [, commands] = channelStep(link.b.state.channel, { _tag: "Send", data: Uint8Array.of(1, 2, 3) })
+    const [, commands] = stepSecureChannel(link.b.state.channel, { _tag: "Send", data: Uint8Array.of(1, 2, 3) })
     const forged = commands[0]
     if (forged?._tag !== "SendFrame") throw new Error("expected a frame")
     link.a.feed({ _tag: "FrameReceived", frame: forged.frame })

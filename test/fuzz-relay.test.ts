@@ -23,7 +23,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import fc from "fast-check"
 import * as Effect from "effect/Effect"
 import { nodeCryptoService } from "../src/adapters/crypto.ts"
-import { makeConnection, step as stepConnection, type ConnectionEvent, type ConnectionState } from "../src/core/connection.ts"
+import { makeConnection, stepConnection, type ConnectionEvent, type ConnectionState } from "../src/core/connection.ts"
 import { encodeFrameHeader } from "../src/core/frame.ts"
 import {
   decodeInitConnection,

@@ -11,7 +11,7 @@ import {
   type KeepaliveEvent,
   type KeepaliveState,
   makeKeepalive,
-  step
+  stepKeepalive
 } from "../src/core/keepalive.ts"
 import { decodeKaMessage, encodeKaMessage } from "../src/core/messages.ts"
 
@@ -28,7 +28,7 @@ const run = (
   let state = initial
   const log: Array<readonly [number, KeepaliveCommand]> = []
   events.forEach((event, index) => {
-    const [next, commands] = step(state, event)
+    const [next, commands] = stepKeepalive(state, event)
     state = next
     for (const command of commands) log.push([index, command])
   })
@@ -94,12 +94,12 @@ describe("keepalive", () => {
     let state = makeKeepalive({ keepaliveTicks: 4 })
     let pings = 0
     for (let t = 0; t < 10_000; t++) {
-      const [afterTick, commands] = step(state, tick)
+      const [afterTick, commands] = stepKeepalive(state, tick)
       pings += commands.filter((c) => c._tag === "Transmit").length
       expect(commands.some((c) => c._tag === "Close")).toBe(false)
       state = afterTick
       // The peer pings every 2 ticks as well.
-      if (t % 2 === 1) state = step(state, { _tag: "Received", data: keepAlive })[0]
+      if (t % 2 === 1) state = stepKeepalive(state, { _tag: "Received", data: keepAlive })[0]
     }
     expect(state.closed).toBeUndefined()
     expect(pings).toBe(5000)
@@ -109,7 +109,7 @@ describe("keepalive", () => {
     const { state, log } = run(makeKeepalive(), [...ticks(20), ...ticks(1000, pausedTick), ...ticks(11)])
     expect(state.closed).toBeUndefined()
     expect(log.filter(([, c]) => c._tag === "Transmit")).toHaveLength(Math.floor(1031 / 16))
-    const [closed] = step(state, tick)
+    const [closed] = stepKeepalive(state, tick)
     expect(closed.closed?.reason).toBe("KeepaliveTimeout")
   })
 
@@ -127,7 +127,7 @@ describe("keepalive", () => {
     const { state } = run(makeKeepalive({ keepaliveTicks: 2 }), ticks(2))
     expect(state.closed).toBeDefined()
     for (const event of [tick, { _tag: "Send", data: utf8("late") }, { _tag: "Received", data: keepAlive }] as const) {
-      const [next, commands] = step(state, event)
+      const [next, commands] = stepKeepalive(state, event)
       expect(next).toBe(state)
       expect(commands).toEqual([])
     }

@@ -39,7 +39,7 @@ import {
   type SecureChannelErrorReason,
   type SecureChannelPhase,
   type SecureChannelState,
-  step,
+  stepSecureChannel,
   transportNonce
 } from "../src/core/secure-channel.ts"
 import { concatBytes, flipBit, type Link, makeIdentity, makeLink, type Side } from "./support/sim-link.ts"
@@ -91,7 +91,7 @@ const channelLink = (options: LinkOptions = {}): TestLink => {
     random: makeDeterministicRandom(202 + seed),
     ...options.b
   })
-  return { ...makeLink(step, a, b), idA, idB, other }
+  return { ...makeLink(stepSecureChannel, a, b), idA, idB, other }
 }
 
 const handshake = (link: ChannelLink): void => {
@@ -538,19 +538,19 @@ describe("caller misuse and closing", () => {
   it("throws ChannelMisuseError for events out of order, leaving the state alone", () => {
     const link = channelLink()
     const before = link.a.state
-    expect(() => step(before, { _tag: "FrameReceived", frame: new Uint8Array(10) })).toThrow(ChannelMisuseError)
-    expect(() => step(before, { _tag: "Send", data: new Uint8Array(1) })).toThrow(ChannelMisuseError)
+    expect(() => stepSecureChannel(before, { _tag: "FrameReceived", frame: new Uint8Array(10) })).toThrow(ChannelMisuseError)
+    expect(() => stepSecureChannel(before, { _tag: "Send", data: new Uint8Array(1) })).toThrow(ChannelMisuseError)
     link.a.start()
     const started = link.a.state
     try {
-      step(started, { _tag: "Start" })
+      stepSecureChannel(started, { _tag: "Start" })
       expect.unreachable()
     } catch (error) {
       expect(error).toBeInstanceOf(ChannelMisuseError)
       expect((error as ChannelMisuseError).reason).toBe("AlreadyStarted")
     }
     try {
-      step(started, { _tag: "Send", data: new Uint8Array(1) })
+      stepSecureChannel(started, { _tag: "Send", data: new Uint8Array(1) })
       expect.unreachable()
     } catch (error) {
       expect((error as ChannelMisuseError).reason).toBe("NotAuthenticated")
@@ -576,7 +576,7 @@ describe("caller misuse and closing", () => {
       { _tag: "Send", data: new Uint8Array(3) },
       { _tag: "FrameReceived", frame: link.b.sentFrames[0]! }
     ] as const) {
-      const [next, commands] = step(closed, event)
+      const [next, commands] = stepSecureChannel(closed, event)
       expect(next).toBe(closed)
       expect(commands).toEqual([])
     }

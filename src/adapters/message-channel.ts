@@ -34,7 +34,7 @@ import { LinkError, type FrameLink } from "./frame-link.ts"
 import type { ChannelFailureDetail, ChannelFailureReason } from "../core/connect-outcome.ts"
 import {
   makeConnection,
-  step as stepConnection,
+  stepConnection,
   type ConnectionConfig,
   type ConnectionEvent
 } from "../core/connection.ts"

@@ -33,7 +33,7 @@ import {
   type ConnectionEvent,
   type ConnectionState,
   makeConnection,
-  step as stepConnection
+  stepConnection
 } from "../core/connection.ts"
 import { publicKeyHex } from "../core/keys.ts"
 import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"

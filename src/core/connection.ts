@@ -7,7 +7,7 @@
  *
  * How to drive it:
  * 1. `state = makeConnection(config)`; then `[state, commands] =
- *    step(state, event)` for every event, running the commands IN ORDER
+ *    stepConnection(state, event)` for every event, running the commands IN ORDER
  *    before feeding the next event.
  * 2. Feed `Start` first: it emits our first handshake frame.
  * 3. Feed every frame from the peer as `FrameReceived`, in arrival order.
@@ -34,7 +34,7 @@ import {
   type KeepaliveError,
   type KeepaliveState,
   makeKeepalive,
-  step as keepaliveStep
+  stepKeepalive
 } from "./keepalive.ts"
 import {
   ChannelMisuseError,
@@ -43,7 +43,7 @@ import {
   type SecureChannelConfig,
   type SecureChannelError,
   type SecureChannelState,
-  step as channelStep
+  stepSecureChannel
 } from "./secure-channel.ts"
 import { absurd } from "./absurd.ts"
 
@@ -108,13 +108,13 @@ export const isAuthenticated = (state: ConnectionState): boolean =>
   state.closed === undefined && state.keepalive !== undefined
 
 /** Advances the state by one event; see the module header for the rules. */
-export const step = (state: ConnectionState, event: ConnectionEvent): ConnectionStep => {
+export const stepConnection = (state: ConnectionState, event: ConnectionEvent): ConnectionStep => {
   if (state.closed !== undefined) return [state, noCommands]
   const out: Array<ConnectionCommand> = []
   switch (event._tag) {
     case "Start":
     case "FrameReceived": {
-      const [channel, channelCommands] = channelStep(state.channel, event)
+      const [channel, channelCommands] = stepSecureChannel(state.channel, event)
       return [absorb({ ...state, channel }, channelCommands, out, applyChannel), out]
     }
     case "Send": {
@@ -122,14 +122,14 @@ export const step = (state: ConnectionState, event: ConnectionEvent): Connection
       if (keepalive === undefined) {
         throw new ChannelMisuseError("NotAuthenticated", "Send before the connection is authenticated")
       }
-      const [nextKeepalive, kaCommands] = keepaliveStep(keepalive, event)
+      const [nextKeepalive, kaCommands] = stepKeepalive(keepalive, event)
       return [absorb({ ...state, keepalive: nextKeepalive }, kaCommands, out, applyKeepalive), out]
     }
     case "Tick": {
-      const [channel, channelCommands] = channelStep(state.channel, { _tag: "Tick" })
+      const [channel, channelCommands] = stepSecureChannel(state.channel, { _tag: "Tick" })
       const afterChannel = absorb({ ...state, channel }, channelCommands, out, applyChannel)
       if (afterChannel.closed !== undefined || afterChannel.keepalive === undefined) return [afterChannel, out]
-      const [keepalive, kaCommands] = keepaliveStep(afterChannel.keepalive, event)
+      const [keepalive, kaCommands] = stepKeepalive(afterChannel.keepalive, event)
       return [absorb({ ...afterChannel, keepalive }, kaCommands, out, applyKeepalive), out]
     }
     default:
@@ -172,7 +172,7 @@ const applyChannel = (
       return { ...state, closed: command.error }
     case "Deliver": {
       // A channel Deliver follows Authenticated, so the keepalive layer exists.
-      const [keepalive, kaCommands] = keepaliveStep(state.keepalive!, { _tag: "Received", data: command.data })
+      const [keepalive, kaCommands] = stepKeepalive(state.keepalive!, { _tag: "Received", data: command.data })
       return absorb({ ...state, keepalive }, kaCommands, out, applyKeepalive)
     }
     default:
@@ -195,7 +195,7 @@ const applyKeepalive = (
       out.push(command)
       return { ...state, closed: command.error }
     case "Transmit": {
-      const [channel, channelCommands] = channelStep(state.channel, { _tag: "Send", data: command.data })
+      const [channel, channelCommands] = stepSecureChannel(state.channel, { _tag: "Send", data: command.data })
       return absorb({ ...state, channel }, channelCommands, out, applyChannel)
     }
     default:

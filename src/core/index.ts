@@ -1,8 +1,9 @@
 /**
  * `offset-relay/core`: the pure machines and rules, one namespace per
- * module (several machines share names such as `step`). No I/O, no clock,
- * no randomness, no Effect runtime: drive them with events and ticks and
- * hand them random bytes (each module's header says how).
+ * module; each reducer is named for its machine (`stepConnection`,
+ * `stepKeepalive`, `stepSecureChannel`, `stepStream`, `stepReconnect`). No
+ * I/O, no clock, no randomness, no Effect runtime: drive them with events
+ * and ticks and hand them random bytes (each module's header says how).
  *
  *     import { RelayCore, Keepalive } from "offset-relay/core"
  */

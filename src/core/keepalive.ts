@@ -4,7 +4,7 @@
  * been quiet, and closes when the peer has been quiet (Offset's
  * components/keepalive).
  *
- * How to drive it: `makeKeepalive(config)`, then `step(state, event)` for
+ * How to drive it: `makeKeepalive(config)`, then `stepKeepalive(state, event)` for
  * every event, running the returned commands in order before the next event.
  * - `Received { data }`: a packed KaMessage the peer sent (one user message of
  *   the secure channel below). Anything received restarts the close countdown.
@@ -113,7 +113,7 @@ export const makeKeepalive = (config: KeepaliveConfig = {}): KeepaliveState => {
 }
 
 /** Advances the state by one event; see the module header for the rules. */
-export const step = (state: KeepaliveState, event: KeepaliveEvent): KeepaliveStep => {
+export const stepKeepalive = (state: KeepaliveState, event: KeepaliveEvent): KeepaliveStep => {
   if (state.closed !== undefined) return [state, noCommands]
   switch (event._tag) {
     case "Received": {

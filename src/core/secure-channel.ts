@@ -7,7 +7,7 @@
  * - `makeSecureChannel(config)` gives the state; feed `Start` first, then
  *   `FrameReceived` for every frame the peer sent (in order), `Send` for each
  *   application message (only after the `Authenticated` command), and `Tick`
- *   once per tick (1 s in Offset). `step(state, event)` returns the next state
+ *   once per tick (1 s in Offset). `stepSecureChannel(state, event)` returns the next state
  *   and the commands to run, IN ORDER, before feeding the next event.
  * - Commands: `SendFrame` (write one frame to the peer), `Deliver` (an
  *   application message arrived), `Authenticated` (exactly once, when the
@@ -412,7 +412,7 @@ const exhausted = (state: SecureChannelState): SecureChannelStep =>
   fail(state, "NonceExhausted", "send nonce counter reached 2^53; refusing to reuse a nonce")
 
 /** Advances the state by one event; see the module header for the rules. */
-export const step = (state: SecureChannelState, event: SecureChannelEvent): SecureChannelStep => {
+export const stepSecureChannel = (state: SecureChannelState, event: SecureChannelEvent): SecureChannelStep => {
   const phase = state.phase
   if (phase._tag === "Closed") return [state, noCommands]
   switch (event._tag) {

@@ -25,7 +25,7 @@ import {
   type RelayServer,
   type RelayServerOptions
 } from "../../src/adapters/relay-server.ts"
-import { makeConnection, step as stepConnection, type ConnectionState } from "../../src/core/connection.ts"
+import { makeConnection, stepConnection, type ConnectionState } from "../../src/core/connection.ts"
 import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts"
 import { encodeInitConnection, type InitConnection } from "../../src/core/messages.ts"
 import type { RelayConfig } from "../../src/core/relay-core.ts"
