@@ -35,16 +35,22 @@ import {
   makeConnection,
   stepConnection
 } from "../core/connection.ts"
-import { publicKeyHex } from "../core/keys.ts"
+import { absurd } from "../core/absurd.ts"
+import { type Identity, publicKeyHex } from "../core/keys.ts"
 import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
-import type { CloseMode, CloseReason, ConnectionId, EndReason, RelayEvent, RelayLimit } from "../core/relay-core.ts"
-import type { ConnectionRole } from "../core/relay-core.ts"
+import type {
+  CloseMode,
+  CloseReason,
+  ConnectionId,
+  ConnectionRole,
+  EndReason,
+  RelayEvent,
+  RelayLimit
+} from "../core/relay-core.ts"
 import { takeTokens, type TokenBucket } from "../core/token-bucket.ts"
 import { checkVersion, encodeVersion } from "../core/version.ts"
 import type { CryptoService } from "./crypto.ts"
 import type { ByteStream, TransportError } from "./transport.ts"
-import { absurd } from "../core/absurd.ts"
-import type { Identity } from "../core/keys.ts"
 
 /** What a hop needs from its server: the core, the clock, and where to report. */
 export interface HopServer {
