@@ -2,16 +2,7 @@ import { describe, expect, it } from "vitest"
 import fc from "fast-check"
 import { encodeFrame, encodeFrameHeader, FrameDecoder, MAX_FRAME_LENGTH } from "../src/core/frame.ts"
 import { checkVersion, encodeVersion } from "../src/core/version.ts"
-
-const concat = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-  let offset = 0
-  for (const p of parts) {
-    out.set(p, offset)
-    offset += p.length
-  }
-  return out
-}
+import { concatBytes } from "../src/core/bytes.ts"
 
 // Cuts `bytes` at the given sorted positions.
 const cut = (bytes: Uint8Array, positions: ReadonlyArray<number>): Array<Uint8Array> => {
@@ -43,7 +34,7 @@ describe("frame codec", () => {
 
   it("decodes frames fed one byte at a time", () => {
     const payloads = [new Uint8Array([]), new Uint8Array([1, 2, 3]), new Uint8Array(300).fill(7)]
-    const stream = concat(payloads.map(encodeFrame))
+    const stream = concatBytes(payloads.map(encodeFrame))
     const chunks = [...stream].map((b) => new Uint8Array([b]))
     expect(decodeAll(new FrameDecoder(), chunks)).toEqual(payloads)
   })
@@ -81,7 +72,7 @@ describe("frame codec", () => {
         fc.array(fc.uint8Array({ maxLength: 2000 }), { maxLength: 12 }),
         fc.array(fc.nat(), { maxLength: 40 }),
         (payloads, rawCuts) => {
-          const stream = concat(payloads.map(encodeFrame))
+          const stream = concatBytes(payloads.map(encodeFrame))
           const positions = [...new Set(rawCuts.map((c) => (stream.length === 0 ? 0 : c % stream.length)))].sort(
             (a, b) => a - b
           )

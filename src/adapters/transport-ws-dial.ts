@@ -28,6 +28,7 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import { relayWebSocketUrl, type RelayScheme } from "../core/relay-address.ts"
 import { type ByteStream, type StreamHandlers, type Transport, type TransportAddress, TransportError } from "./transport.ts"
+import { concatBytes } from "../core/bytes.ts"
 
 /**
  * Largest WebSocket message either side sends, and the relay's default cap
@@ -172,7 +173,7 @@ export const makeMessageByteStream = (socket: MessageSocket): { readonly stream:
       // One message for a frame's header and body (one copy): a header alone
       // in its own message would wait for the peer's delayed ACK where the
       // runtime leaves Nagle on, as a small TCP write does.
-      const bytes = chunks.length === 1 ? chunks[0]! : concat(chunks)
+      const bytes = chunks.length === 1 ? chunks[0]! : concatBytes(chunks)
       for (let at = 0; at < bytes.length; at += WS_MAX_MESSAGE_BYTES) {
         socket.send(bytes.length <= WS_MAX_MESSAGE_BYTES ? bytes : bytes.subarray(at, at + WS_MAX_MESSAGE_BYTES))
       }
@@ -205,18 +206,6 @@ export const makeMessageByteStream = (socket: MessageSocket): { readonly stream:
     }
   }
   return { stream, input }
-}
-
-const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
-  let length = 0
-  for (const chunk of chunks) length += chunk.length
-  const out = new Uint8Array(length)
-  let at = 0
-  for (const chunk of chunks) {
-    out.set(chunk, at)
-    at += chunk.length
-  }
-  return out
 }
 
 /**

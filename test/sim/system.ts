@@ -37,6 +37,7 @@ import { bytesToHex } from "../../src/core/keys.ts"
 import { makeDeterministicRandom } from "../../src/core/random.ts"
 import type { RelayAddress } from "../../src/core/relay-address.ts"
 import { SimRuntime } from "./sim-runtime.ts"
+import { concatBytes } from "../../src/core/bytes.ts"
 
 /** A fault at a moment of the scenario. */
 export type Fault =
@@ -147,18 +148,6 @@ const typedError = (cause: Cause.Cause<unknown>): { error: string; typed: boolea
   }
   if (Cause.hasInterruptsOnly(cause)) return { error: "interrupted", typed: false }
   return { error: `defect: ${Cause.pretty(cause).split("\n")[0]}`, typed: false }
-}
-
-const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
-  let length = 0
-  for (const chunk of chunks) length += chunk.length
-  const out = new Uint8Array(length)
-  let offset = 0
-  for (const chunk of chunks) {
-    out.set(chunk, offset)
-    offset += chunk.length
-  }
-  return out
 }
 
 // Reads to the end, then runs `after`.
@@ -299,7 +288,7 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
                 Effect.exit,
                 Effect.map((exit) => {
                   record.outcome = Exit.isSuccess(exit)
-                    ? { _tag: "Done", received: concat(received), atMs: rt.now }
+                    ? { _tag: "Done", received: concatBytes(received), atMs: rt.now }
                     : { _tag: "Failed", ...typedError(exit.cause), atMs: rt.now }
                   note(`listener-${li} stream ${index} ${record.outcome._tag === "Done" ? "done" : `failed: ${(record.outcome as { error: string }).error}`}`)
                 }),
@@ -341,7 +330,7 @@ export const runScenario = (scenario: Scenario, seed: number, options: { readonl
         yield* Fiber.join(reader)
         connectors[index] = { _tag: "Pending", phase: "awaiting done" }
         yield* stream.done
-        return concat(received)
+        return concatBytes(received)
       }).pipe(
         Effect.scoped,
         Effect.exit,

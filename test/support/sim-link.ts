@@ -132,16 +132,7 @@ export const makeIdentity = (crypto: CryptoPrimitives, seedNumber: number): Iden
   return { seed, publicKey: crypto.ed25519PublicKey(seed) }
 }
 
-/** Concatenation of byte arrays. */
-export const concatBytes = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-  let offset = 0
-  for (const p of parts) {
-    out.set(p, offset)
-    offset += p.length
-  }
-  return out
-}
+export { concatBytes } from "../../src/core/bytes.ts"
 
 /** A copy of `bytes` with bit `bit` (0 = lowest bit of byte 0) flipped. */
 export const flipBit = (bytes: Uint8Array, bit: number): Uint8Array => {
