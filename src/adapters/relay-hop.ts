@@ -446,8 +446,9 @@ export class Hop {
     if (this.clientKey === undefined) this.server.handshakeFailed(failure)
     this.endDetail = detail
     this.server.dispatch({ _tag: "Ended", id: this.id, reason })
-    // Forgotten by the core already (it ordered the close): abort whatever is left.
-    if (!this.closed) this.close(reason === "rekey-rate" ? "over-limit" : reason, "abort", undefined)
+    // The core answers every id it tracks with a Close; one it no longer
+    // tracks has nothing left to decide: cut the stream, and it is gone.
+    if (!this.closed) this.stream.destroy()
   }
 }
 
