@@ -146,7 +146,7 @@ export const clientLayer: Layer.Layer<RelayClient> = RelayClient.layer({ identit
 export const clientLayerNeedsCrypto: Layer.Layer<RelayClient, never, Crypto> = RelayClient.layer({ identity: createIdentity() })
 export const layers = [layerNoble, browserNoble] as const
 export const core = { config: RelayCore.defaultRelayConfig, ka: Keepalive.DEFAULT_KEEPALIVE_TICKS, s: StreamState.initialStream,
-  b: Backoff.defaultBackoffPolicy, c: Connection.makeConnection, sc: SecureChannel.makeSecureChannel, bc: BrowserCore.RelayCore }
+  b: Backoff.defaultBackoffPolicy, c: Connection.Connection, sc: SecureChannel.SecureChannel, bc: BrowserCore.RelayCore }
 export const primitives: CryptoPrimitives = nobleCrypto
 export const wire: Uint8Array = encodeFrame(encodeVersion())
 export const decoder = new FrameDecoder()

@@ -20,7 +20,7 @@ import type { Identity } from "../src/adapters/identity.ts"
 import { exchangeVersion, type FrameLink } from "../src/adapters/frame-link.ts"
 import { serveFrames } from "./support/frame-server.ts"
 import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
-import { type ConnectionEvent, makeConnection, stepConnection } from "../src/core/connection.ts"
+import { Connection } from "../src/core/connection.ts"
 import { bytesToHex } from "../src/core/keys.ts"
 import { decodeInitConnection, encodeIncomingConnection } from "../src/core/messages.ts"
 import { formatRelayAddress } from "../src/core/relay-address.ts"
@@ -92,13 +92,13 @@ const startEvilRelay = async (mode: Mode) => {
           if (mode._tag === "Impersonate") {
             // Speaks the end-to-end handshake itself, as `mode.as`, and keeps
             // the tunnel open whatever it hears: an attacker does not give up.
-            let fake = makeConnection({ crypto, identity: mode.as, random: crypto.randomBytes, handshakeTimeoutTicks: Infinity })
-            let event: ConnectionEvent = { _tag: "Start" }
+            const fake = new Connection({ crypto, identity: mode.as, random: crypto.randomBytes, handshakeTimeoutTicks: Infinity })
+            fake.start()
             while (true) {
-              const [next, commands] = stepConnection(fake, event)
-              fake = next
-              for (const command of commands) if (command._tag === "SendFrame") yield* channel.send(command.frame)
-              event = { _tag: "FrameReceived", frame: yield* channel.receive }
+              for (let frame = fake.pollTransmit(); frame !== undefined; frame = fake.pollTransmit()) {
+                yield* channel.send(frame)
+              }
+              fake.handleFrame(yield* channel.receive)
             }
           }
           const listener = listeners.get(bytesToHex(init.value.publicKey))

@@ -11,13 +11,7 @@ import { nobleCrypto } from "../src/adapters/crypto-noble.ts"
 // auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
 import { autoCryptoService } from "../src/adapters/crypto.ts"
 const nodeCrypto = autoCryptoService()
-import {
-  type ConnectionError,
-  type ConnectionState,
-  isAuthenticated,
-  makeConnection,
-  stepConnection
-} from "../src/core/connection.ts"
+import { Connection, type ConnectionError } from "../src/core/connection.ts"
 import type { CryptoPrimitives } from "../src/core/crypto.ts"
 import { makeDeterministicRandom } from "../src/core/random.ts"
 import { makeIdentity, makeLink, type Side } from "./support/sim-link.ts"
@@ -52,9 +46,8 @@ const runScenario = (cryptoA: CryptoPrimitives, cryptoB: CryptoPrimitives, scena
   // Keepalive and handshake limits above the longest scenario: this property
   // is about ordering, not timeouts (keepalive.test.ts covers those).
   const limits = { keepaliveTicks: 1000, handshakeTimeoutTicks: 1000 }
-  const link = makeLink(
-    stepConnection,
-    makeConnection({
+  const link = makeLink<Connection, ConnectionError>(
+    new Connection({
       crypto: cryptoA,
       identity: idA,
       expectedRemotePublicKey: idB.publicKey,
@@ -63,7 +56,7 @@ const runScenario = (cryptoA: CryptoPrimitives, cryptoB: CryptoPrimitives, scena
       maxPaddingBytes: scenario.paddingA,
       ...limits
     }),
-    makeConnection({
+    new Connection({
       crypto: cryptoB,
       identity: idB,
       random: makeDeterministicRandom(scenario.seed ^ 0x5555),
@@ -76,10 +69,10 @@ const runScenario = (cryptoA: CryptoPrimitives, cryptoB: CryptoPrimitives, scena
   // the machine so far (it queues sends until Authenticated, as an adapter must).
   const intended = { a: [] as Array<Uint8Array>, b: [] as Array<Uint8Array> }
   const handedOver = { a: 0, b: 0 }
-  const sides: Record<"a" | "b", Side<ConnectionState, ConnectionError>> = { a: link.a, b: link.b }
+  const sides: Record<"a" | "b", Side<Connection, ConnectionError>> = { a: link.a, b: link.b }
   const pump = (name: "a" | "b"): void => {
     const side = sides[name]
-    if (!isAuthenticated(side.state)) return
+    if (!side.machine.isAuthenticated) return
     while (handedOver[name] < intended[name].length) side.send(intended[name][handedOver[name]++]!)
   }
   const keysOfA = new Set<string>()
@@ -100,7 +93,7 @@ const runScenario = (cryptoA: CryptoPrimitives, cryptoB: CryptoPrimitives, scena
     }
     pump("a")
     pump("b")
-    const phase = link.a.state.channel.phase
+    const phase = link.a.machine.channel.phase
     if (phase._tag === "Established") keysOfA.add(Buffer.from(phase.send.key).toString("hex"))
     // At every point, what arrived is a prefix of what was sent.
     expect(link.b.delivered).toEqual(intended.a.slice(0, link.b.delivered.length))

@@ -14,23 +14,20 @@ import {
   ChannelMisuseError,
   type ConnectionConfig,
   type ConnectionError,
-  type ConnectionState,
-  isAuthenticated,
-  makeConnection,
-  stepConnection
+  Connection
 } from "../src/core/connection.ts"
 import type { CryptoPrimitives } from "../src/core/crypto.ts"
 import { decodeChannelMessage, decodeKaMessage, encodeChannelMessage, encodeKaMessage } from "../src/core/messages.ts"
 import { makeDeterministicRandom } from "../src/core/random.ts"
-import { stepSecureChannel, transportNonce } from "../src/core/secure-channel.ts"
+import { transportNonce } from "../src/core/secure-channel.ts"
 import { inflate } from "./support/capnp-bombs.ts"
-import { type Link, makeIdentity, makeLink, type Side } from "./support/sim-link.ts"
+import { type Link, makeIdentity, makeLink, type Side, stepMachine } from "./support/sim-link.ts"
 
 const layers: ReadonlyArray<CryptoPrimitives> = [nodeCrypto, nobleCrypto]
 const pairs = layers.flatMap((a) => layers.map((b) => [a, b] as const))
 
-type ConnectionLink = Link<ConnectionState, ConnectionError>
-type ConnectionSide = Side<ConnectionState, ConnectionError>
+type ConnectionLink = Link<Connection, ConnectionError>
+type ConnectionSide = Side<Connection, ConnectionError>
 
 interface LinkOptions {
   readonly cryptoA?: CryptoPrimitives
@@ -44,16 +41,15 @@ const connectionLink = (options: LinkOptions = {}): ConnectionLink => {
   const cryptoB = options.cryptoB ?? nodeCrypto
   const idA = makeIdentity(cryptoA, 1)
   const idB = makeIdentity(cryptoB, 2)
-  return makeLink(
-    stepConnection,
-    makeConnection({
+  return makeLink<Connection, ConnectionError>(
+    new Connection({
       crypto: cryptoA,
       identity: idA,
       expectedRemotePublicKey: idB.publicKey,
       random: makeDeterministicRandom(11),
       ...options.a
     }),
-    makeConnection({ crypto: cryptoB, identity: idB, random: makeDeterministicRandom(22), ...options.b })
+    new Connection({ crypto: cryptoB, identity: idB, random: makeDeterministicRandom(22), ...options.b })
   )
 }
 
@@ -66,7 +62,7 @@ const connect = (link: ConnectionLink): void => {
 const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text)
 
 const channelPhase = (side: ConnectionSide) => {
-  const phase = side.state.channel.phase
+  const phase = side.machine.channel.phase
   if (phase._tag !== "Established") throw new Error(`side ${side.name} is ${phase._tag}`)
   return phase
 }
@@ -75,10 +71,10 @@ describe("connection", () => {
   for (const [cryptoA, cryptoB] of pairs) {
     it(`${cryptoA.name} ↔ ${cryptoB.name}: authenticates once and carries messages both ways`, () => {
       const link = connectionLink({ cryptoA, cryptoB })
-      expect(isAuthenticated(link.a.state)).toBe(false)
+      expect(link.a.machine.isAuthenticated).toBe(false)
       connect(link)
-      expect(isAuthenticated(link.a.state)).toBe(true)
-      expect(isAuthenticated(link.b.state)).toBe(true)
+      expect(link.a.machine.isAuthenticated).toBe(true)
+      expect(link.b.machine.isAuthenticated).toBe(true)
       expect(link.a.authenticated).toEqual(makeIdentity(nodeCrypto, 2).publicKey)
       expect(link.b.authenticated).toEqual(makeIdentity(nodeCrypto, 1).publicKey)
       expect(link.a.authenticatedCount).toBe(1)
@@ -98,7 +94,7 @@ describe("connection", () => {
     expect(link.a.closed).toMatchObject({ _tag: "SecureChannelError", reason: "UnexpectedRemoteKey" })
     expect(link.b.closed).toMatchObject({ _tag: "SecureChannelError", reason: "UnexpectedDestination" })
     expect(link.a.authenticated).toBeUndefined()
-    expect(isAuthenticated(link.a.state)).toBe(false)
+    expect(link.a.machine.isAuthenticated).toBe(false)
   })
 
   it("the data path: frame = nonce ‖ AEAD(ChannelMessage{padding, user: KaMessage.message(data)})", () => {
@@ -117,27 +113,27 @@ describe("connection", () => {
     )
   })
 
-  it("Send before Authenticated throws ChannelMisuseError; after Close it does nothing", () => {
+  it("send before Authenticated throws ChannelMisuseError; after Closed every call does nothing", () => {
     const link = connectionLink()
-    expect(() => stepConnection(link.a.state, { _tag: "Send", data: utf8("early") })).toThrow(ChannelMisuseError)
+    expect(() => link.a.machine.send(utf8("early"))).toThrow(ChannelMisuseError)
     link.a.start()
     expect(() => link.a.send(utf8("early"))).toThrow(ChannelMisuseError)
-    expect(() => stepConnection(link.a.state, { _tag: "Start" })).toThrow(ChannelMisuseError)
+    expect(() => link.a.machine.start()).toThrow(ChannelMisuseError)
     link.b.start()
     link.flush()
     link.b.feed({ _tag: "FrameReceived", frame: new Uint8Array(64).fill(1) })
     expect(link.b.closed).toMatchObject({ reason: "UnexpectedNonce" })
-    expect(isAuthenticated(link.b.state)).toBe(false)
-    const closed = link.b.state
+    expect(link.b.machine.isAuthenticated).toBe(false)
+    const closed = link.b.machine
+    const error = closed.closed
     for (const event of [
       { _tag: "Send", data: utf8("late") },
       { _tag: "Tick" },
       { _tag: "Start" },
       { _tag: "FrameReceived", frame: link.a.sentFrames[0]! }
     ] as const) {
-      const [next, commands] = stepConnection(closed, event)
-      expect(next).toBe(closed)
-      expect(commands).toEqual([])
+      expect(stepMachine(closed, event)).toEqual([])
+      expect(closed.closed).toBe(error)
     }
   })
 
@@ -154,8 +150,7 @@ describe("connection", () => {
     const link = connectionLink()
     connect(link)
     // Forge a channel-level user message from B that skips the KaMessage wrapping.
-    const [, commands] = stepSecureChannel(link.b.state.channel, { _tag: "Send", data: Uint8Array.of(1, 2, 3) })
-    const forged = commands[0]
+    const [forged] = stepMachine(link.b.machine.channel, { _tag: "Send", data: Uint8Array.of(1, 2, 3) })
     if (forged?._tag !== "SendFrame") throw new Error("expected a frame")
     link.a.feed({ _tag: "FrameReceived", frame: forged.frame })
     expect(link.a.closed).toMatchObject({ _tag: "KeepaliveError", reason: "MalformedMessage" })

@@ -23,7 +23,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import fc from "fast-check"
 import * as Effect from "effect/Effect"
 import { nodeCryptoService } from "../src/adapters/crypto.ts"
-import { makeConnection, stepConnection, type ConnectionEvent, type ConnectionState } from "../src/core/connection.ts"
+import { Connection } from "../src/core/connection.ts"
+import { drainMachine, feedMachine, type LinkEvent } from "./support/sim-link.ts"
 import { encodeFrameHeader } from "../src/core/frame.ts"
 import {
   decodeInitConnection,
@@ -97,10 +98,10 @@ const frameOf = (payload: Uint8Array) => concat(encodeFrameHeader(payload.length
  */
 class FuzzClient {
   readonly raw: RawClient
-  private state: ConnectionState
+  private readonly machine: Connection
   private constructor(raw: RawClient, relayKey: Uint8Array) {
     this.raw = raw
-    this.state = makeConnection({
+    this.machine = new Connection({
       crypto,
       identity: newIdentity(crypto),
       expectedRemotePublicKey: relayKey,
@@ -114,11 +115,10 @@ class FuzzClient {
     return new FuzzClient(await RawClient.connect(relay.port), relay.endpoint.publicKey)
   }
 
-  /** Steps the machine; returns the frames it wants written (not written). */
-  step(event: ConnectionEvent): Array<Uint8Array> {
-    const [next, commands] = stepConnection(this.state, event)
-    this.state = next
-    return commands.flatMap((c) => (c._tag === "SendFrame" ? [c.frame] : []))
+  /** Makes one call on the machine; returns the frames it wants written (not written). */
+  step(event: LinkEvent): Array<Uint8Array> {
+    feedMachine(this.machine, event)
+    return drainMachine(this.machine).flatMap((c) => (c._tag === "SendFrame" ? [c.frame] : []))
   }
 
   writeFrames(frames: ReadonlyArray<Uint8Array>): void {
@@ -151,7 +151,7 @@ class FuzzClient {
     const dh = await this.framesUntil(1, [])
     if (dh === undefined) return false
     this.writeFrames(dh)
-    while (this.state.channel.phase._tag !== "Established") {
+    while (this.machine.channel.phase._tag !== "Established") {
       const frame = await this.raw.nextFrame()
       if (frame === undefined) return false
       this.writeFrames(this.step({ _tag: "FrameReceived", frame }))
@@ -161,7 +161,7 @@ class FuzzClient {
 
   /** Seals `plaintext` as our next transport frame, as the channel would, without the machine's encoding. */
   seal(plaintext: Uint8Array): Uint8Array {
-    const phase = this.state.channel.phase
+    const phase = this.machine.channel.phase
     if (phase._tag !== "Established") throw new Error("seal before the handshake")
     const nonce = transportNonce(phase.send.counter)
     return concat(nonce, crypto.aeadSeal(phase.send.key, nonce, plaintext))

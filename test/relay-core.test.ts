@@ -28,6 +28,7 @@ import {
   type RelayEvent
 } from "../src/core/relay-core.ts"
 import { ABORTED_REASONS_AND_LIMITS } from "./support/close-modes.ts"
+import { handleAll } from "./support/relay-core-step.ts"
 
 const key = (n: number): Uint8Array => new Uint8Array(32).fill(n)
 const C = key(0xc1)
@@ -45,12 +46,12 @@ class Harness {
   /** Whether listeners read their IncomingConnection messages (each is reported written at once). */
   listenersRead = true
   feed(event: RelayEvent): ReadonlyArray<RelayCommand> {
-    const commands = this.core.handle(event)
+    const commands = handleAll(this.core, event)
     expect(this.core.checkInvariants()).toEqual([])
     if (this.listenersRead) {
       for (const command of commands) {
         if (command._tag !== "SendIncomingConnection") continue
-        expect(this.core.handle({ _tag: "IncomingConnectionWritten", id: command.id })).toEqual([])
+        expect(handleAll(this.core, { _tag: "IncomingConnectionWritten", id: command.id })).toEqual([])
       }
     }
     return commands

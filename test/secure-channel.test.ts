@@ -28,27 +28,23 @@ import {
 import { makeDeterministicRandom } from "../src/core/random.ts"
 import {
   ChannelMisuseError,
-  closeError,
   type DirectionKey,
   exchangeDhSignatureInput,
   type Identity,
-  isEstablished,
-  makeSecureChannel,
+  SecureChannel,
   type SecureChannelConfig,
   type SecureChannelError,
   type SecureChannelErrorReason,
   type SecureChannelPhase,
-  type SecureChannelState,
-  stepSecureChannel,
   transportNonce
 } from "../src/core/secure-channel.ts"
-import { concatBytes, flipBit, type Link, makeIdentity, makeLink, type Side } from "./support/sim-link.ts"
+import { concatBytes, flipBit, type Link, makeIdentity, makeLink, type Side, stepMachine } from "./support/sim-link.ts"
 
 const layers: ReadonlyArray<CryptoPrimitives> = [nodeCrypto, nobleCrypto]
 const pairs = layers.flatMap((a) => layers.map((b) => [a, b] as const))
 
-type ChannelLink = Link<SecureChannelState, SecureChannelError>
-type ChannelSide = Side<SecureChannelState, SecureChannelError>
+type ChannelLink = Link<SecureChannel, SecureChannelError>
+type ChannelSide = Side<SecureChannel, SecureChannelError>
 type Established = Extract<SecureChannelPhase, { readonly _tag: "Established" }>
 
 interface LinkOptions {
@@ -77,21 +73,21 @@ const channelLink = (options: LinkOptions = {}): TestLink => {
   const expected = (which: "peer" | "none" | "other" | undefined, peer: Identity): Uint8Array | undefined =>
     which === "none" ? undefined : which === "other" ? other.publicKey : peer.publicKey
   const seed = options.seed ?? 0
-  const a = makeSecureChannel({
+  const a = new SecureChannel({
     crypto: cryptoA,
     identity: idA,
     expectedRemotePublicKey: expected(options.expectA ?? "peer", idB),
     random: makeDeterministicRandom(101 + seed),
     ...options.a
   })
-  const b = makeSecureChannel({
+  const b = new SecureChannel({
     crypto: cryptoB,
     identity: idB,
     expectedRemotePublicKey: expected(options.expectB ?? "none", idA),
     random: makeDeterministicRandom(202 + seed),
     ...options.b
   })
-  return { ...makeLink(stepSecureChannel, a, b), idA, idB, other }
+  return { ...makeLink<SecureChannel, SecureChannelError>(a, b), idA, idB, other }
 }
 
 const handshake = (link: ChannelLink): void => {
@@ -100,10 +96,17 @@ const handshake = (link: ChannelLink): void => {
   link.flush()
 }
 
+/** A snapshot of a side's established phase (the machine changes it in place). */
 const established = (side: ChannelSide): Established => {
-  const phase = side.state.phase
+  const phase = side.machine.phase
   if (phase._tag !== "Established") throw new Error(`side ${side.name} is ${phase._tag}, not Established`)
-  return phase
+  const copy = (key: DirectionKey): DirectionKey => ({ key: key.key, counter: key.counter })
+  return {
+    ...phase,
+    send: copy(phase.send),
+    receive: copy(phase.receive),
+    previousReceive: phase.previousReceive === undefined ? undefined : copy(phase.previousReceive)
+  }
 }
 
 const reasonOf = (side: ChannelSide): SecureChannelErrorReason | undefined => side.closed?.reason
@@ -194,7 +197,7 @@ describe("handshake", () => {
       const link = channelLink({ expectA, expectB: "none" })
       // Mallory announces B's public key but holds only her own seed.
       const mallory = makeIdentity(nodeCrypto, 66)
-      link.b.state = makeSecureChannel({
+      link.b.machine = new SecureChannel({
         crypto: nodeCrypto,
         identity: { seed: mallory.seed, publicKey: link.idB.publicKey },
         random: makeDeterministicRandom(7)
@@ -291,11 +294,11 @@ describe("handshake", () => {
       identity: makeIdentity(nodeCrypto, 1),
       random: makeDeterministicRandom(1)
     }
-    expect(() => makeSecureChannel({ ...base, maxPaddingBytes: -1 })).toThrow(RangeError)
-    expect(() => makeSecureChannel({ ...base, maxPaddingBytes: 65536 })).toThrow(RangeError)
-    expect(() => makeSecureChannel({ ...base, rekeyIntervalTicks: 0 })).toThrow(RangeError)
-    expect(() => makeSecureChannel({ ...base, handshakeTimeoutTicks: 1.5 })).toThrow(RangeError)
-    expect(() => makeSecureChannel({ ...base, expectedRemotePublicKey: new Uint8Array(31) })).toThrow(RangeError)
+    expect(() => new SecureChannel({ ...base, maxPaddingBytes: -1 })).toThrow(RangeError)
+    expect(() => new SecureChannel({ ...base, maxPaddingBytes: 65536 })).toThrow(RangeError)
+    expect(() => new SecureChannel({ ...base, rekeyIntervalTicks: 0 })).toThrow(RangeError)
+    expect(() => new SecureChannel({ ...base, handshakeTimeoutTicks: 1.5 })).toThrow(RangeError)
+    expect(() => new SecureChannel({ ...base, expectedRemotePublicKey: new Uint8Array(31) })).toThrow(RangeError)
   })
 })
 
@@ -535,50 +538,54 @@ describe("transport", () => {
 // ---------------------------------------------------------------------------
 
 describe("caller misuse and closing", () => {
-  it("throws ChannelMisuseError for events out of order, leaving the state alone", () => {
+  it("throws ChannelMisuseError for calls out of order, leaving the machine alone", () => {
     const link = channelLink()
-    const before = link.a.state
-    expect(() => stepSecureChannel(before, { _tag: "FrameReceived", frame: new Uint8Array(10) })).toThrow(ChannelMisuseError)
-    expect(() => stepSecureChannel(before, { _tag: "Send", data: new Uint8Array(1) })).toThrow(ChannelMisuseError)
+    const machine = link.a.machine
+    expect(() => machine.handleFrame(new Uint8Array(10))).toThrow(ChannelMisuseError)
+    expect(() => machine.send(new Uint8Array(1))).toThrow(ChannelMisuseError)
+    expect(machine.phase._tag).toBe("NotStarted")
+    expect(machine.pollTransmit()).toBeUndefined()
     link.a.start()
-    const started = link.a.state
+    const started = machine.phase
     try {
-      stepSecureChannel(started, { _tag: "Start" })
+      machine.start()
       expect.unreachable()
     } catch (error) {
       expect(error).toBeInstanceOf(ChannelMisuseError)
       expect((error as ChannelMisuseError).reason).toBe("AlreadyStarted")
     }
     try {
-      stepSecureChannel(started, { _tag: "Send", data: new Uint8Array(1) })
+      machine.send(new Uint8Array(1))
       expect.unreachable()
     } catch (error) {
       expect((error as ChannelMisuseError).reason).toBe("NotAuthenticated")
       expect((error as ChannelMisuseError)._tag).toBe("ChannelMisuseError")
     }
-    expect(link.a.state).toBe(started)
-    expect(isEstablished(started)).toBe(false)
+    expect(machine.phase).toBe(started)
+    expect(machine.pollTransmit()).toBeUndefined()
+    expect(machine.pollEvent()).toBeUndefined()
+    expect(machine.isEstablished).toBe(false)
   })
 
-  it("after Close every event does nothing", () => {
+  it("after Close every call does nothing", () => {
     const link = channelLink()
     handshake(link)
-    expect(isEstablished(link.b.state)).toBe(true)
+    expect(link.b.machine.isEstablished).toBe(true)
     // Nonce 0 is the expected one, so the all-zero tag is what fails.
     link.b.feed({ _tag: "FrameReceived", frame: new Uint8Array(40) })
     expect(reasonOf(link.b)).toBe("DecryptFailed")
-    const closed = link.b.state
-    expect(isEstablished(closed)).toBe(false)
-    expect(closeError(closed)?.reason).toBe("DecryptFailed")
+    const closed = link.b.machine
+    const phase = closed.phase
+    expect(closed.isEstablished).toBe(false)
+    expect(closed.closeError?.reason).toBe("DecryptFailed")
     for (const event of [
       { _tag: "Start" },
       { _tag: "Tick" },
       { _tag: "Send", data: new Uint8Array(3) },
       { _tag: "FrameReceived", frame: link.b.sentFrames[0]! }
     ] as const) {
-      const [next, commands] = stepSecureChannel(closed, event)
-      expect(next).toBe(closed)
-      expect(commands).toEqual([])
+      expect(stepMachine(closed, event)).toEqual([])
+      expect(closed.phase).toBe(phase)
     }
     expect(link.b.closeCount).toBe(1)
   })
@@ -784,7 +791,7 @@ describe("rekey", () => {
             link.a.receiveOne()
             break
         }
-        if (link.a.state.phase._tag === "Established") keys.add(bytesToHex(link.a.state.phase.send.key))
+        if (link.a.machine.phase._tag === "Established") keys.add(bytesToHex(link.a.machine.phase.send.key))
       }
       link.flush()
       expect(link.a.closed).toBeUndefined()

@@ -32,12 +32,7 @@ import * as Scope from "effect/Scope"
 import type { CryptoService } from "./crypto.ts"
 import { LinkError, type FrameLink } from "./frame-link.ts"
 import type { ChannelFailureDetail, ChannelFailureReason } from "../core/connect-outcome.ts"
-import {
-  makeConnection,
-  stepConnection,
-  type ConnectionConfig,
-  type ConnectionEvent
-} from "../core/connection.ts"
+import { Connection, type ConnectionConfig } from "../core/connection.ts"
 import { absurd } from "../core/absurd.ts"
 import type { Identity } from "../core/keys.ts"
 
@@ -111,7 +106,7 @@ export const establishChannel = (
   Effect.gen(function*() {
     const scope = yield* Effect.scope
     const inboxLimit = options.inboxBytes ?? DEFAULT_INBOX_BYTES
-    let machine = makeConnection({
+    const machine = new Connection({
       crypto: options.crypto,
       identity: options.identity,
       expectedRemotePublicKey: options.expectedRemotePublicKey,
@@ -155,33 +150,32 @@ export const establishChannel = (
       outboxSignal.wake()
     }
 
-    // Steps the machine and applies its commands; returns the sequence number
-    // the outbox must reach for this step's frames to be written.
-    const step = (event: ConnectionEvent): number => {
+    // Feeds the machine one call and applies what it queued; returns the
+    // sequence number the outbox must reach for those frames to be written.
+    const step = (feed: (machine: Connection) => void): number => {
       if (ended !== undefined) return queuedSeq
-      const [next, commands] = stepConnection(machine, event)
-      machine = next
-      for (const command of commands) {
-        switch (command._tag) {
-          case "SendFrame":
-            outbox.push(command.frame)
-            outboxBytes += command.frame.length
-            queuedSeq++
-            break
+      feed(machine)
+      for (let frame = machine.pollTransmit(); frame !== undefined; frame = machine.pollTransmit()) {
+        outbox.push(frame)
+        outboxBytes += frame.length
+        queuedSeq++
+      }
+      for (let event = machine.pollEvent(); event !== undefined; event = machine.pollEvent()) {
+        switch (event._tag) {
           case "Deliver":
-            inbox.push(command)
-            inboxBytes += heldBy(command)
+            inbox.push(event)
+            inboxBytes += heldBy(event)
             receiveSignal.wake()
             break
           case "Authenticated":
-            Deferred.doneUnsafe(authenticated, Exit.succeed(command.remotePublicKey))
+            Deferred.doneUnsafe(authenticated, Exit.succeed(event.remotePublicKey))
             break
-          case "Close":
-            // Frames queued before the Close are still written (best effort).
-            end(new ChannelError({ reason: "Protocol", detail: command.error.reason, message: command.error.message }))
+          case "Closed":
+            // Frames queued before the close are still written (best effort).
+            end(new ChannelError({ reason: "Protocol", detail: event.error.reason, message: event.error.message }))
             break
           default:
-            return absurd(command)
+            return absurd(event)
         }
       }
       if (outbox.length > 0) outboxSignal.wake()
@@ -214,7 +208,7 @@ export const establishChannel = (
           continue
         }
         const frame = yield* link.read
-        step({ _tag: "FrameReceived", frame })
+        step((machine) => machine.handleFrame(frame))
       }
     }).pipe(Effect.catch((error: LinkError) => Effect.sync(() => end(fromLinkError(error)))), endsChannel)
 
@@ -229,7 +223,7 @@ export const establishChannel = (
 
     // Start before the reader runs: a frame fed before Start is a misuse the
     // machine throws on, and the peer's first frame may already be buffered.
-    step({ _tag: "Start" })
+    step((machine) => machine.start())
     const reader = yield* Effect.forkIn(readLoop, scope)
     const writer = yield* Effect.forkIn(writeLoop, scope)
     // Frames queued before the end are still written, bounded by
@@ -295,10 +289,11 @@ export const establishChannel = (
       remotePublicKey,
       receive: Effect.map(receiveForwardable, (message) => message.data),
       send: (data) =>
-        Effect.suspend(() => (ended !== undefined ? Effect.fail(ended) : written(step({ _tag: "Send", data })))),
+        Effect.suspend(() => (ended !== undefined ? Effect.fail(ended) : written(step((machine) => machine.send(data))))),
       tick: () => {
         // Paused by us when the inbox is full or a rate limit holds reads back.
-        step({ _tag: "Tick", receivePaused: readerBlocked || (link.readPaused?.() ?? false) })
+        const receivePaused = readerBlocked || (link.readPaused?.() ?? false)
+        step((machine) => machine.tick(receivePaused))
       },
       close: Effect.sync(() => end(new ChannelError({ reason: "LocalClose", message: "channel closed locally" }))),
       ended: Deferred.await(endedDeferred),

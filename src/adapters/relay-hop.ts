@@ -27,14 +27,7 @@
  * the next tick, "graceful" drops what still arrives until the client's
  * FIN, up to the linger deadline, checked on ticks.
  */
-import {
-  type ConnectionCommand,
-  type ConnectionConfig,
-  type ConnectionEvent,
-  type ConnectionState,
-  makeConnection,
-  stepConnection
-} from "../core/connection.ts"
+import { Connection, type ConnectionConfig, type ConnectionEvent } from "../core/connection.ts"
 import { absurd } from "../core/absurd.ts"
 import { type Identity, publicKeyHex } from "../core/keys.ts"
 import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
@@ -117,7 +110,7 @@ export class Hop {
 
   private readonly server: HopServer
   private readonly decoder = new FrameDecoder(MAX_FRAME_LENGTH)
-  private machine: ConnectionState | undefined
+  private machine: Connection | undefined
   private framesRead = 0
   private versionChecked = false
   private paused = 0
@@ -155,7 +148,8 @@ export class Hop {
       end: () => this.end("client-closed", "the client closed the connection", "Closed"),
       close: (error) => this.onClose(error)
     })
-    this.writeFrames([encodeVersion()])
+    const version = encodeVersion()
+    this.stream.write([encodeFrameHeader(version.length), version])
   }
 
   /** Refused at admission (its Close already ran): cut off at once, no handshake, gone now. */
@@ -172,16 +166,21 @@ export class Hop {
       if (this.lingerUntil !== undefined && now >= this.lingerUntil) this.stream.destroy()
       return
     }
-    if (this.machine !== undefined) this.step({ _tag: "Tick", receivePaused: this.paused !== 0 })
+    const machine = this.machine
+    if (machine === undefined) return
+    machine.tick(this.paused !== 0)
+    this.drain(machine)
   }
 
   /** Sends one relay message (IncomingConnection) on this hop; the core hears when it is written. */
   sendToClient(message: Uint8Array): void {
-    if (this.closed || this.machine === undefined) {
+    const machine = this.machine
+    if (this.closed || machine === undefined) {
       this.server.dispatch({ _tag: "IncomingConnectionWritten", id: this.id })
       return
     }
-    const flushed = this.step({ _tag: "Send", data: message })
+    machine.send(message)
+    const flushed = this.drain(machine)
     if (flushed) this.server.dispatch({ _tag: "IncomingConnectionWritten", id: this.id })
     else this.incomingUnflushed++
   }
@@ -270,7 +269,7 @@ export class Hop {
       const error = checkVersion(frame)
       if (error !== undefined) return this.end("version-mismatch", error.message, "VersionMismatch")
       this.versionChecked = true
-      this.machine = makeConnection({
+      const machine = new Connection({
         crypto: this.server.crypto,
         identity: this.server.identity,
         random: this.server.crypto.randomBytes,
@@ -278,12 +277,16 @@ export class Hop {
         handshakeTimeoutTicks: Infinity,
         ...this.server.machine
       })
-      this.step({ _tag: "Start" })
+      this.machine = machine
+      machine.start()
+      this.drain(machine)
       return
     }
     // The second frame is the ExchangeRandNonce: the client is really starting a handshake.
     if (this.framesRead === 2) this.server.dispatch({ _tag: "HelloReceived", id: this.id })
-    this.step({ _tag: "FrameReceived", frame })
+    const machine = this.machine!
+    machine.handleFrame(frame)
+    this.drain(machine)
   }
 
   private onDrain(): void {
@@ -314,34 +317,34 @@ export class Hop {
 
   // ---------------------------------------------------------------- machine
 
-  // Steps the connection machine and carries out its commands; true when
-  // every frame it wrote went out without passing the high-water mark.
-  private step(event: ConnectionEvent): boolean {
-    const [next, commands] = stepConnection(this.machine!, event)
-    this.machine = next
+  // Writes what the machine queued, then carries out its events; true when
+  // the frames went out without passing the stream's high-water mark.
+  private drain(machine: Connection): boolean {
     let flushed = true
-    for (const command of commands) {
-      if (!this.run(command)) flushed = false
-      if (this.closed) break
+    let frame = machine.pollTransmit()
+    if (frame !== undefined) {
+      const pieces: Array<Uint8Array> = []
+      for (; frame !== undefined; frame = machine.pollTransmit()) pieces.push(encodeFrameHeader(frame.length), frame)
+      flushed = this.stream.write(pieces)
+    }
+    for (let event = machine.pollEvent(); event !== undefined && !this.closed; event = machine.pollEvent()) {
+      this.onEvent(event)
     }
     return flushed
   }
 
-  private run(command: ConnectionCommand): boolean {
-    switch (command._tag) {
-      case "SendFrame":
-        return this.writeFrames([command.frame])
+  private onEvent(event: ConnectionEvent): void {
+    switch (event._tag) {
       case "Authenticated":
-        this.clientKey = publicKeyHex(command.remotePublicKey)
+        this.clientKey = publicKeyHex(event.remotePublicKey)
         this.bucket = this.server.authenticated(this)
-        this.server.dispatch({ _tag: "Authenticated", id: this.id, publicKey: command.remotePublicKey })
-        return true
+        this.server.dispatch({ _tag: "Authenticated", id: this.id, publicKey: event.remotePublicKey })
+        return
       case "Deliver":
-        this.onMessage(command)
-        return true
-      case "Close": {
-        const reason = command.error.reason
-        this.end(
+        return this.onMessage(event)
+      case "Closed": {
+        const reason = event.error.reason
+        return this.end(
           reason === "KeepaliveTimeout"
             ? "keepalive-timeout"
             : reason === "RekeyFlood"
@@ -349,13 +352,12 @@ export class Hop {
             : this.clientKey === undefined
             ? "handshake-failed"
             : "protocol-violation",
-          command.error.message,
+          event.error.message,
           reason
         )
-        return true
       }
       default:
-        return absurd(command)
+        return absurd(event)
     }
   }
 
@@ -390,8 +392,10 @@ export class Hop {
   // nearly every large message, and leave a slow reader too little to read.
   private forward(message: Delivered): void {
     const peer = this.peer
-    if (peer === undefined || peer.closed || peer.machine === undefined) return
-    peer.step({ _tag: "Send", data: message.data, packed: message.packed })
+    const machine = peer?.machine
+    if (peer === undefined || peer.closed || machine === undefined) return
+    machine.send(message.data, message.packed)
+    peer.drain(machine)
     peer.delivered += message.data.length
     this.server.relayed(message.data.length)
     if (!peer.closed && peer.stream.writableLength() >= this.server.heldBytesLimit) {
@@ -404,12 +408,6 @@ export class Hop {
     const blocked = this.blocked
     this.blocked = undefined
     blocked?.resume(PAUSED_BY_PEER)
-  }
-
-  private writeFrames(frames: ReadonlyArray<Uint8Array>): boolean {
-    const pieces: Array<Uint8Array> = []
-    for (const frame of frames) pieces.push(encodeFrameHeader(frame.length), frame)
-    return this.stream.write(pieces)
   }
 
   // ---------------------------------------------------------------- reading

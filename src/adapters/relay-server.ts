@@ -287,9 +287,12 @@ export const makeRelayServer = (
       return total
     }
 
-    // Runs one core event and every command it gives, in order.
+    // Runs one core event and every command waiting, in order. A command
+    // that reports back (a hop dispatching from inside `runCommand`) drains
+    // the rest here too, so every command has run when a dispatch returns.
     const dispatch = (event: RelayEvent): void => {
-      for (const command of core.handle(event)) runCommand(command)
+      core.handle(event)
+      for (let command = core.poll(); command !== undefined; command = core.poll()) runCommand(command)
     }
 
     const runCommand = (command: RelayCommand): void => {

@@ -1,9 +1,12 @@
 /**
  * `offset-relay/core`: the pure machines and rules, one namespace per
- * module; each reducer is named for its machine (`stepConnection`,
- * `stepKeepalive`, `stepSecureChannel`, `stepStream`, `stepReconnect`). No
- * I/O, no clock, no randomness, no Effect runtime: drive them with events
- * and ticks and hand them random bytes (each module's header says how).
+ * module. The per-connection machines (`Connection.Connection`,
+ * `SecureChannel.SecureChannel`, `Keepalive.Keepalive`, `RelayCore.RelayCore`,
+ * `ListenFlow`, `ConnectGate`) change in place: feed them calls, then drain
+ * what they queued; the small ones are reducers named for their machine
+ * (`stepStream`, `stepReconnect`). No I/O, no clock, no randomness, no
+ * Effect runtime: drive them with calls and ticks and hand them random
+ * bytes (each module's header says how).
  *
  *     import { RelayCore, Keepalive } from "offset-relay/core"
  */

@@ -4,18 +4,19 @@
  * been quiet, and closes when the peer has been quiet (Offset's
  * components/keepalive).
  *
- * How to drive it: `makeKeepalive(config)`, then `stepKeepalive(state, event)` for
- * every event, running the returned commands in order before the next event.
- * - `Received { data }`: a packed KaMessage the peer sent (one user message of
+ * How to drive it: `new Keepalive(config)`, then after each call drain
+ * `pollTransmit()` and `pollEvent()` until each returns undefined.
+ * - `received(data)`: a packed KaMessage the peer sent (one user message of
  *   the secure channel below). Anything received restarts the close countdown.
- * - `Send { data }`: an application message to send; it restarts the
+ * - `send(data, packed?)`: an application message to send; it restarts the
  *   keepalive countdown.
- * - `Tick { receivePaused? }`: one tick passed. After `keepaliveTicks` ticks
+ * - `tick(receivePaused?)`: one tick passed. After `keepaliveTicks` ticks
  *   with nothing received we close ("KeepaliveTimeout", on exactly that tick);
  *   after `keepaliveTicks / 2` ticks with nothing sent we send `keepAlive`.
- * - Commands: `Transmit { data }` (a packed KaMessage for the channel below),
- *   `Deliver { data }` (an application message; keepalives never reach the
- *   application), `Close { error }` (once; afterwards events do nothing).
+ * - Transmits are packed KaMessages for the channel below; events are
+ *   `Deliver { data, packed }` (an application message; keepalives never
+ *   reach the application) and `Closed { error }` (once; afterwards calls
+ *   do nothing). The countdowns change in place.
  *
  * Backpressure: when the application stops reading and the adapter stops
  * reading the socket, the peer's messages wait in TCP buffers and we would
@@ -27,6 +28,7 @@
 import { type DecodeError, decodeKaMessage, defaultMaxUnpackedBytes, encodeKaMessage } from "./messages.ts"
 import { unpackBound } from "./unpack-bound.ts"
 import { absurd } from "./absurd.ts"
+import { CommandQueue } from "./command-queue.ts"
 
 /** Offset's keepalive_ticks: close after this many quiet ticks, ping after half. */
 export const DEFAULT_KEEPALIVE_TICKS = 32
@@ -51,39 +53,11 @@ export interface KeepaliveError {
   readonly decodeError?: DecodeError | undefined
 }
 
-/** What happened to the keepalive layer. */
+/** What the driver learns from the keepalive layer (`pollEvent`), in order. */
 export type KeepaliveEvent =
-  | { readonly _tag: "Received"; readonly data: Uint8Array }
-  /**
-   * `packed`, when given, is `data` already as a packed KaMessage (the
-   * `packed` of a Deliver: a relay forwarding what one side sent); it is
-   * sent as is instead of being encoded again.
-   */
-  | { readonly _tag: "Send"; readonly data: Uint8Array; readonly packed?: Uint8Array | undefined }
-  | { readonly _tag: "Tick"; readonly receivePaused?: boolean | undefined }
-
-/** What the driver of the keepalive layer must do, in order. */
-export type KeepaliveCommand =
-  | { readonly _tag: "Transmit"; readonly data: Uint8Array }
   /** `packed`: the KaMessage `data` arrived in, which a relay can forward without encoding it again. */
   | { readonly _tag: "Deliver"; readonly data: Uint8Array; readonly packed: Uint8Array }
-  | { readonly _tag: "Close"; readonly error: KeepaliveError }
-
-/** The keepalive countdowns. */
-export interface KeepaliveState {
-  readonly keepaliveTicks: number
-  readonly maxExpansion: number
-  /** Unpaused ticks left before the peer counts as dead. */
-  readonly ticksUntilClose: number
-  /** Ticks left before we must send something. */
-  readonly ticksUntilKeepalive: number
-  readonly closed: KeepaliveError | undefined
-}
-
-/** The result of one step: the next state and the commands to run in order. */
-export type KeepaliveStep = readonly [KeepaliveState, ReadonlyArray<KeepaliveCommand>]
-
-const noCommands: ReadonlyArray<KeepaliveCommand> = []
+  | { readonly _tag: "Closed"; readonly error: KeepaliveError }
 
 // A keepAlive encodes the same every time; share one buffer (never mutated).
 let keepAliveBytes: Uint8Array | undefined
@@ -91,80 +65,104 @@ let keepAliveBytes: Uint8Array | undefined
 /** The packed KaMessage `keepAlive`. */
 export const encodedKeepAlive = (): Uint8Array => (keepAliveBytes ??= encodeKaMessage({ _tag: "KeepAlive" }))
 
-
 /** Half of keepaliveTicks, rounded down (Offset's keepalive_ticks / 2). */
 const sendInterval = (keepaliveTicks: number): number => Math.floor(keepaliveTicks / 2)
 
-/** Fresh countdowns; a keepaliveTicks below 2 is a configuration bug and throws a RangeError. */
-export const makeKeepalive = (config: KeepaliveConfig = {}): KeepaliveState => {
-  const keepaliveTicks = config.keepaliveTicks ?? DEFAULT_KEEPALIVE_TICKS
-  if (!Number.isSafeInteger(keepaliveTicks) || keepaliveTicks < 2) {
-    throw new RangeError(`keepaliveTicks must be an integer of at least 2, got ${keepaliveTicks}`)
-  }
-  const maxExpansion = config.maxExpansion ?? Number.POSITIVE_INFINITY
-  if (!(maxExpansion >= 1)) throw new RangeError(`maxExpansion must be at least 1 or Infinity, got ${maxExpansion}`)
-  return {
-    keepaliveTicks,
-    maxExpansion,
-    ticksUntilClose: keepaliveTicks,
-    ticksUntilKeepalive: sendInterval(keepaliveTicks),
-    closed: undefined
-  }
-}
+/** The keepalive countdowns of one connection; see the module header. */
+export class Keepalive {
+  readonly keepaliveTicks: number
+  readonly maxExpansion: number
+  /** Unpaused ticks left before the peer counts as dead. */
+  ticksUntilClose: number
+  /** Ticks left before we must send something. */
+  ticksUntilKeepalive: number
+  closed: KeepaliveError | undefined = undefined
+  private readonly transmits = new CommandQueue<Uint8Array>()
+  private readonly events = new CommandQueue<KeepaliveEvent>()
 
-/** Advances the state by one event; see the module header for the rules. */
-export const stepKeepalive = (state: KeepaliveState, event: KeepaliveEvent): KeepaliveStep => {
-  if (state.closed !== undefined) return [state, noCommands]
-  switch (event._tag) {
-    case "Received": {
-      const decoded = decodeKaMessage(event.data, {
-        maxUnpackedBytes: Math.min(defaultMaxUnpackedBytes, unpackBound(state.maxExpansion, event.data.length))
+  /** Fresh countdowns; a keepaliveTicks below 2 is a configuration bug and throws a RangeError. */
+  constructor(config: KeepaliveConfig = {}) {
+    const keepaliveTicks = config.keepaliveTicks ?? DEFAULT_KEEPALIVE_TICKS
+    if (!Number.isSafeInteger(keepaliveTicks) || keepaliveTicks < 2) {
+      throw new RangeError(`keepaliveTicks must be an integer of at least 2, got ${keepaliveTicks}`)
+    }
+    const maxExpansion = config.maxExpansion ?? Number.POSITIVE_INFINITY
+    if (!(maxExpansion >= 1)) throw new RangeError(`maxExpansion must be at least 1 or Infinity, got ${maxExpansion}`)
+    this.keepaliveTicks = keepaliveTicks
+    this.maxExpansion = maxExpansion
+    this.ticksUntilClose = keepaliveTicks
+    this.ticksUntilKeepalive = sendInterval(keepaliveTicks)
+  }
+
+  /** The next packed KaMessage for the channel below; undefined when there is none. */
+  pollTransmit(): Uint8Array | undefined {
+    return this.transmits.poll()
+  }
+
+  /** The next event; undefined when there is none. */
+  pollEvent(): KeepaliveEvent | undefined {
+    return this.events.poll()
+  }
+
+  /** A packed KaMessage from the peer. */
+  received(data: Uint8Array): void {
+    if (this.closed !== undefined) return
+    const decoded = decodeKaMessage(data, {
+      maxUnpackedBytes: Math.min(defaultMaxUnpackedBytes, unpackBound(this.maxExpansion, data.length))
+    })
+    if (decoded._tag === "Err") {
+      return this.close({
+        _tag: "KeepaliveError",
+        reason: "MalformedMessage",
+        message: `KaMessage: ${decoded.error.message}`,
+        decodeError: decoded.error
       })
-      if (decoded._tag === "Err") {
-        const error: KeepaliveError = {
-          _tag: "KeepaliveError",
-          reason: "MalformedMessage",
-          message: `KaMessage: ${decoded.error.message}`,
-          decodeError: decoded.error
-        }
-        return [{ ...state, closed: error }, [{ _tag: "Close", error }]]
-      }
-      const next: KeepaliveState = { ...state, ticksUntilClose: state.keepaliveTicks }
-      const message = decoded.value
-      switch (message._tag) {
-        case "KeepAlive":
-          return [next, noCommands]
-        case "Message":
-          return [next, [{ _tag: "Deliver", data: message.data, packed: event.data }]]
-        default:
-          return absurd(message)
-      }
     }
-    case "Send":
-      return [
-        { ...state, ticksUntilKeepalive: sendInterval(state.keepaliveTicks) },
-        [{ _tag: "Transmit", data: event.packed ?? encodeKaMessage({ _tag: "Message", data: event.data }) }]
-      ]
-    case "Tick": {
-      const ticksUntilClose = event.receivePaused === true ? state.ticksUntilClose : state.ticksUntilClose - 1
-      if (ticksUntilClose <= 0) {
-        const error: KeepaliveError = {
-          _tag: "KeepaliveError",
-          reason: "KeepaliveTimeout",
-          message: `nothing received from the peer for ${state.keepaliveTicks} ticks`
-        }
-        return [{ ...state, ticksUntilClose: 0, closed: error }, [{ _tag: "Close", error }]]
-      }
-      const ticksUntilKeepalive = state.ticksUntilKeepalive - 1
-      if (ticksUntilKeepalive <= 0) {
-        return [
-          { ...state, ticksUntilClose, ticksUntilKeepalive: sendInterval(state.keepaliveTicks) },
-          [{ _tag: "Transmit", data: encodedKeepAlive() }]
-        ]
-      }
-      return [{ ...state, ticksUntilClose, ticksUntilKeepalive }, noCommands]
+    this.ticksUntilClose = this.keepaliveTicks
+    const message = decoded.value
+    switch (message._tag) {
+      case "KeepAlive":
+        return
+      case "Message":
+        this.events.push({ _tag: "Deliver", data: message.data, packed: data })
+        return
+      default:
+        return absurd(message)
     }
-    default:
-      return absurd(event)
+  }
+
+  /**
+   * An application message to send. `packed`, when given, is `data` already
+   * as a packed KaMessage (a Deliver's `packed`: a relay forwarding what one
+   * side sent); it is sent as is instead of being encoded again.
+   */
+  send(data: Uint8Array, packed?: Uint8Array): void {
+    if (this.closed !== undefined) return
+    this.ticksUntilKeepalive = sendInterval(this.keepaliveTicks)
+    this.transmits.push(packed ?? encodeKaMessage({ _tag: "Message", data }))
+  }
+
+  /** One tick; `receivePaused` when we were the ones not reading (see the header). */
+  tick(receivePaused = false): void {
+    if (this.closed !== undefined) return
+    if (!receivePaused) this.ticksUntilClose--
+    if (this.ticksUntilClose <= 0) {
+      this.ticksUntilClose = 0
+      return this.close({
+        _tag: "KeepaliveError",
+        reason: "KeepaliveTimeout",
+        message: `nothing received from the peer for ${this.keepaliveTicks} ticks`
+      })
+    }
+    this.ticksUntilKeepalive--
+    if (this.ticksUntilKeepalive <= 0) {
+      this.ticksUntilKeepalive = sendInterval(this.keepaliveTicks)
+      this.transmits.push(encodedKeepAlive())
+    }
+  }
+
+  private close(error: KeepaliveError): void {
+    this.closed = error
+    this.events.push({ _tag: "Closed", error })
   }
 }

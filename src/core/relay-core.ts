@@ -5,10 +5,14 @@
  * when, and why. No I/O, no clock, no randomness.
  *
  * How to drive it (the adapter's loop):
- * - Feed one `RelayEvent` at a time to `RelayCore.handle`; it returns the
- *   commands that event caused. Run EVERY returned command, in order, before
- *   feeding the next event (a command may be the reason a later event is
- *   ignored, e.g. a `Close` followed by that socket's late `Closed`).
+ * - Feed one `RelayEvent` at a time to `RelayCore.handle`, then drain
+ *   `poll()` until it returns undefined, running each command in order
+ *   before feeding the next event (a command may be the reason a later
+ *   event is ignored, e.g. a `Close` followed by that socket's late
+ *   `Closed`). An event fed while a drain runs (a command's effect reports
+ *   back) queues its commands after the ones already waiting, so they still
+ *   run in the order their events were fed. The core changes in place and
+ *   reuses its queue: an event costs no command array.
  * - Time enters only as `Tick` events, one per tick (Offset: 1 s); ticks never
  *   go backwards and are never skipped (feed N ticks one by one). Every
  *   timeout here is counted in ticks, so a deadline "N ticks after X" fires on
@@ -143,6 +147,7 @@
 import { publicKeyHex, publicKeyLength } from "./keys.ts"
 import { decodeInitConnection, decodeRejectConnection, encodeIncomingConnection } from "./messages.ts"
 import { absurd } from "./absurd.ts"
+import { CommandQueue } from "./command-queue.ts"
 
 /** A connection's id, chosen by the adapter, unique for the relay's lifetime. */
 export type ConnectionId = number & { readonly ConnectionId: unique symbol }
@@ -630,6 +635,7 @@ export class RelayCore {
   private activePrefixes = 0
   private pressure = false
   private paused = 0
+  private readonly commands = new CommandQueue<RelayCommand>()
 
   /** Throws on an invalid config: validate user input with checkRelayConfig first. */
   constructor(config: RelayConfig = defaultRelayConfig) {
@@ -649,9 +655,9 @@ export class RelayCore {
     return this.shutdownDeadline !== undefined && this.now >= this.shutdownDeadline
   }
 
-  /** Applies one event; returns the commands to run, in order, before the next event. */
-  handle(event: RelayEvent): ReadonlyArray<RelayCommand> {
-    const out: Array<RelayCommand> = []
+  /** Applies one event; then drain `poll()` and run each command, in order. */
+  handle(event: RelayEvent): void {
+    const out = this.commands
     switch (event._tag) {
       case "Opened":
         this.onOpened(event.id, event.prefix, out)
@@ -694,7 +700,15 @@ export class RelayCore {
     }
     // Closes free memory: pressure may have ended.
     this.updatePressure(out)
-    return out
+  }
+
+  /**
+   * The next command, in the order the events caused them; undefined when
+   * there is none. Drain it after each `handle`: commands that wait here
+   * across the next event may act on a state that event changed.
+   */
+  poll(): RelayCommand | undefined {
+    return this.commands.poll()
   }
 
   /** Current counts for metrics. */
@@ -870,7 +884,7 @@ export class RelayCore {
     return problems
   }
 
-  private onOpened(id: ConnectionId, prefix: string, out: Array<RelayCommand>): void {
+  private onOpened(id: ConnectionId, prefix: string, out: CommandQueue<RelayCommand>): void {
     if (this.connections.has(id)) {
       // Two sockets under one id: neither can be told apart any more.
       this.close(id, "adapter-misuse", out)
@@ -971,7 +985,7 @@ export class RelayCore {
     this.put(id, { ...connection, hello: true, deadline: connection.opened + this.config.handshakeTimeoutTicks })
   }
 
-  private onAuthenticated(id: ConnectionId, publicKey: Uint8Array, out: Array<RelayCommand>): void {
+  private onAuthenticated(id: ConnectionId, publicKey: Uint8Array, out: CommandQueue<RelayCommand>): void {
     const connection = this.connections.get(id)
     if (connection === undefined) return
     if (connection._tag !== "Handshaking" || publicKey.length !== publicKeyLength) {
@@ -991,7 +1005,7 @@ export class RelayCore {
     })
   }
 
-  private onReceived(id: ConnectionId, message: Uint8Array, out: Array<RelayCommand>): void {
+  private onReceived(id: ConnectionId, message: Uint8Array, out: CommandQueue<RelayCommand>): void {
     const connection = this.connections.get(id)
     if (connection === undefined) return
     switch (connection._tag) {
@@ -1015,7 +1029,7 @@ export class RelayCore {
     id: ConnectionId,
     connection: Extract<Connection, { _tag: "AwaitingInit" }>,
     message: Uint8Array,
-    out: Array<RelayCommand>
+    out: CommandQueue<RelayCommand>
   ): void {
     const decoded = decodeInitConnection(message)
     if (decoded._tag === "Err") {
@@ -1115,7 +1129,7 @@ export class RelayCore {
     id: ConnectionId,
     listener: Extract<Connection, { _tag: "Listening" }>,
     message: Uint8Array,
-    out: Array<RelayCommand>
+    out: CommandQueue<RelayCommand>
   ): void {
     const decoded = decodeRejectConnection(message)
     if (decoded._tag === "Err") {
@@ -1135,7 +1149,7 @@ export class RelayCore {
     return usage
   }
 
-  private onUsage(id: ConnectionId, held: number, delivered: number, out: Array<RelayCommand>): void {
+  private onUsage(id: ConnectionId, held: number, delivered: number, out: CommandQueue<RelayCommand>): void {
     const connection = this.connections.get(id)
     if (connection === undefined) return
     const usage = this.usageOf(id)
@@ -1155,7 +1169,7 @@ export class RelayCore {
   }
 
   // Enters pressure at the budget, leaves it at the low water mark (resuming every paused connection).
-  private updatePressure(out: Array<RelayCommand>): void {
+  private updatePressure(out: CommandQueue<RelayCommand>): void {
     if (!this.pressure) {
       if (this.heldBytes >= this.config.maxBufferedBytes) this.pressure = true
       return
@@ -1171,7 +1185,7 @@ export class RelayCore {
     this.paused = 0
   }
 
-  private onTick(out: Array<RelayCommand>): void {
+  private onTick(out: CommandQueue<RelayCommand>): void {
     this.now++
     if (this.shutdownDeadline === this.now) this.closeAllTunnels(out)
     for (const prefix of this.refilling) {
@@ -1210,7 +1224,7 @@ export class RelayCore {
     }
   }
 
-  private closeStuckTunnels(out: Array<RelayCommand>): void {
+  private closeStuckTunnels(out: CommandQueue<RelayCommand>): void {
     for (const [id, connection] of [...this.connections]) {
       // Each tunnel once, from its connect side.
       if (connection._tag !== "Tunnel" || !connection.counted || !this.connections.has(id)) continue
@@ -1226,7 +1240,7 @@ export class RelayCore {
     }
   }
 
-  private onShutdown(drainTicks: number, out: Array<RelayCommand>): void {
+  private onShutdown(drainTicks: number, out: CommandQueue<RelayCommand>): void {
     if (this.shutdownDeadline !== undefined) return
     this.shutdownDeadline = this.now + drainTicks
     // Half tunnels first, so that closing their listeners does not report them "listener-gone".
@@ -1239,7 +1253,7 @@ export class RelayCore {
     if (drainTicks <= 0) this.closeAllTunnels(out)
   }
 
-  private closeAllTunnels(out: Array<RelayCommand>): void {
+  private closeAllTunnels(out: CommandQueue<RelayCommand>): void {
     for (const id of [...this.connections.keys()]) {
       const connection = this.connections.get(id)
       if (connection?._tag !== "Tunnel") continue
@@ -1252,7 +1266,7 @@ export class RelayCore {
   }
 
   // Emits Close for tracked `id`, then forgets it and closes what depended on it.
-  private close(id: ConnectionId, reason: CloseReason, out: Array<RelayCommand>, limit?: RelayLimit): void {
+  private close(id: ConnectionId, reason: CloseReason, out: CommandQueue<RelayCommand>, limit?: RelayLimit): void {
     const connection = this.connections.get(id)
     if (connection === undefined) return
     out.push(closeCommand(id, reason, connection._tag !== "Handshaking", limit))
@@ -1261,7 +1275,7 @@ export class RelayCore {
 
   // Forgets `id` (already closed, or being closed by the caller) and closes
   // what depended on it: a listener's half tunnels, a tunnel's other side.
-  private release(id: ConnectionId, out: Array<RelayCommand>): void {
+  private release(id: ConnectionId, out: CommandQueue<RelayCommand>): void {
     const connection = this.connections.get(id)
     if (connection === undefined) return
     this.drop(id)

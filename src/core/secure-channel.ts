@@ -3,22 +3,28 @@
  * handshake, transport encryption and rekeying, for either side of a
  * connection, with or without an expected remote identity.
  *
- * How to drive it:
- * - `makeSecureChannel(config)` gives the state; feed `Start` first, then
- *   `FrameReceived` for every frame the peer sent (in order), `Send` for each
- *   application message (only after the `Authenticated` command), and `Tick`
- *   once per tick (1 s in Offset). `stepSecureChannel(state, event)` returns the next state
- *   and the commands to run, IN ORDER, before feeding the next event.
- * - Commands: `SendFrame` (write one frame to the peer), `Deliver` (an
- *   application message arrived), `Authenticated` (exactly once, when the
- *   handshake completes), `Close` (exactly once; the channel is over).
- * - Peer misbehaviour is never thrown: it ends the channel with a `Close`
- *   command carrying a `SecureChannelError`. After that every event does
- *   nothing. A caller's own mistake (a frame before `Start`, `Send` before
- *   `Authenticated`, `Start` twice) throws `ChannelMisuseError` and leaves
- *   the state as it was; a correct adapter never sees it.
- * - Time and randomness are inputs: ticks are events; every nonce, salt,
- *   ephemeral key and padding byte comes from `config.random`.
+ * How to drive it (quinn-proto's shape: feed, then drain):
+ * - `new SecureChannel(config)`; call `start()` first, then `handleFrame`
+ *   for every frame the peer sent (in order), `send` for each application
+ *   message (only after the `Authenticated` event), and `tick()` once per
+ *   tick (1 s in Offset).
+ * - After each call, drain `pollTransmit()` (the frames to write to the
+ *   peer, in order) and then `pollEvent()` (`Authenticated` exactly once
+ *   when the handshake completes, `Deliver` for each application message,
+ *   `Closed` exactly once when the channel is over), each until it returns
+ *   undefined. Transmits before events: frames queued before a `Closed`
+ *   still belong on the wire (a refused peer needs our handshake frame to
+ *   say which key we hold).
+ * - The machine changes in place: no state copies, no command arrays; a
+ *   sealed frame is the only buffer a `send` allocates besides the cipher's.
+ * - Peer misbehaviour is never thrown: it ends the channel with a `Closed`
+ *   event carrying a `SecureChannelError`. After that every call does
+ *   nothing. A caller's own mistake (a frame before `start`, `send` before
+ *   `Authenticated`, `start` twice) throws `ChannelMisuseError` and leaves
+ *   the machine as it was; a correct adapter never sees it.
+ * - Time and randomness are inputs: ticks are calls; every nonce, salt,
+ *   ephemeral key and padding byte comes from `config.random`. The same
+ *   calls with the same random bytes give the same frames and events.
  *
  * Protocol details taken from Offset (components/secure_channel, crypto):
  * - Handshake frames are plaintext packed ExchangeRandNonce, then ExchangeDh.
@@ -64,6 +70,7 @@ import {
 import { unpackBound } from "./unpack-bound.ts"
 import { absurd } from "./absurd.ts"
 import type { Identity } from "./keys.ts"
+import { CommandQueue } from "./command-queue.ts"
 
 /** Bytes of the nonce at the start of every transport frame. */
 export const TRANSPORT_NONCE_LENGTH = 12
@@ -168,24 +175,16 @@ export class ChannelMisuseError extends Error {
   }
 }
 
-/** What happened to a secure channel. */
+/** What the driver learns from a secure channel (`pollEvent`), in order. */
 export type SecureChannelEvent =
-  | { readonly _tag: "Start" }
-  | { readonly _tag: "FrameReceived"; readonly frame: Uint8Array }
-  | { readonly _tag: "Send"; readonly data: Uint8Array }
-  | { readonly _tag: "Tick" }
-
-/** What the driver of a secure channel must do, in order. */
-export type SecureChannelCommand =
-  | { readonly _tag: "SendFrame"; readonly frame: Uint8Array }
-  | { readonly _tag: "Deliver"; readonly data: Uint8Array }
   | { readonly _tag: "Authenticated"; readonly remotePublicKey: Uint8Array }
-  | { readonly _tag: "Close"; readonly error: SecureChannelError }
+  | { readonly _tag: "Deliver"; readonly data: Uint8Array }
+  | { readonly _tag: "Closed"; readonly error: SecureChannelError }
 
-/** One direction's key and the counter of the next nonce under it. */
+/** One direction's key and the counter of the next nonce under it (advanced in place per frame). */
 export interface DirectionKey {
   readonly key: Uint8Array
-  readonly counter: number
+  counter: number
 }
 
 /** Our half of a rekey we started and whose answer has not arrived. */
@@ -207,13 +206,17 @@ export interface SecureChannelSettings {
   readonly peerRekeyLimit: { readonly burst: number; readonly refillTicks: number } | undefined
 }
 
-/** Where the channel is, named after what it waits for; each holds only what is valid there. */
+/**
+ * Where the channel is, named after what it waits for; each holds only what
+ * is valid there. A new phase object marks each step of the handshake and
+ * the close; while established, the phase's fields change in place.
+ */
 export type SecureChannelPhase =
   | { readonly _tag: "NotStarted" }
   | {
       readonly _tag: "AwaitingRandNonce"
       readonly localNonce: Uint8Array
-      readonly ticks: number
+      ticks: number
     }
   | {
       readonly _tag: "AwaitingDh"
@@ -221,37 +224,28 @@ export type SecureChannelPhase =
       readonly remotePublicKey: Uint8Array
       readonly dhSecret: Uint8Array
       readonly keySalt: Uint8Array
-      readonly ticks: number
+      ticks: number
     }
-  | {
-      readonly _tag: "Established"
-      readonly remotePublicKey: Uint8Array
-      readonly send: DirectionKey
-      readonly receive: DirectionKey
-      /** The receive key before the last rekey, until a frame decrypts under `receive`. */
-      readonly previousReceive: DirectionKey | undefined
-      readonly pendingRekey: PendingRekey | undefined
-      readonly ticksUntilRekey: number
-      /** Rekeys the peer may still start now (peerRekeyLimit); Infinity without a limit. */
-      readonly peerRekeyTokens: number
-      /** Ticks until one more peer rekey is allowed. */
-      readonly ticksUntilRekeyToken: number
-    }
+  | EstablishedPhase
   | { readonly _tag: "Closed"; readonly error: SecureChannelError }
 
-/** The whole state of one secure channel. */
-export interface SecureChannelState {
-  readonly settings: SecureChannelSettings
-  readonly phase: SecureChannelPhase
+/** The established channel's keys and countdowns. */
+export interface EstablishedPhase {
+  readonly _tag: "Established"
+  readonly remotePublicKey: Uint8Array
+  send: DirectionKey
+  receive: DirectionKey
+  /** The receive key before the last rekey, until a frame decrypts under `receive`. */
+  previousReceive: DirectionKey | undefined
+  pendingRekey: PendingRekey | undefined
+  ticksUntilRekey: number
+  /** Rekeys the peer may still start now (peerRekeyLimit); Infinity without a limit. */
+  peerRekeyTokens: number
+  /** Ticks until one more peer rekey is allowed. */
+  ticksUntilRekeyToken: number
 }
 
-type EstablishedPhase = Extract<SecureChannelPhase, { readonly _tag: "Established" }>
-
-/** The result of one step: the next state and the commands to run in order. */
-export type SecureChannelStep = readonly [SecureChannelState, ReadonlyArray<SecureChannelCommand>]
-
-const noCommands: ReadonlyArray<SecureChannelCommand> = []
-
+const NOT_STARTED: SecureChannelPhase = { _tag: "NotStarted" }
 
 const requireTicks = (what: string, value: number): number => {
   if (!(value === Number.POSITIVE_INFINITY || (Number.isSafeInteger(value) && value >= 1))) {
@@ -297,19 +291,6 @@ const requireExpansion = (value: number): number => {
   if (!(value >= 1)) throw new RangeError(`maxExpansion must be at least 1 or Infinity, got ${value}`)
   return value
 }
-
-/** A channel that has not started; feed it `Start`. */
-export const makeSecureChannel = (config: SecureChannelConfig): SecureChannelState => ({
-  settings: secureChannelSettings(config),
-  phase: { _tag: "NotStarted" }
-})
-
-/** True once the handshake is done and `Send` is allowed (false again after close). */
-export const isEstablished = (state: SecureChannelState): boolean => state.phase._tag === "Established"
-
-/** The close reason, or undefined while the channel is open. */
-export const closeError = (state: SecureChannelState): SecureChannelError | undefined =>
-  state.phase._tag === "Closed" ? state.phase.error : undefined
 
 /** The bytes an ExchangeDh signature covers: dhPublicKey ‖ randNonce ‖ keySalt (Offset's signature_buffer). */
 export const exchangeDhSignatureInput = (
@@ -366,19 +347,6 @@ const bytesEqual = (a: Uint8Array, b: Uint8Array): boolean => {
   return true
 }
 
-const fail = (
-  state: SecureChannelState,
-  reason: SecureChannelErrorReason,
-  message: string,
-  decodeError?: DecodeError
-): SecureChannelStep => {
-  const error: SecureChannelError =
-    decodeError === undefined
-      ? { _tag: "SecureChannelError", reason, message }
-      : { _tag: "SecureChannelError", reason, message, decodeError }
-  return [{ settings: state.settings, phase: { _tag: "Closed", error } }, [{ _tag: "Close", error }]]
-}
-
 const deriveKey = (crypto: CryptoPrimitives, salt: Uint8Array, shared: Uint8Array): Uint8Array =>
   crypto.hkdfSha512_256(salt, shared, emptyBytes, SYMMETRIC_KEY_LENGTH)
 
@@ -394,323 +362,315 @@ const makePadding = (settings: SecureChannelSettings): Uint8Array => {
   return length === 0 ? emptyBytes : settings.random(length)
 }
 
-type SealResult =
-  | { readonly _tag: "Ok"; readonly frame: Uint8Array; readonly send: DirectionKey }
-  | { readonly _tag: "Exhausted" }
 
-/** Encrypts one ChannelMessage under `send`: the frame and the advanced counter. */
-const seal = (settings: SecureChannelSettings, send: DirectionKey, content: ChannelContent): SealResult => {
-  if (send.counter >= Number.MAX_SAFE_INTEGER) return { _tag: "Exhausted" }
-  // Transient: sealed right here, before anything else is encoded.
-  const plaintext = encodeChannelMessageTransient({ randPadding: makePadding(settings), content })
-  const nonce = transportNonce(send.counter)
-  const frame = settings.crypto.aeadSeal(send.key, nonce, plaintext, nonce)
-  return { _tag: "Ok", frame, send: { key: send.key, counter: send.counter + 1 } }
-}
+/** One secure channel; see the module header for how to drive it. */
+export class SecureChannel {
+  readonly settings: SecureChannelSettings
+  private current: SecureChannelPhase = NOT_STARTED
+  private readonly transmits = new CommandQueue<Uint8Array>()
+  private readonly events = new CommandQueue<SecureChannelEvent>()
 
-const exhausted = (state: SecureChannelState): SecureChannelStep =>
-  fail(state, "NonceExhausted", "send nonce counter reached 2^53; refusing to reuse a nonce")
+  /** A channel that has not started; bad settings throw a RangeError here, not later. */
+  constructor(config: SecureChannelConfig) {
+    this.settings = secureChannelSettings(config)
+  }
 
-/** Advances the state by one event; see the module header for the rules. */
-export const stepSecureChannel = (state: SecureChannelState, event: SecureChannelEvent): SecureChannelStep => {
-  const phase = state.phase
-  if (phase._tag === "Closed") return [state, noCommands]
-  switch (event._tag) {
-    case "Start":
-      return onStart(state)
-    case "FrameReceived":
-      switch (phase._tag) {
-        case "NotStarted":
-          throw new ChannelMisuseError("NotStarted", "FrameReceived before Start")
-        case "AwaitingRandNonce":
-          return onRandNonce(state, phase, event.frame)
-        case "AwaitingDh":
-          return onDh(state, phase, event.frame)
-        case "Established":
-          return onTransportFrame(state, phase, event.frame)
-        default:
-          return absurd(phase)
-      }
-    case "Send":
-      if (phase._tag !== "Established") {
-        throw new ChannelMisuseError("NotAuthenticated", "Send before the channel is authenticated")
-      }
-      return onSend(state, phase, event.data)
-    case "Tick":
-      return onTick(state)
-    default:
-      return absurd(event)
+  /** Where the channel is (read-only: inspect, do not change). */
+  get phase(): SecureChannelPhase {
+    return this.current
   }
-}
 
-const onStart = (state: SecureChannelState): SecureChannelStep => {
-  if (state.phase._tag !== "NotStarted") throw new ChannelMisuseError("AlreadyStarted", "Start fed twice")
-  const { settings } = state
-  const localNonce = settings.random(RAND_NONCE_LENGTH)
-  const frame = encodeExchangeRandNonce({
-    randNonce: localNonce,
-    srcPublicKey: settings.identity.publicKey,
-    optDestPublicKey: settings.expectedRemotePublicKey
-  })
-  return [
-    { settings, phase: { _tag: "AwaitingRandNonce", localNonce, ticks: 0 } },
-    [{ _tag: "SendFrame", frame }]
-  ]
-}
+  /** True once the handshake is done and `send` is allowed (false again after close). */
+  get isEstablished(): boolean {
+    return this.current._tag === "Established"
+  }
 
-const onRandNonce = (
-  state: SecureChannelState,
-  phase: Extract<SecureChannelPhase, { readonly _tag: "AwaitingRandNonce" }>,
-  frame: Uint8Array
-): SecureChannelStep => {
-  const { settings } = state
-  const decoded = decodeExchangeRandNonce(frame)
-  if (decoded._tag === "Err") {
-    return fail(state, "MalformedMessage", `ExchangeRandNonce: ${decoded.error.message}`, decoded.error)
+  /** The close reason, or undefined while the channel is open. */
+  get closeError(): SecureChannelError | undefined {
+    return this.current._tag === "Closed" ? this.current.error : undefined
   }
-  const peer = decoded.value
-  const expected = settings.expectedRemotePublicKey
-  if (expected !== undefined && !bytesEqual(peer.srcPublicKey, expected)) {
-    return fail(state, "UnexpectedRemoteKey", "the peer's identity is not the expected public key")
-  }
-  if (peer.optDestPublicKey !== undefined && !bytesEqual(peer.optDestPublicKey, settings.identity.publicKey)) {
-    return fail(state, "UnexpectedDestination", "the peer expects a different identity than ours")
-  }
-  // Offset's order: ephemeral key first, then salt.
-  const dhSecret = settings.random(DH_SECRET_LENGTH)
-  const keySalt = settings.random(SALT_LENGTH)
-  const dhPublicKey = settings.crypto.x25519PublicKey(dhSecret)
-  const signature = settings.crypto.ed25519Sign(
-    settings.identity.seed,
-    exchangeDhSignatureInput(dhPublicKey, peer.randNonce, keySalt)
-  )
-  const out = encodeExchangeDh({ dhPublicKey, randNonce: peer.randNonce, keySalt, signature })
-  return [
-    {
-      settings,
-      phase: {
-        _tag: "AwaitingDh",
-        localNonce: phase.localNonce,
-        remotePublicKey: peer.srcPublicKey,
-        dhSecret,
-        keySalt,
-        ticks: phase.ticks
-      }
-    },
-    [{ _tag: "SendFrame", frame: out }]
-  ]
-}
 
-const onDh = (
-  state: SecureChannelState,
-  phase: Extract<SecureChannelPhase, { readonly _tag: "AwaitingDh" }>,
-  frame: Uint8Array
-): SecureChannelStep => {
-  const { settings } = state
-  const { crypto } = settings
-  const decoded = decodeExchangeDh(frame)
-  if (decoded._tag === "Err") {
-    return fail(state, "MalformedMessage", `ExchangeDh: ${decoded.error.message}`, decoded.error)
+  /** The next frame to write to the peer, in order; undefined when there is none. */
+  pollTransmit(): Uint8Array | undefined {
+    return this.transmits.poll()
   }
-  const dh = decoded.value
-  if (!bytesEqual(dh.randNonce, phase.localNonce)) {
-    return fail(state, "WrongNonceEcho", "the peer's ExchangeDh does not echo our nonce")
-  }
-  const signed = exchangeDhSignatureInput(dh.dhPublicKey, dh.randNonce, dh.keySalt)
-  if (!crypto.ed25519Verify(phase.remotePublicKey, signed, dh.signature)) {
-    return fail(state, "BadSignature", "the peer's ExchangeDh signature does not verify under its identity")
-  }
-  const shared = crypto.x25519(phase.dhSecret, dh.dhPublicKey)
-  if (shared === undefined) return fail(state, "LowOrderPoint", "the peer's handshake DH key is a low-order point")
-  return [
-    {
-      settings,
-      phase: {
-        _tag: "Established",
-        remotePublicKey: phase.remotePublicKey,
-        send: { key: deriveKey(crypto, phase.keySalt, shared), counter: 0 },
-        receive: { key: deriveKey(crypto, dh.keySalt, shared), counter: 0 },
-        previousReceive: undefined,
-        pendingRekey: undefined,
-        ticksUntilRekey: settings.rekeyIntervalTicks,
-        peerRekeyTokens: settings.peerRekeyLimit?.burst ?? Number.POSITIVE_INFINITY,
-        ticksUntilRekeyToken: settings.peerRekeyLimit?.refillTicks ?? Number.POSITIVE_INFINITY
-      }
-    },
-    [{ _tag: "Authenticated", remotePublicKey: phase.remotePublicKey }]
-  ]
-}
 
-const onSend = (state: SecureChannelState, phase: EstablishedPhase, data: Uint8Array): SecureChannelStep => {
-  const sealed = seal(state.settings, phase.send, { _tag: "User", data })
-  if (sealed._tag === "Exhausted") return exhausted(state)
-  return [
-    { settings: state.settings, phase: { ...phase, send: sealed.send } },
-    [{ _tag: "SendFrame", frame: sealed.frame }]
-  ]
-}
+  /** The next event, in order; undefined when there is none. */
+  pollEvent(): SecureChannelEvent | undefined {
+    return this.events.poll()
+  }
 
-const onTransportFrame = (state: SecureChannelState, phase: EstablishedPhase, frame: Uint8Array): SecureChannelStep => {
-  const { settings } = state
-  if (frame.length < TRANSPORT_NONCE_LENGTH + TRANSPORT_TAG_LENGTH) {
-    return fail(state, "ShortFrame", `transport frame of ${frame.length} bytes is shorter than nonce and tag`)
+  /** Sends our ExchangeRandNonce; once, before anything else. */
+  start(): void {
+    if (this.current._tag === "Closed") return
+    if (this.current._tag !== "NotStarted") throw new ChannelMisuseError("AlreadyStarted", "start called twice")
+    const { settings } = this
+    const localNonce = settings.random(RAND_NONCE_LENGTH)
+    this.transmits.push(encodeExchangeRandNonce({
+      randNonce: localNonce,
+      srcPublicKey: settings.identity.publicKey,
+      optDestPublicKey: settings.expectedRemotePublicKey
+    }))
+    this.current = { _tag: "AwaitingRandNonce", localNonce, ticks: 0 }
   }
-  // While a previous key is kept its counter is at least 1 (it carried the
-  // peer's Rekey) and the new key's is 0, so the nonce says which key to try.
-  const previous = phase.previousReceive
-  const underPrevious = previous !== undefined && nonceIs(frame, previous.counter)
-  const direction = underPrevious ? previous : phase.receive
-  if (!underPrevious && !nonceIs(frame, direction.counter)) {
-    return fail(state, "UnexpectedNonce", `transport frame nonce is not the expected counter ${direction.counter}`)
-  }
-  const plaintext = settings.crypto.aeadOpen(
-    direction.key,
-    frame.subarray(0, TRANSPORT_NONCE_LENGTH),
-    frame.subarray(TRANSPORT_NONCE_LENGTH)
-  )
-  if (plaintext === undefined) return fail(state, "DecryptFailed", "transport frame tag does not verify")
-  const advanced: DirectionKey = { key: direction.key, counter: direction.counter + 1 }
-  const decoded = decodeChannelMessage(plaintext, {
-    maxUnpackedBytes: Math.min(defaultMaxUnpackedBytes, unpackBound(settings.maxExpansion, frame.length))
-  })
-  if (decoded._tag === "Err") {
-    return fail(state, "MalformedMessage", `ChannelMessage: ${decoded.error.message}`, decoded.error)
-  }
-  const content = decoded.value.content
-  // A frame under the current key retires the previous one (Offset's try_decrypt).
-  const next: EstablishedPhase = underPrevious
-    ? { ...phase, previousReceive: advanced }
-    : { ...phase, receive: advanced, previousReceive: undefined }
-  switch (content._tag) {
-    case "User":
-      return [{ settings, phase: next }, [{ _tag: "Deliver", data: content.data }]]
-    case "Rekey":
-      if (underPrevious) {
-        return fail(state, "UnexpectedMessage", "a Rekey arrived under a receive key a rekey already replaced")
-      }
-      return onRekey(state, next, content.rekey)
-    default:
-      return absurd(content)
-  }
-}
 
-const onRekey = (state: SecureChannelState, phase: EstablishedPhase, rekey: Rekey): SecureChannelStep => {
-  const { settings } = state
-  const { crypto } = settings
-  const pending = phase.pendingRekey
-  if (pending !== undefined) {
-    // The peer's Rekey answers ours (or crossed it): both sides now derive the same pair.
-    const shared = crypto.x25519(pending.dhSecret, rekey.dhPublicKey)
-    if (shared === undefined) return fail(state, "LowOrderPoint", "the peer's rekey DH key is a low-order point")
-    return [
-      {
-        settings,
-        phase: {
-          ...phase,
-          send: { key: deriveKey(crypto, pending.keySalt, shared), counter: 0 },
-          receive: { key: deriveKey(crypto, rekey.keySalt, shared), counter: 0 },
-          previousReceive: phase.receive,
-          pendingRekey: undefined,
-          ticksUntilRekey: settings.rekeyIntervalTicks
+  /** One frame from the peer, in arrival order. */
+  handleFrame(frame: Uint8Array): void {
+    const phase = this.current
+    switch (phase._tag) {
+      case "Closed":
+        return
+      case "NotStarted":
+        throw new ChannelMisuseError("NotStarted", "handleFrame before start")
+      case "AwaitingRandNonce":
+        return this.onRandNonce(phase, frame)
+      case "AwaitingDh":
+        return this.onDh(phase, frame)
+      case "Established":
+        return this.onTransportFrame(phase, frame)
+      default:
+        return absurd(phase)
+    }
+  }
+
+  /** Seals one application message; only after `Authenticated`. */
+  send(data: Uint8Array): void {
+    const phase = this.current
+    if (phase._tag === "Closed") return
+    if (phase._tag !== "Established") {
+      throw new ChannelMisuseError("NotAuthenticated", "send before the channel is authenticated")
+    }
+    this.seal(phase.send, { _tag: "User", data })
+  }
+
+  /** One tick: the handshake deadline before authentication, rekeying after. */
+  tick(): void {
+    const { settings } = this
+    const phase = this.current
+    switch (phase._tag) {
+      case "NotStarted":
+      case "Closed":
+        // Time before start does not count against the handshake.
+        return
+      case "AwaitingRandNonce":
+      case "AwaitingDh":
+        phase.ticks++
+        if (phase.ticks >= settings.handshakeTimeoutTicks) {
+          this.fail("HandshakeTimeout", `handshake not finished within ${settings.handshakeTimeoutTicks} ticks`)
         }
-      },
-      noCommands
-    ]
+        return
+      case "Established":
+        refillRekeyTokens(settings, phase)
+        if (phase.ticksUntilRekey > 1) {
+          phase.ticksUntilRekey--
+          return
+        }
+        // Due, but our previous rekey is unanswered: try again next tick (as Offset does).
+        phase.ticksUntilRekey = 0
+        if (phase.pendingRekey === undefined) this.startRekey(phase)
+        return
+      default:
+        return absurd(phase)
+    }
   }
-  // The peer starts this rekey: each costs us a key pair, an X25519 and two
-  // HKDFs, so a peer rekeying in a loop is refused rather than served.
-  if (phase.peerRekeyTokens < 1) {
-    return fail(state, "RekeyFlood", `the peer started more rekeys than ${settings.peerRekeyLimit?.burst} per ${settings.peerRekeyLimit?.refillTicks} ticks`)
-  }
-  const dhSecret = settings.random(DH_SECRET_LENGTH)
-  const keySalt = settings.random(SALT_LENGTH)
-  const shared = crypto.x25519(dhSecret, rekey.dhPublicKey)
-  if (shared === undefined) return fail(state, "LowOrderPoint", "the peer's rekey DH key is a low-order point")
-  // Our answer goes under the OLD send key: the peer switches its receive key only on reading it.
-  const answer = seal(settings, phase.send, {
-    _tag: "Rekey",
-    rekey: { dhPublicKey: crypto.x25519PublicKey(dhSecret), keySalt }
-  })
-  if (answer._tag === "Exhausted") return exhausted(state)
-  return [
-    {
-      settings,
-      phase: {
-        ...phase,
-        send: { key: deriveKey(crypto, keySalt, shared), counter: 0 },
-        receive: { key: deriveKey(crypto, rekey.keySalt, shared), counter: 0 },
-        previousReceive: phase.receive,
-        ticksUntilRekey: settings.rekeyIntervalTicks,
-        peerRekeyTokens: phase.peerRekeyTokens - 1
-      }
-    },
-    [{ _tag: "SendFrame", frame: answer.frame }]
-  ]
-}
 
-const onTick = (state: SecureChannelState): SecureChannelStep => {
-  const { settings } = state
-  const phase = state.phase
-  switch (phase._tag) {
-    case "NotStarted":
-    case "Closed":
-      // Time before Start does not count against the handshake.
-      return [state, noCommands]
-    case "AwaitingRandNonce":
-    case "AwaitingDh": {
-      const ticks = phase.ticks + 1
-      if (ticks >= settings.handshakeTimeoutTicks) {
-        return fail(state, "HandshakeTimeout", `handshake not finished within ${settings.handshakeTimeoutTicks} ticks`)
-      }
-      return [{ settings, phase: { ...phase, ticks } }, noCommands]
+  // ---------------------------------------------------------------- handshake
+
+  private onRandNonce(phase: Extract<SecureChannelPhase, { readonly _tag: "AwaitingRandNonce" }>, frame: Uint8Array): void {
+    const { settings } = this
+    const decoded = decodeExchangeRandNonce(frame)
+    if (decoded._tag === "Err") {
+      return this.fail("MalformedMessage", `ExchangeRandNonce: ${decoded.error.message}`, decoded.error)
     }
-    case "Established": {
-      const ticksUntilRekey = phase.ticksUntilRekey - 1
-      const refill = refillRekeyTokens(settings, phase)
-      if (ticksUntilRekey > 0) return [{ settings, phase: { ...phase, ...refill, ticksUntilRekey } }, noCommands]
-      // Due, but our previous rekey is unanswered: try again next tick (as Offset does).
-      if (phase.pendingRekey !== undefined) {
-        return [{ settings, phase: { ...phase, ...refill, ticksUntilRekey: 0 } }, noCommands]
-      }
-      return startRekey(state, { ...phase, ...refill })
+    const peer = decoded.value
+    const expected = settings.expectedRemotePublicKey
+    if (expected !== undefined && !bytesEqual(peer.srcPublicKey, expected)) {
+      return this.fail("UnexpectedRemoteKey", "the peer's identity is not the expected public key")
     }
-    default:
-      return absurd(phase)
+    if (peer.optDestPublicKey !== undefined && !bytesEqual(peer.optDestPublicKey, settings.identity.publicKey)) {
+      return this.fail("UnexpectedDestination", "the peer expects a different identity than ours")
+    }
+    // Offset's order: ephemeral key first, then salt.
+    const dhSecret = settings.random(DH_SECRET_LENGTH)
+    const keySalt = settings.random(SALT_LENGTH)
+    const dhPublicKey = settings.crypto.x25519PublicKey(dhSecret)
+    const signature = settings.crypto.ed25519Sign(
+      settings.identity.seed,
+      exchangeDhSignatureInput(dhPublicKey, peer.randNonce, keySalt)
+    )
+    this.transmits.push(encodeExchangeDh({ dhPublicKey, randNonce: peer.randNonce, keySalt, signature }))
+    this.current = {
+      _tag: "AwaitingDh",
+      localNonce: phase.localNonce,
+      remotePublicKey: peer.srcPublicKey,
+      dhSecret,
+      keySalt,
+      ticks: phase.ticks
+    }
+  }
+
+  private onDh(phase: Extract<SecureChannelPhase, { readonly _tag: "AwaitingDh" }>, frame: Uint8Array): void {
+    const { settings } = this
+    const { crypto } = settings
+    const decoded = decodeExchangeDh(frame)
+    if (decoded._tag === "Err") {
+      return this.fail("MalformedMessage", `ExchangeDh: ${decoded.error.message}`, decoded.error)
+    }
+    const dh = decoded.value
+    if (!bytesEqual(dh.randNonce, phase.localNonce)) {
+      return this.fail("WrongNonceEcho", "the peer's ExchangeDh does not echo our nonce")
+    }
+    const signed = exchangeDhSignatureInput(dh.dhPublicKey, dh.randNonce, dh.keySalt)
+    if (!crypto.ed25519Verify(phase.remotePublicKey, signed, dh.signature)) {
+      return this.fail("BadSignature", "the peer's ExchangeDh signature does not verify under its identity")
+    }
+    const shared = crypto.x25519(phase.dhSecret, dh.dhPublicKey)
+    if (shared === undefined) return this.fail("LowOrderPoint", "the peer's handshake DH key is a low-order point")
+    this.current = {
+      _tag: "Established",
+      remotePublicKey: phase.remotePublicKey,
+      send: { key: deriveKey(crypto, phase.keySalt, shared), counter: 0 },
+      receive: { key: deriveKey(crypto, dh.keySalt, shared), counter: 0 },
+      previousReceive: undefined,
+      pendingRekey: undefined,
+      ticksUntilRekey: settings.rekeyIntervalTicks,
+      peerRekeyTokens: settings.peerRekeyLimit?.burst ?? Number.POSITIVE_INFINITY,
+      ticksUntilRekeyToken: settings.peerRekeyLimit?.refillTicks ?? Number.POSITIVE_INFINITY
+    }
+    this.events.push({ _tag: "Authenticated", remotePublicKey: phase.remotePublicKey })
+  }
+
+  // ---------------------------------------------------------------- transport
+
+  private onTransportFrame(phase: EstablishedPhase, frame: Uint8Array): void {
+    const { settings } = this
+    if (frame.length < TRANSPORT_NONCE_LENGTH + TRANSPORT_TAG_LENGTH) {
+      return this.fail("ShortFrame", `transport frame of ${frame.length} bytes is shorter than nonce and tag`)
+    }
+    // While a previous key is kept its counter is at least 1 (it carried the
+    // peer's Rekey) and the new key's is 0, so the nonce says which key to try.
+    const previous = phase.previousReceive
+    const underPrevious = previous !== undefined && nonceIs(frame, previous.counter)
+    const direction = underPrevious ? previous : phase.receive
+    if (!underPrevious && !nonceIs(frame, direction.counter)) {
+      return this.fail("UnexpectedNonce", `transport frame nonce is not the expected counter ${direction.counter}`)
+    }
+    const plaintext = settings.crypto.aeadOpen(
+      direction.key,
+      frame.subarray(0, TRANSPORT_NONCE_LENGTH),
+      frame.subarray(TRANSPORT_NONCE_LENGTH)
+    )
+    if (plaintext === undefined) return this.fail("DecryptFailed", "transport frame tag does not verify")
+    direction.counter++
+    // A frame under the current key retires the previous one (Offset's try_decrypt).
+    if (!underPrevious) phase.previousReceive = undefined
+    const decoded = decodeChannelMessage(plaintext, {
+      maxUnpackedBytes: Math.min(defaultMaxUnpackedBytes, unpackBound(settings.maxExpansion, frame.length))
+    })
+    if (decoded._tag === "Err") {
+      return this.fail("MalformedMessage", `ChannelMessage: ${decoded.error.message}`, decoded.error)
+    }
+    const content = decoded.value.content
+    switch (content._tag) {
+      case "User":
+        this.events.push({ _tag: "Deliver", data: content.data })
+        return
+      case "Rekey":
+        if (underPrevious) {
+          return this.fail("UnexpectedMessage", "a Rekey arrived under a receive key a rekey already replaced")
+        }
+        return this.onRekey(phase, content.rekey)
+      default:
+        return absurd(content)
+    }
+  }
+
+  private onRekey(phase: EstablishedPhase, rekey: Rekey): void {
+    const { settings } = this
+    const { crypto } = settings
+    const pending = phase.pendingRekey
+    if (pending !== undefined) {
+      // The peer's Rekey answers ours (or crossed it): both sides now derive the same pair.
+      const shared = crypto.x25519(pending.dhSecret, rekey.dhPublicKey)
+      if (shared === undefined) return this.fail("LowOrderPoint", "the peer's rekey DH key is a low-order point")
+      phase.previousReceive = phase.receive
+      phase.send = { key: deriveKey(crypto, pending.keySalt, shared), counter: 0 }
+      phase.receive = { key: deriveKey(crypto, rekey.keySalt, shared), counter: 0 }
+      phase.pendingRekey = undefined
+      phase.ticksUntilRekey = settings.rekeyIntervalTicks
+      return
+    }
+    // The peer starts this rekey: each costs us a key pair, an X25519 and two
+    // HKDFs, so a peer rekeying in a loop is refused rather than served.
+    if (phase.peerRekeyTokens < 1) {
+      return this.fail(
+        "RekeyFlood",
+        `the peer started more rekeys than ${settings.peerRekeyLimit?.burst} per ${settings.peerRekeyLimit?.refillTicks} ticks`
+      )
+    }
+    const dhSecret = settings.random(DH_SECRET_LENGTH)
+    const keySalt = settings.random(SALT_LENGTH)
+    const shared = crypto.x25519(dhSecret, rekey.dhPublicKey)
+    if (shared === undefined) return this.fail("LowOrderPoint", "the peer's rekey DH key is a low-order point")
+    // Our answer goes under the OLD send key: the peer switches its receive key only on reading it.
+    const answered = this.seal(phase.send, {
+      _tag: "Rekey",
+      rekey: { dhPublicKey: crypto.x25519PublicKey(dhSecret), keySalt }
+    })
+    if (!answered) return
+    phase.previousReceive = phase.receive
+    phase.send = { key: deriveKey(crypto, keySalt, shared), counter: 0 }
+    phase.receive = { key: deriveKey(crypto, rekey.keySalt, shared), counter: 0 }
+    phase.ticksUntilRekey = settings.rekeyIntervalTicks
+    phase.peerRekeyTokens--
+  }
+
+  private startRekey(phase: EstablishedPhase): void {
+    const { settings } = this
+    const dhSecret = settings.random(DH_SECRET_LENGTH)
+    const keySalt = settings.random(SALT_LENGTH)
+    const sealed = this.seal(phase.send, {
+      _tag: "Rekey",
+      rekey: { dhPublicKey: settings.crypto.x25519PublicKey(dhSecret), keySalt }
+    })
+    if (!sealed) return
+    phase.pendingRekey = { dhSecret, keySalt }
+    phase.ticksUntilRekey = settings.rekeyIntervalTicks
+  }
+
+  // Encrypts one ChannelMessage under `send` and queues the frame; false
+  // (and closed) when the key's nonces are used up.
+  private seal(send: DirectionKey, content: ChannelContent): boolean {
+    if (send.counter >= Number.MAX_SAFE_INTEGER) {
+      this.fail("NonceExhausted", "send nonce counter reached 2^53; refusing to reuse a nonce")
+      return false
+    }
+    const { settings } = this
+    // Transient: sealed right here, before anything else is encoded.
+    const plaintext = encodeChannelMessageTransient({ randPadding: makePadding(settings), content })
+    const nonce = transportNonce(send.counter)
+    this.transmits.push(settings.crypto.aeadSeal(send.key, nonce, plaintext, nonce))
+    send.counter++
+    return true
+  }
+
+  private fail(reason: SecureChannelErrorReason, message: string, decodeError?: DecodeError): void {
+    const error: SecureChannelError = decodeError === undefined
+      ? { _tag: "SecureChannelError", reason, message }
+      : { _tag: "SecureChannelError", reason, message, decodeError }
+    this.current = { _tag: "Closed", error }
+    this.events.push({ _tag: "Closed", error })
   }
 }
 
 // One tick of the peer's rekey allowance: a token back every refillTicks, up to the burst.
-const refillRekeyTokens = (
-  settings: SecureChannelSettings,
-  phase: EstablishedPhase
-): Pick<EstablishedPhase, "peerRekeyTokens" | "ticksUntilRekeyToken"> => {
+const refillRekeyTokens = (settings: SecureChannelSettings, phase: EstablishedPhase): void => {
   const limit = settings.peerRekeyLimit
-  if (limit === undefined) return phase
+  if (limit === undefined) return
   if (phase.ticksUntilRekeyToken > 1) {
-    return { peerRekeyTokens: phase.peerRekeyTokens, ticksUntilRekeyToken: phase.ticksUntilRekeyToken - 1 }
+    phase.ticksUntilRekeyToken--
+    return
   }
-  return { peerRekeyTokens: Math.min(limit.burst, phase.peerRekeyTokens + 1), ticksUntilRekeyToken: limit.refillTicks }
-}
-
-const startRekey = (state: SecureChannelState, phase: EstablishedPhase): SecureChannelStep => {
-  const { settings } = state
-  const dhSecret = settings.random(DH_SECRET_LENGTH)
-  const keySalt = settings.random(SALT_LENGTH)
-  const sealed = seal(settings, phase.send, {
-    _tag: "Rekey",
-    rekey: { dhPublicKey: settings.crypto.x25519PublicKey(dhSecret), keySalt }
-  })
-  if (sealed._tag === "Exhausted") return exhausted(state)
-  return [
-    {
-      settings,
-      phase: {
-        ...phase,
-        send: sealed.send,
-        pendingRekey: { dhSecret, keySalt },
-        ticksUntilRekey: settings.rekeyIntervalTicks
-      }
-    },
-    [{ _tag: "SendFrame", frame: sealed.frame }]
-  ]
+  phase.peerRekeyTokens = Math.min(limit.burst, phase.peerRekeyTokens + 1)
+  phase.ticksUntilRekeyToken = limit.refillTicks
 }

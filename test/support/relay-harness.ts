@@ -25,7 +25,7 @@ import {
   type RelayServer,
   type RelayServerOptions
 } from "../../src/adapters/relay-server.ts"
-import { makeConnection, stepConnection, type ConnectionState } from "../../src/core/connection.ts"
+import { Connection } from "../../src/core/connection.ts"
 import { encodeFrame, FrameDecoder } from "../../src/core/frame.ts"
 import { encodeInitConnection, type InitConnection } from "../../src/core/messages.ts"
 import type { RelayConfig } from "../../src/core/relay-core.ts"
@@ -193,7 +193,7 @@ export class RawClient {
   private readonly frames: Array<Uint8Array> = []
   private frameWaiters: Array<() => void> = []
   private isClosed = false
-  private machine: ConnectionState | undefined
+  private machine: Connection | undefined
   private readonly messages: Array<Uint8Array> = []
 
   private constructor(socket: Net.Socket) {
@@ -286,7 +286,7 @@ export class RawClient {
     this.writeFrame(encodeVersion())
     const version = await this.nextFrame()
     if (version === undefined) return "closed"
-    let machine = makeConnection({
+    const machine = new Connection({
       crypto: nodeCryptoService,
       identity: { seed: options.signingSeed ?? identity.seed, publicKey: identity.publicKey },
       expectedRemotePublicKey: relayPublicKey,
@@ -296,32 +296,29 @@ export class RawClient {
     })
     let authenticated = false
     let closed = false
-    const run = (event: Parameters<typeof stepConnection>[1]) => {
-      const [next, commands] = stepConnection(machine, event)
-      machine = next
-      for (const command of commands) {
-        switch (command._tag) {
-          case "SendFrame":
-            this.writeFrame(command.frame)
-            break
+    const run = (feed: () => void) => {
+      feed()
+      this.writeQueued(machine)
+      for (let event = machine.pollEvent(); event !== undefined; event = machine.pollEvent()) {
+        switch (event._tag) {
           case "Authenticated":
             authenticated = true
             break
           case "Deliver":
-            this.messages.push(command.data)
+            this.messages.push(event.data)
             break
-          case "Close":
+          case "Closed":
             closed = true
             break
         }
       }
     }
-    run({ _tag: "Start" })
+    run(() => machine.start())
     if (options.stopAfterRandNonce) return "stopped"
     while (!authenticated && !closed) {
       const frame = await this.nextFrame()
       if (frame === undefined) return "closed"
-      run({ _tag: "FrameReceived", frame })
+      run(() => machine.handleFrame(frame))
     }
     this.machine = machine
     return authenticated ? "authenticated" : "closed"
@@ -330,17 +327,20 @@ export class RawClient {
   /** Sends one application message over the established channel (never ticks: no keepalives). */
   sendMessage(data: Uint8Array): void {
     if (this.machine === undefined) throw new Error("sendMessage before handshake")
-    const [next, commands] = stepConnection(this.machine, { _tag: "Send", data })
-    this.machine = next
-    for (const command of commands) if (command._tag === "SendFrame") this.writeFrame(command.frame)
+    this.machine.send(data)
+    this.writeQueued(this.machine)
   }
 
   /** Sends `packed` as the KaMessage of one message, as is (e.g. a crafted one). */
   sendPackedKaMessage(packed: Uint8Array): void {
     if (this.machine === undefined) throw new Error("sendPackedKaMessage before handshake")
-    const [next, commands] = stepConnection(this.machine, { _tag: "Send", data: new Uint8Array(0), packed })
-    this.machine = next
-    for (const command of commands) if (command._tag === "SendFrame") this.writeFrame(command.frame)
+    this.machine.send(new Uint8Array(0), packed)
+    this.writeQueued(this.machine)
+  }
+
+  // Writes every frame the machine queued.
+  private writeQueued(machine: Connection): void {
+    for (let frame = machine.pollTransmit(); frame !== undefined; frame = machine.pollTransmit()) this.writeFrame(frame)
   }
 
   /** Seals `plaintext` as the next transport frame, in place of a ChannelMessage the machine would build. */
@@ -349,10 +349,8 @@ export class RawClient {
     if (this.machine === undefined || phase?._tag !== "Established") throw new Error("sendSealedPlaintext before handshake")
     const nonce = transportNonce(phase.send.counter)
     this.writeFrame(nodeCryptoService.aeadSeal(phase.send.key, nonce, plaintext, nonce))
-    this.machine = {
-      ...this.machine,
-      channel: { ...this.machine.channel, phase: { ...phase, send: { ...phase.send, counter: phase.send.counter + 1 } } }
-    }
+    // The frame used the machine's next nonce: advance it as sealing would.
+    phase.send.counter++
   }
 
   /** Sends the packed InitConnection. */
@@ -369,9 +367,8 @@ export class RawClient {
       if (this.machine === undefined || this.socket.destroyed) return
       // Paused: this client does not feed the relay's frames back to its
       // machine, which must not judge the relay silent for it.
-      const [next, commands] = stepConnection(this.machine, { _tag: "Tick", receivePaused: true })
-      this.machine = next
-      for (const command of commands) if (command._tag === "SendFrame") this.writeFrame(command.frame)
+      this.machine.tick(true)
+      this.writeQueued(this.machine)
     }, tickMs)
     this.socket.once("close", () => clearInterval(timer))
   }

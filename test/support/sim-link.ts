@@ -1,7 +1,7 @@
 /**
- * A simulated in-memory link between two channel-like state machines (the
- * secure channel or the connection: both take Start / FrameReceived / Send /
- * Tick and emit SendFrame / Deliver / Authenticated / Close).
+ * A simulated in-memory link between two channel-like machines (the secure
+ * channel or the connection: both take start / handleFrame / send / tick and
+ * are drained with pollTransmit / pollEvent).
  *
  * Frames a side emits wait in the other side's inbox until the test delivers
  * them, so tests can drop, replay, reorder or tamper with frames in flight,
@@ -11,26 +11,69 @@ import type { CryptoPrimitives } from "../../src/core/crypto.ts"
 import { makeDeterministicRandom } from "../../src/core/random.ts"
 import type { Identity } from "../../src/core/secure-channel.ts"
 
-/** The command shapes both machines share. */
+/** What a side did after one call, in the order the driver takes it: frames first, then events. */
 export type LinkCommand<E> =
   | { readonly _tag: "SendFrame"; readonly frame: Uint8Array }
   | { readonly _tag: "Deliver"; readonly data: Uint8Array }
   | { readonly _tag: "Authenticated"; readonly remotePublicKey: Uint8Array }
   | { readonly _tag: "Close"; readonly error: E }
 
-/** The event shapes both machines share. */
+/** The calls both machines take, as values a test can list. */
 export type LinkEvent =
   | { readonly _tag: "Start" }
   | { readonly _tag: "FrameReceived"; readonly frame: Uint8Array }
   | { readonly _tag: "Send"; readonly data: Uint8Array }
   | { readonly _tag: "Tick"; readonly receivePaused?: boolean }
 
-/** A step function of either machine. */
-export type StepFn<S, E> = (state: S, event: never) => readonly [S, ReadonlyArray<LinkCommand<E>>]
+/** The drain API both machines share (SecureChannel and Connection). */
+export interface ChannelMachine<E> {
+  start(): void
+  handleFrame(frame: Uint8Array): void
+  send(data: Uint8Array): void
+  tick(receivePaused?: boolean): void
+  pollTransmit(): Uint8Array | undefined
+  pollEvent():
+    | { readonly _tag: "Authenticated"; readonly remotePublicKey: Uint8Array }
+    | { readonly _tag: "Deliver"; readonly data: Uint8Array }
+    | { readonly _tag: "Closed"; readonly error: E }
+    | undefined
+}
+
+/** Makes one call on a machine. */
+export const feedMachine = <E>(machine: ChannelMachine<E>, event: LinkEvent): void => {
+  switch (event._tag) {
+    case "Start":
+      return machine.start()
+    case "FrameReceived":
+      return machine.handleFrame(event.frame)
+    case "Send":
+      return machine.send(event.data)
+    case "Tick":
+      return machine.tick(event.receivePaused)
+  }
+}
+
+/** Everything the machine queued, frames first, as commands. */
+export const drainMachine = <E>(machine: ChannelMachine<E>): Array<LinkCommand<E>> => {
+  const out: Array<LinkCommand<E>> = []
+  for (let frame = machine.pollTransmit(); frame !== undefined; frame = machine.pollTransmit()) {
+    out.push({ _tag: "SendFrame", frame })
+  }
+  for (let event = machine.pollEvent(); event !== undefined; event = machine.pollEvent()) {
+    out.push(event._tag === "Closed" ? { _tag: "Close", error: event.error } : event)
+  }
+  return out
+}
+
+/** One call, then the drain: what the machine did in answer. */
+export const stepMachine = <E>(machine: ChannelMachine<E>, event: LinkEvent): Array<LinkCommand<E>> => {
+  feedMachine(machine, event)
+  return drainMachine(machine)
+}
 
 /** One side of the link and everything it did. */
-export class Side<S, E> {
-  state: S
+export class Side<M extends ChannelMachine<E>, E> {
+  machine: M
   /** Frames sent by the other side, not yet delivered here. */
   inbox: Array<Uint8Array> = []
   /** Every frame this side emitted, in order. */
@@ -40,22 +83,19 @@ export class Side<S, E> {
   authenticatedCount = 0
   closed: E | undefined = undefined
   closeCount = 0
-  peer!: Side<S, E>
+  peer!: Side<M, E>
   /** Called on every frame this side emits; returns the frames to put in flight instead. */
   onSend: (frame: Uint8Array, index: number) => ReadonlyArray<Uint8Array> = (frame) => [frame]
   readonly name: string
-  private readonly stepFn: StepFn<S, E>
 
-  constructor(name: string, state: S, stepFn: StepFn<S, E>) {
+  constructor(name: string, machine: M) {
     this.name = name
-    this.state = state
-    this.stepFn = stepFn
+    this.machine = machine
   }
 
-  /** Feeds one event and runs its commands. */
+  /** Makes one call and runs what the machine queued. */
   feed(event: LinkEvent): ReadonlyArray<LinkCommand<E>> {
-    const [next, commands] = this.stepFn(this.state, event as never)
-    this.state = next
+    const commands = stepMachine(this.machine, event)
     for (const command of commands) {
       switch (command._tag) {
         case "SendFrame": {
@@ -102,17 +142,17 @@ export class Side<S, E> {
 }
 
 /** Two sides wired to each other. */
-export interface Link<S, E> {
-  readonly a: Side<S, E>
-  readonly b: Side<S, E>
+export interface Link<M extends ChannelMachine<E>, E> {
+  readonly a: Side<M, E>
+  readonly b: Side<M, E>
   /** Delivers frames both ways until both inboxes are empty. */
   readonly flush: () => void
 }
 
-/** Wires two states into a link. */
-export const makeLink = <S, E>(stepFn: StepFn<S, E>, stateA: S, stateB: S): Link<S, E> => {
-  const a = new Side<S, E>("a", stateA, stepFn)
-  const b = new Side<S, E>("b", stateB, stepFn)
+/** Wires two machines into a link. */
+export const makeLink = <M extends ChannelMachine<E>, E>(machineA: M, machineB: M): Link<M, E> => {
+  const a = new Side<M, E>("a", machineA)
+  const b = new Side<M, E>("b", machineB)
   a.peer = b
   b.peer = a
   const flush = (): void => {
