@@ -13,8 +13,11 @@ type KeepaliveCall =
   | { readonly _tag: "Send"; readonly data: Uint8Array; readonly packed?: Uint8Array }
   | { readonly _tag: "Tick"; readonly receivePaused?: boolean }
 
-/** What one call made the machine queue: its transmits, then its events. */
-type KeepaliveOutput = { readonly _tag: "Transmit"; readonly data: Uint8Array } | KeepaliveEvent
+/** What one call made the machine queue: its transmits, then its events (a delivery as plain fields). */
+type KeepaliveOutput =
+  | { readonly _tag: "Transmit"; readonly data: Uint8Array }
+  | { readonly _tag: "Deliver"; readonly data: Uint8Array; readonly packed: Uint8Array }
+  | Exclude<KeepaliveEvent, { readonly _tag: "Deliver" }>
 
 const tick: KeepaliveCall = { _tag: "Tick" }
 const pausedTick: KeepaliveCall = { _tag: "Tick", receivePaused: true }
@@ -28,7 +31,8 @@ const call = (machine: Keepalive, input: KeepaliveCall): Array<KeepaliveOutput> 
       machine.received(input.data)
       break
     case "Send":
-      machine.send(input.data, input.packed)
+      if (input.packed === undefined) machine.send(input.data)
+      else machine.sendPacked(input.packed)
       break
     case "Tick":
       machine.tick(input.receivePaused)
@@ -36,7 +40,9 @@ const call = (machine: Keepalive, input: KeepaliveCall): Array<KeepaliveOutput> 
   }
   const out: Array<KeepaliveOutput> = []
   for (let data = machine.pollTransmit(); data !== undefined; data = machine.pollTransmit()) out.push({ _tag: "Transmit", data })
-  for (let event = machine.pollEvent(); event !== undefined; event = machine.pollEvent()) out.push(event)
+  for (let event = machine.pollEvent(); event !== undefined; event = machine.pollEvent()) {
+    out.push(event._tag === "Deliver" ? { _tag: "Deliver", data: event.data, packed: event.packed } : event)
+  }
   return out
 }
 

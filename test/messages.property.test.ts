@@ -292,6 +292,55 @@ describe("decoding mutated valid encodings never throws", () => {
   }
 })
 
+describe("reading a KaMessage's header agrees with decoding it", () => {
+  // What the keepalive layer learns either way: the member, the payload, or the error.
+  const viaHeader = (bytes: Uint8Array, maxUnpackedBytes?: number) => {
+    const read = M.readKaMessageHeader(bytes, { maxUnpackedBytes })
+    if (read._tag === "Err") return { error: read.error.reason }
+    const header = read.value
+    if (header._tag === "KeepAlive") return { keepAlive: true }
+    const payload = header.data ?? M.kaMessagePayload(bytes, header.dataLength)
+    expect(payload.length).toBe(header.dataLength)
+    return { payload: [...payload] }
+  }
+  const viaDecode = (bytes: Uint8Array, maxUnpackedBytes?: number) => {
+    const decoded = M.decodeKaMessage(bytes, { maxUnpackedBytes })
+    if (decoded._tag === "Err") return { error: decoded.error.reason }
+    return decoded.value._tag === "KeepAlive" ? { keepAlive: true } : { payload: [...decoded.value.data] }
+  }
+
+  it("honest encodings skip the payload, and give it back exactly on demand", () => {
+    fc.assert(
+      fc.property(data, (payload) => {
+        const bytes = M.encodeKaMessage({ _tag: "Message", data: payload })
+        const read = M.readKaMessageHeader(bytes)
+        expect(read).toEqual({ _tag: "Ok", value: { _tag: "Message", dataLength: payload.length, data: undefined } })
+        expect(M.kaMessagePayload(bytes, payload.length)).toEqual(payload)
+      }),
+      { numRuns: 300 }
+    )
+  })
+
+  it("mutated encodings: the same member, payload or error reason as the full decoder", () => {
+    fc.assert(
+      fc.property(kaMessage, fc.array(mutation, { minLength: 1, maxLength: 4 }), fc.boolean(), (value, mutations, inWords) => {
+        let bytes: Uint8Array
+        if (inWords) {
+          const unpacked = unpack(M.encodeKaMessage(value), Infinity)
+          if (unpacked._tag === "Err") throw new Error(unpacked.error.message)
+          const mutated = mutations.reduce(mutate, unpacked.value)
+          bytes = pack(mutated.slice(0, mutated.length - (mutated.length % 8)))
+        } else {
+          bytes = mutations.reduce(mutate, M.encodeKaMessage(value))
+        }
+        expect(viaHeader(bytes)).toEqual(viaDecode(bytes))
+        expect(viaHeader(bytes, 64)).toEqual(viaDecode(bytes, 64))
+      }),
+      { numRuns: 1000 }
+    )
+  })
+})
+
 describe("the unpacked size bound", () => {
   const bound = 512
   const packedInput = fc.oneof(

@@ -28,6 +28,7 @@
  * FIN, up to the linger deadline, checked on ticks.
  */
 import { Connection, type ConnectionConfig, type ConnectionEvent } from "../core/connection.ts"
+import type { Delivered } from "../core/keepalive.ts"
 import { absurd } from "../core/absurd.ts"
 import { type Identity, publicKeyHex } from "../core/keys.ts"
 import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
@@ -83,12 +84,6 @@ const PAUSED_BY_CORE = 1
 const PAUSED_BY_RATE = 2
 const PAUSED_BY_PEER = 4
 const PAUSED_BY_HELD = 8
-
-/** A message as the machine delivered it: the payload and the packed KaMessage it came in (forwarded as is). */
-interface Delivered {
-  readonly data: Uint8Array
-  readonly packed: Uint8Array
-}
 
 /** One client connection of the relay; see the module header. */
 export class Hop {
@@ -370,7 +365,7 @@ export class Hop {
         return
       case "pending-connect":
         this.held.push(message)
-        this.heldBytes += keptAlive(message)
+        this.heldBytes += message.heldBytes()
         if (this.heldBytes >= this.server.heldBytesLimit) this.pause(PAUSED_BY_HELD)
         return
       case "tunnel":
@@ -394,10 +389,11 @@ export class Hop {
     const peer = this.peer
     const machine = peer?.machine
     if (peer === undefined || peer.closed || machine === undefined) return
-    machine.send(message.data, message.packed)
+    // The packed KaMessage goes on as it came: its payload is never unpacked here.
+    machine.sendPacked(message.packed)
     peer.drain(machine)
-    peer.delivered += message.data.length
-    this.server.relayed(message.data.length)
+    peer.delivered += message.dataLength
+    this.server.relayed(message.dataLength)
     if (!peer.closed && peer.stream.writableLength() >= this.server.heldBytesLimit) {
       peer.blocked = this
       this.pause(PAUSED_BY_PEER)
@@ -458,7 +454,3 @@ export class Hop {
  * key (at most maxHandshakes of them at once).
  */
 export const HANDSHAKE_FRAME_LIMIT = 4096
-
-// The bytes a delivered message keeps alive: the buffers its views point into.
-const keptAlive = (message: Delivered): number =>
-  message.data.buffer.byteLength + (message.packed.buffer === message.data.buffer ? 0 : message.packed.buffer.byteLength)

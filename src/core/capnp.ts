@@ -272,6 +272,36 @@ export const unpack = (packed: Uint8Array, maxBytes: number): CapnpResult<Uint8A
   return { _tag: "Ok", value: dst }
 }
 
+/**
+ * The first `bytes` bytes (a multiple of 8) of the unpacked form of input
+ * whose whole length `unpackedByteLength` already accepted, and that holds
+ * at least that many: a header read without unpacking the rest.
+ */
+export const unpackPrefix = (packed: Uint8Array, bytes: number): Uint8Array => {
+  const dst = new Uint8Array(bytes)
+  let i = 0
+  let o = 0
+  while (o < bytes) {
+    const tag = packed[i++]!
+    if (tag === 0) {
+      o += (1 + packed[i++]!) * 8
+    } else if (tag === 0xff) {
+      dst.set(packed.subarray(i, i + 8), o)
+      o += 8
+      const runBytes = packed[i + 8]! * 8
+      i += 9
+      const take = Math.min(runBytes, bytes - o)
+      if (take > 0) dst.set(packed.subarray(i, i + take), o)
+      i += runBytes
+      o += runBytes
+    } else {
+      for (let bit = 0; bit < 8; bit++) if ((tag & (1 << bit)) !== 0) dst[o + bit] = packed[i++]!
+      o += 8
+    }
+  }
+  return dst
+}
+
 // ---------------------------------------------------------------------------
 // Reading
 

@@ -15,11 +15,12 @@
  *    during which the adapter deliberately did not read the socket (the
  *    application was not taking messages); those ticks do not count toward
  *    closing an idle peer.
- * 4. `send(data, packed?)` only after the `Authenticated` event; before,
- *    it throws `ChannelMisuseError` (queue messages in the adapter instead).
+ * 4. `send(data)` (or `sendPacked`, to forward a received message's packed
+ *    KaMessage as is) only after the `Authenticated` event; before, it
+ *    throws `ChannelMisuseError` (queue messages in the adapter instead).
  * 5. After each call, write every frame `pollTransmit()` gives (in order),
  *    then take every `pollEvent()`: `Authenticated { remotePublicKey }`
- *    (once), `Deliver { data, packed }` (one application message;
+ *    (once), `Deliver` (a `Delivered` application message;
  *    keepalives are consumed here), `Closed { error }` (once; drop the
  *    transport after writing what was polled). After `Closed` every call
  *    does nothing. Peer misbehaviour and timeouts arrive only as `Closed`;
@@ -31,7 +32,7 @@
  * ChaCha20-Poly1305 → nonce ‖ sealed; the frame is the only buffer the
  * adapter writes. Received frames are opened in place (subarray views).
  */
-import { Keepalive, type KeepaliveError } from "./keepalive.ts"
+import { type Delivered, Keepalive, type KeepaliveError } from "./keepalive.ts"
 import {
   ChannelMisuseError,
   SecureChannel,
@@ -53,8 +54,8 @@ export type ConnectionError = SecureChannelError | KeepaliveError
 /** What the driver learns from a connection (`pollEvent`), in order. */
 export type ConnectionEvent =
   | { readonly _tag: "Authenticated"; readonly remotePublicKey: Uint8Array }
-  /** `packed`: the KaMessage `data` arrived in (see keepalive.ts). */
-  | { readonly _tag: "Deliver"; readonly data: Uint8Array; readonly packed: Uint8Array }
+  /** One application message; its payload is unpacked only when read (see keepalive.ts). */
+  | Delivered
   | { readonly _tag: "Closed"; readonly error: ConnectionError }
 
 export { ChannelMisuseError }
@@ -103,14 +104,23 @@ export class Connection {
     this.takeChannelEvents()
   }
 
-  /** One application message (`packed`: see keepalive.ts); only after `Authenticated`. */
-  send(data: Uint8Array, packed?: Uint8Array): void {
+  /** One application message; only after `Authenticated`. */
+  send(data: Uint8Array): void {
+    this.whenAuthenticated((keepalive) => keepalive.send(data))
+  }
+
+  /** One message already packed as a KaMessage, sent as is (a relay forwarding a `Delivered`'s `packed`). */
+  sendPacked(packed: Uint8Array): void {
+    this.whenAuthenticated((keepalive) => keepalive.sendPacked(packed))
+  }
+
+  private whenAuthenticated(send: (keepalive: Keepalive) => void): void {
     if (this.closed !== undefined) return
     const keepalive = this.keepalive
     if (keepalive === undefined) {
       throw new ChannelMisuseError("NotAuthenticated", "send before the connection is authenticated")
     }
-    keepalive.send(data, packed)
+    send(keepalive)
     this.takeKeepaliveOutput(keepalive)
   }
 

@@ -8,14 +8,15 @@
  * `pollTransmit()` and `pollEvent()` until each returns undefined.
  * - `received(data)`: a packed KaMessage the peer sent (one user message of
  *   the secure channel below). Anything received restarts the close countdown.
- * - `send(data, packed?)`: an application message to send; it restarts the
- *   keepalive countdown.
+ * - `send(data)`: an application message to send, or `sendPacked(packed)`:
+ *   one already packed as a KaMessage (forwarded as it came); either
+ *   restarts the keepalive countdown.
  * - `tick(receivePaused?)`: one tick passed. After `keepaliveTicks` ticks
  *   with nothing received we close ("KeepaliveTimeout", on exactly that tick);
  *   after `keepaliveTicks / 2` ticks with nothing sent we send `keepAlive`.
  * - Transmits are packed KaMessages for the channel below; events are
- *   `Deliver { data, packed }` (an application message; keepalives never
- *   reach the application) and `Closed { error }` (once; afterwards calls
+ *   `Delivered` (an application message, its payload unpacked only when
+ *   read; keepalives never reach the application) and `Closed { error }` (once; afterwards calls
  *   do nothing). The countdowns change in place.
  *
  * Backpressure: when the application stops reading and the adapter stops
@@ -25,7 +26,7 @@
  * still count toward sending our own keepalives, since writing is not
  * paused). When reading resumes, whatever the peer sent meanwhile arrives.
  */
-import { type DecodeError, decodeKaMessage, defaultMaxUnpackedBytes, encodeKaMessage } from "./messages.ts"
+import { type DecodeError, defaultMaxUnpackedBytes, encodeKaMessage, kaMessagePayload, readKaMessageHeader } from "./messages.ts"
 import { unpackBound } from "./unpack-bound.ts"
 import { absurd } from "./absurd.ts"
 import { CommandQueue } from "./command-queue.ts"
@@ -53,11 +54,39 @@ export interface KeepaliveError {
   readonly decodeError?: DecodeError | undefined
 }
 
+/**
+ * One application message from the peer: `packed` is the KaMessage it came
+ * in, which a relay forwards as is; the payload (`data`) is unpacked only
+ * when read, so forwarding never copies it.
+ */
+export class Delivered {
+  readonly _tag = "Deliver" as const
+  readonly packed: Uint8Array
+  /** The payload's length, known without unpacking it. */
+  readonly dataLength: number
+  private payload: Uint8Array | undefined
+
+  constructor(packed: Uint8Array, dataLength: number, payload: Uint8Array | undefined) {
+    this.packed = packed
+    this.dataLength = dataLength
+    this.payload = payload
+  }
+
+  /** The payload (unpacked on first read). */
+  get data(): Uint8Array {
+    return (this.payload ??= kaMessagePayload(this.packed, this.dataLength))
+  }
+
+  /** Bytes this message keeps alive (memory accounting): the buffers `packed` and, once read, `data` view. */
+  heldBytes(): number {
+    const packedBuffer = this.packed.buffer
+    const payload = this.payload
+    return packedBuffer.byteLength + (payload === undefined || payload.buffer === packedBuffer ? 0 : payload.buffer.byteLength)
+  }
+}
+
 /** What the driver learns from the keepalive layer (`pollEvent`), in order. */
-export type KeepaliveEvent =
-  /** `packed`: the KaMessage `data` arrived in, which a relay can forward without encoding it again. */
-  | { readonly _tag: "Deliver"; readonly data: Uint8Array; readonly packed: Uint8Array }
-  | { readonly _tag: "Closed"; readonly error: KeepaliveError }
+export type KeepaliveEvent = Delivered | { readonly _tag: "Closed"; readonly error: KeepaliveError }
 
 // A keepAlive encodes the same every time; share one buffer (never mutated).
 let keepAliveBytes: Uint8Array | undefined
@@ -107,7 +136,7 @@ export class Keepalive {
   /** A packed KaMessage from the peer. */
   received(data: Uint8Array): void {
     if (this.closed !== undefined) return
-    const decoded = decodeKaMessage(data, {
+    const decoded = readKaMessageHeader(data, {
       maxUnpackedBytes: Math.min(defaultMaxUnpackedBytes, unpackBound(this.maxExpansion, data.length))
     })
     if (decoded._tag === "Err") {
@@ -124,22 +153,23 @@ export class Keepalive {
       case "KeepAlive":
         return
       case "Message":
-        this.events.push({ _tag: "Deliver", data: message.data, packed: data })
+        this.events.push(new Delivered(data, message.dataLength, message.data))
         return
       default:
         return absurd(message)
     }
   }
 
-  /**
-   * An application message to send. `packed`, when given, is `data` already
-   * as a packed KaMessage (a Deliver's `packed`: a relay forwarding what one
-   * side sent); it is sent as is instead of being encoded again.
-   */
-  send(data: Uint8Array, packed?: Uint8Array): void {
+  /** An application message to send, wrapped in a KaMessage here. */
+  send(data: Uint8Array): void {
+    this.sendPacked(encodeKaMessage({ _tag: "Message", data }))
+  }
+
+  /** A packed KaMessage to send as is (a relay forwarding a `Delivered`'s `packed`). */
+  sendPacked(packed: Uint8Array): void {
     if (this.closed !== undefined) return
     this.ticksUntilKeepalive = sendInterval(this.keepaliveTicks)
-    this.transmits.push(packed ?? encodeKaMessage({ _tag: "Message", data }))
+    this.transmits.push(packed)
   }
 
   /** One tick; `receivePaused` when we were the ones not reading (see the header). */

@@ -27,6 +27,8 @@ import {
   setData,
   type StructReader,
   unpack,
+  unpackedByteLength,
+  unpackPrefix,
   writeWordsBigEndian
 } from "./capnp.ts"
 import { absurd } from "./absurd.ts"
@@ -476,6 +478,70 @@ export const decodeIncomingConnection = (
 /** Decodes a packed KaMessage; never throws. `data` is a view into the decoder's own buffer. */
 export const decodeKaMessage = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<KaMessage> =>
   decodeWith(bytes, options, readKaMessage)
+
+/**
+ * A KaMessage as the keepalive layer needs it: which member, the payload's
+ * length, and the payload itself only on demand (`payload`).
+ */
+export type KaMessageHeader =
+  | { readonly _tag: "KeepAlive" }
+  | {
+    readonly _tag: "Message"
+    readonly dataLength: number
+    /** The payload, when reading the header already unpacked it (an unusual layout). */
+    readonly data: Bytes | undefined
+  }
+
+// The layout every honest encoder gives KaMessage.message: one segment (its
+// table in word 0), the root pointer (word 1: struct at offset 0, one data
+// word, one pointer), the discriminant (word 2), the Data pointer (word 3:
+// byte list at offset 0), then the payload from byte 32.
+const kaHeaderBytes = 32
+const kaRootPointerHigh = 1 | (1 << 16)
+
+/**
+ * Reads a packed KaMessage without unpacking its payload when it has the
+ * usual layout (above): the length scan and a 32-byte header decide exactly
+ * what `decodeKaMessage` would, so a relay forwarding the message as it came
+ * never copies the payload. Any other layout, and every error, goes through
+ * `decodeKaMessage`. Never throws.
+ */
+export const readKaMessageHeader = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<KaMessageHeader> => {
+  const size = unpackedByteLength(bytes, options?.maxUnpackedBytes ?? defaultMaxUnpackedBytes)
+  if (size._tag === "Ok" && size.value >= kaHeaderBytes) {
+    const header = new DataView(unpackPrefix(bytes, kaHeaderBytes).buffer)
+    const dataLength = header.getUint32(28, true) >>> 3
+    if (
+      header.getUint32(0, true) === 0 &&
+      header.getUint32(4, true) * 8 + 8 === size.value &&
+      header.getUint32(8, true) === 0 &&
+      header.getUint32(12, true) === kaRootPointerHigh &&
+      true &&
+      header.getUint32(24, true) === 1 &&
+      (header.getUint32(28, true) & 7) === 2 &&
+      kaHeaderBytes + Math.ceil(dataLength / 8) * 8 <= size.value
+    ) {
+      return { _tag: "Ok", value: { _tag: "Message", dataLength, data: undefined } }
+    }
+  }
+  const decoded = decodeKaMessage(bytes, options)
+  if (decoded._tag === "Err") return decoded
+  const message = decoded.value
+  return {
+    _tag: "Ok",
+    value: message._tag === "KeepAlive"
+      ? message
+      : { _tag: "Message", dataLength: message.data.length, data: message.data }
+  }
+}
+
+/** The payload of a packed KaMessage that `readKaMessageHeader` read as a usual `Message` of `dataLength` bytes. */
+export const kaMessagePayload = (bytes: Uint8Array, dataLength: number): Bytes => {
+  const unpacked = unpack(bytes, Number.POSITIVE_INFINITY)
+  // The header read proved the input whole and the payload inside it.
+  if (unpacked._tag === "Err") throw new Error(`kaMessagePayload: ${unpacked.error.message} (input not read by readKaMessageHeader)`)
+  return unpacked.value.subarray(kaHeaderBytes, kaHeaderBytes + dataLength)
+}
 
 /** Decodes a packed ExchangeRandNonce; never throws. */
 export const decodeExchangeRandNonce = (bytes: Uint8Array, options?: DecodeOptions): DecodeResult<ExchangeRandNonce> =>

@@ -334,7 +334,7 @@ export class RawClient {
   /** Sends `packed` as the KaMessage of one message, as is (e.g. a crafted one). */
   sendPackedKaMessage(packed: Uint8Array): void {
     if (this.machine === undefined) throw new Error("sendPackedKaMessage before handshake")
-    this.machine.send(new Uint8Array(0), packed)
+    this.machine.sendPacked(packed)
     this.writeQueued(this.machine)
   }
 
