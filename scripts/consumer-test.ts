@@ -145,7 +145,7 @@ export const effectApi: Effect.Effect<RelayServer, unknown, never> = Effect.scop
 export const clientLayer: Layer.Layer<RelayClient> = RelayClient.layer({ identity: createIdentity(), crypto: "noble" })
 export const clientLayerNeedsCrypto: Layer.Layer<RelayClient, never, Crypto> = RelayClient.layer({ identity: createIdentity() })
 export const layers = [layerNoble, browserNoble] as const
-export const core = { config: RelayCore.defaultRelayConfig, ka: Keepalive.DEFAULT_KEEPALIVE_TICKS, s: StreamState.initialStream,
+export const core = { config: RelayCore.defaultRelayConfig, ka: Keepalive.DEFAULT_KEEPALIVE_TICKS, s: StreamState.StreamState,
   b: Backoff.defaultBackoffPolicy, c: Connection.Connection, sc: SecureChannel.SecureChannel, bc: BrowserCore.RelayCore }
 export const primitives: CryptoPrimitives = nobleCrypto
 export const wire: Uint8Array = encodeFrame(encodeVersion())

@@ -26,13 +26,11 @@ import { formatRelayAddress, parseHostPort, parseRelayAddress } from "../src/cor
 import {
   decodeStreamError,
   encodeStreamError,
-  initialStream,
   MAX_STREAM_ERROR_BYTES,
   STREAM_ERROR_PREFIX,
-  stepStream,
   type StreamCommand,
   type StreamEvent,
-  type StreamState
+  StreamState
 } from "../src/core/stream-state.ts"
 
 const keyHex = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
@@ -295,16 +293,19 @@ describe("backoff", () => {
   })
 })
 
+/** Feeds one event and drains the stream: the commands that event caused, in order. */
+const handleAll = (stream: StreamState, event: StreamEvent): Array<StreamCommand> => {
+  stream.handle(event)
+  const out: Array<StreamCommand> = []
+  for (let command = stream.poll(); command !== undefined; command = stream.poll()) out.push(command)
+  return out
+}
+
 describe("byte stream over a tunnel", () => {
   const config = { maxMessageBytes: 4 }
-  const run = (events: ReadonlyArray<StreamEvent>, start: StreamState = initialStream) => {
-    let state = start
+  const run = (events: ReadonlyArray<StreamEvent>, state: StreamState = new StreamState(config)) => {
     const commands: Array<StreamCommand> = []
-    for (const event of events) {
-      const [next, out] = stepStream(config, state, event)
-      state = next
-      commands.push(...out)
-    }
+    for (const event of events) commands.push(...handleAll(state, event))
     return { state, commands }
   }
   const bytes = (...values: Array<number>) => new Uint8Array(values)
@@ -410,16 +411,14 @@ describe("byte stream over a tunnel", () => {
           writes.push({ _tag: "Write", data: data.subarray(from, point) })
           from = point
         }
-        let state = initialStream
+        const state = new StreamState({ maxMessageBytes: max })
         const sent: Array<Uint8Array> = []
         for (const event of writes) {
-          const [next, out] = stepStream({ maxMessageBytes: max }, state, event)
-          state = next
-          for (const c of out) if (c._tag === "Send") sent.push(c.data)
+          for (const c of handleAll(state, event)) if (c._tag === "Send") sent.push(c.data)
         }
         for (const message of sent) {
           expect(message.length).toBeGreaterThan(0)
-          const received = stepStream({ maxMessageBytes: max }, initialStream, { _tag: "Received", data: message })[1]
+          const received = handleAll(new StreamState({ maxMessageBytes: max }), { _tag: "Received", data: message })
           expect(received.map((c) => c._tag)).toEqual(["Deliver"])
         }
         expect(hex(Uint8Array.from(sent.flatMap((m) => [...m])))).toBe(hex(data))

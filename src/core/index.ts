@@ -1,12 +1,13 @@
 /**
  * `offset-relay/core`: the pure machines and rules, one namespace per
- * module. The per-connection machines (`Connection.Connection`,
- * `SecureChannel.SecureChannel`, `Keepalive.Keepalive`, `RelayCore.RelayCore`,
- * `ListenFlow`, `ConnectGate`) change in place: feed them calls, then drain
- * what they queued; the small ones are reducers named for their machine
- * (`stepStream`, `stepReconnect`). No I/O, no clock, no randomness, no
- * Effect runtime: drive them with calls and ticks and hand them random
- * bytes (each module's header says how).
+ * module. The machines (`Connection.Connection`, `SecureChannel.SecureChannel`,
+ * `Keepalive.Keepalive`, `RelayCore.RelayCore`, `ListenFlow.ListenFlow`,
+ * `ConnectGate.ConnectGate`, `StreamState.StreamState`) change in place: feed
+ * them calls or events, then drain what they queued. The reconnect schedule
+ * (`Backoff.stepReconnect`) stays a reducer: its rare steps are the
+ * listener's published status, which is a value. No I/O, no clock, no
+ * randomness, no Effect runtime: drive them with calls and ticks and hand
+ * them random bytes (each module's header says how).
  *
  *     import { RelayCore, Keepalive } from "offset-relay/core"
  */

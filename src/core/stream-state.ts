@@ -18,9 +18,11 @@
  * offset-relay) delivers the message as data and then sees the tunnel close
  * early: it still fails, and its user sees the reason in the output.
  *
- * How to drive it: `state = initialStream`, then `[state, commands] =
- * stepStream(config, state, event)`; run the commands in order before the
- * next event.
+ * How to drive it: `stream = new StreamState(config)`, then for each event
+ * `stream.handle(event)` and drain `stream.poll()` until it returns
+ * undefined, running each command in order before the next event. The
+ * machine changes in place and reuses its queue: a write costs no state
+ * copy and no command array.
  * - `Write { data }`: the application wrote bytes. Gives one `Send` per
  *   message (at most `maxMessageBytes` each; an empty write sends nothing, so
  *   it can never be mistaken for a half close).
@@ -40,6 +42,7 @@
  * stream is done and every event but a misuse gives nothing.
  */
 import { absurd } from "./absurd.ts"
+import { CommandQueue } from "./command-queue.ts"
 
 /** Our half: still writing, end requested but not yet taken by the channel, end sent. */
 export type SendingHalf = "open" | "ending" | "ended"
@@ -141,13 +144,8 @@ const startsWithPrefix = (data: Uint8Array): boolean => {
   return true
 }
 
-/** The whole state of one stream. */
-export interface StreamState {
-  readonly sending: SendingHalf
-  readonly receiving: ReceivingHalf
-  /** Set once the stream is done: undefined while open. */
-  readonly outcome: { readonly _tag: "Finished" } | { readonly _tag: "Failed"; readonly error: StreamError } | undefined
-}
+/** How a stream ended: undefined while it is open. */
+export type StreamOutcome = { readonly _tag: "Finished" } | { readonly _tag: "Failed"; readonly error: StreamError }
 
 /** What happened to a stream. */
 export type StreamEvent =
@@ -185,102 +183,115 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 /** Largest allowed `maxMessageBytes`: leaves room for padding and two layers of overhead under 1 MiB frames. */
 export const MAX_MESSAGE_BYTES_LIMIT = 512 * 1024
 
-/** A stream with both halves open. */
-export const initialStream: StreamState = { sending: "open", receiving: "open", outcome: undefined }
+/** One stream's halves and outcome; see the module header for how to drive it. */
+export class StreamState {
+  readonly config: StreamConfig
+  /** Our half. */
+  sending: SendingHalf = "open"
+  /** The peer's half. */
+  receiving: ReceivingHalf = "open"
+  /** Set once the stream is done: undefined while open. */
+  outcome: StreamOutcome | undefined = undefined
+  private readonly out = new CommandQueue<StreamCommand>()
 
-/** Advances a stream by one event; see the module header. */
-export const stepStream = (
-  config: StreamConfig,
-  state: StreamState,
-  event: StreamEvent
-): readonly [StreamState, ReadonlyArray<StreamCommand>] => {
-  if (state.outcome !== undefined) {
-    // Misuse is still reported after the end, so a late write fails loudly.
-    if (event._tag === "Write" && state.sending !== "open" && event.data.length > 0) {
-      return [state, [refuseWrite]]
-    }
-    return [state, noCommands]
+  /** A stream with both halves open. */
+  constructor(config: StreamConfig) {
+    this.config = config
   }
-  switch (event._tag) {
-    case "Write": {
-      if (state.sending !== "open") return [state, event.data.length > 0 ? [refuseWrite] : noCommands]
-      const commands: Array<StreamCommand> = []
-      const max = config.maxMessageBytes
-      for (let offset = 0; offset < event.data.length; offset += max) {
-        const piece = event.data.subarray(offset, Math.min(offset + max, event.data.length))
-        if (startsWithPrefix(piece)) {
-          // Never a data message that reads as a stream error (module header).
-          commands.push({ _tag: "Send", data: piece.subarray(0, 1) }, { _tag: "Send", data: piece.subarray(1) })
-        } else {
-          commands.push({ _tag: "Send", data: piece })
+
+  /** The next command, in order; undefined when there is none. */
+  poll(): StreamCommand | undefined {
+    return this.out.poll()
+  }
+
+  /** Applies one event; see the module header. */
+  handle(event: StreamEvent): void {
+    const out = this.out
+    if (this.outcome !== undefined) {
+      // Misuse is still reported after the end, so a late write fails loudly.
+      if (event._tag === "Write" && this.sending !== "open" && event.data.length > 0) out.push(refuseWrite)
+      return
+    }
+    switch (event._tag) {
+      case "Write": {
+        if (this.sending !== "open") {
+          if (event.data.length > 0) out.push(refuseWrite)
+          return
         }
+        const max = this.config.maxMessageBytes
+        for (let offset = 0; offset < event.data.length; offset += max) {
+          const piece = event.data.subarray(offset, Math.min(offset + max, event.data.length))
+          if (startsWithPrefix(piece)) {
+            // Never a data message that reads as a stream error (module header).
+            out.push({ _tag: "Send", data: piece.subarray(0, 1) })
+            out.push({ _tag: "Send", data: piece.subarray(1) })
+          } else {
+            out.push({ _tag: "Send", data: piece })
+          }
+        }
+        return
       }
-      return [state, commands]
-    }
-    case "End":
-      if (state.sending !== "open") return [state, noCommands]
-      return [{ ...state, sending: "ending" }, [{ _tag: "SendEnd" }]]
-    case "EndSent": {
-      if (state.sending !== "ending") return [state, noCommands]
-      const next: StreamState = { ...state, sending: "ended" }
-      return next.receiving === "ended" ? finish(next, []) : [next, noCommands]
-    }
-    case "Received": {
-      if (startsWithPrefix(event.data)) {
-        const { code, text } = decodeStreamError(event.data)
-        return fail(state, [], "PeerError", describeStreamError(code, text), code)
+      case "End":
+        if (this.sending !== "open") return
+        this.sending = "ending"
+        out.push(sendEnd)
+        return
+      case "EndSent":
+        if (this.sending !== "ending") return
+        this.sending = "ended"
+        if (this.receiving === "ended") this.finish()
+        return
+      case "Received": {
+        if (startsWithPrefix(event.data)) {
+          const { code, text } = decodeStreamError(event.data)
+          return this.fail("PeerError", describeStreamError(code, text), code)
+        }
+        if (this.receiving === "ended") {
+          return this.fail("DataAfterEnd", `the peer sent ${event.data.length} bytes after it had ended its half of the stream`)
+        }
+        if (event.data.length > 0) {
+          out.push({ _tag: "Deliver", data: event.data })
+          return
+        }
+        this.receiving = "ended"
+        out.push(deliverEnd)
+        if (this.sending === "ended") this.finish()
+        return
       }
-      if (state.receiving === "ended") {
-        return fail(state, [], "DataAfterEnd", `the peer sent ${event.data.length} bytes after it had ended its half of the stream`)
+      case "ChannelEnded": {
+        const unfinished = [
+          this.sending !== "ended" ? "we had not finished sending" : undefined,
+          this.receiving !== "ended" ? "the peer had not finished sending" : undefined
+        ].filter((part) => part !== undefined).join(" and ")
+        return this.fail("ClosedEarly", `the tunnel closed before the stream ended (${unfinished}): ${event.message}`)
       }
-      if (event.data.length > 0) return [state, [{ _tag: "Deliver", data: event.data }]]
-      const next: StreamState = { ...state, receiving: "ended" }
-      return next.sending === "ended" ? finish(next, [deliverEnd]) : [next, [deliverEnd]]
+      case "Abort":
+        if (event.tell !== undefined) out.push({ _tag: "SendError", data: encodeStreamError(event.tell) })
+        return this.fail("Aborted", event.message)
+      default:
+        return absurd(event)
     }
-    case "ChannelEnded": {
-      const unfinished = [
-        state.sending !== "ended" ? "we had not finished sending" : undefined,
-        state.receiving !== "ended" ? "the peer had not finished sending" : undefined
-      ].filter((part) => part !== undefined).join(" and ")
-      return fail(state, [], "ClosedEarly", `the tunnel closed before the stream ended (${unfinished}): ${event.message}`)
-    }
-    case "Abort":
-      return fail(
-        state,
-        event.tell === undefined ? [] : [{ _tag: "SendError", data: encodeStreamError(event.tell) }],
-        "Aborted",
-        event.message
-      )
-    default:
-      return absurd(event)
+  }
+
+  private finish(): void {
+    this.outcome = finished
+    this.out.push(finishCommand)
+  }
+
+  private fail(reason: StreamError["reason"], message: string, peerCode?: string): void {
+    const error: StreamError = peerCode === undefined
+      ? { _tag: "StreamError", reason, message }
+      : { _tag: "StreamError", reason, message, peerCode }
+    this.outcome = { _tag: "Failed", error }
+    this.out.push({ _tag: "Fail", error })
   }
 }
 
-const noCommands: ReadonlyArray<StreamCommand> = []
+const sendEnd: StreamCommand = { _tag: "SendEnd" }
 const deliverEnd: StreamCommand = { _tag: "DeliverEnd" }
+const finishCommand: StreamCommand = { _tag: "Finish" }
+const finished: StreamOutcome = { _tag: "Finished" }
 const refuseWrite: StreamCommand = {
   _tag: "Refuse",
   error: { _tag: "StreamError", reason: "WriteAfterEnd", message: "write after the stream's end was requested" }
-}
-
-const finish = (
-  state: StreamState,
-  commands: Array<StreamCommand>
-): readonly [StreamState, ReadonlyArray<StreamCommand>] => {
-  commands.push({ _tag: "Finish" })
-  return [{ ...state, outcome: { _tag: "Finished" } }, commands]
-}
-
-const fail = (
-  state: StreamState,
-  commands: Array<StreamCommand>,
-  reason: StreamError["reason"],
-  message: string,
-  peerCode?: string
-): readonly [StreamState, ReadonlyArray<StreamCommand>] => {
-  const error: StreamError = peerCode === undefined
-    ? { _tag: "StreamError", reason, message }
-    : { _tag: "StreamError", reason, message, peerCode }
-  commands.push({ _tag: "Fail", error })
-  return [{ ...state, outcome: { _tag: "Failed", error } }, commands]
 }

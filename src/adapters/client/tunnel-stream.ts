@@ -28,16 +28,14 @@ import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
-  initialStream,
   MAX_MESSAGE_BYTES_LIMIT,
-  stepStream,
   type StreamCommand,
   type StreamConfig,
   type StreamError,
   type StreamErrorCode,
   type StreamErrorReport,
   type StreamEvent,
-  type StreamState
+  StreamState
 } from "../../core/stream-state.ts"
 import type { ChannelError, MessageChannel } from "../message-channel.ts"
 import { absurd } from "../../core/absurd.ts"
@@ -112,7 +110,7 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
     const config: StreamConfig = { maxMessageBytes: parts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES }
     const sizeProblem = checkMaxMessageBytes(config.maxMessageBytes)
     if (sizeProblem !== undefined) return yield* Effect.die(new RangeError(sizeProblem))
-    let state: StreamState = initialStream
+    const state = new StreamState(config)
     const doneDeferred = yield* Deferred.make<void, PeerStreamError>()
     const writeLock = yield* Semaphore.make(1)
     const readLock = yield* Semaphore.make(1)
@@ -128,11 +126,10 @@ export const makePeerStream = (parts: PeerStreamParts): Effect.Effect<PeerStream
     // Steps the machine; runs Finish/Fail at once and returns the I/O commands
     // for the caller, or the error of a refused call.
     const apply = (event: StreamEvent): { readonly io: Array<StreamCommand>; readonly refused?: PeerStreamError } => {
-      const [next, commands] = stepStream(config, state, event)
-      state = next
+      state.handle(event)
       const io: Array<StreamCommand> = []
       let refused: PeerStreamError | undefined
-      for (const command of commands) {
+      for (let command = state.poll(); command !== undefined; command = state.poll()) {
         switch (command._tag) {
           case "Send":
           case "SendEnd":
