@@ -1,8 +1,13 @@
 /**
  * CryptoPrimitives on node:crypto (OpenSSL): the fast default on Node.
  *
- * Raw 32-byte keys become KeyObjects per call and are never cached: nothing
- * secret outlives the call that used it. The import path matters for speed
+ * Raw 32-byte secrets become KeyObjects once per key array and are cached
+ * for exactly as long as that array lives (a WeakMap keyed by it): a relay
+ * signs every handshake with one identity seed, and uses each ephemeral DH
+ * secret twice (its public key, then the shared secret). Importing a
+ * private key derives its public key, a scalar multiplication, so doing it
+ * per call cost a third of a handshake's crypto; nothing secret outlives
+ * the array the caller holds anyway. The import path matters for speed
  * (measured on Node 24): the "raw-private"/"raw-public" key formats skip
  * OpenSSL's DER decoders and are 1.5-2x cheaper than PKCS#8/SPKI, and
  * exporting a public key as raw bytes or JWK is ~20x cheaper than as SPKI.
@@ -70,7 +75,25 @@ const secretKeyOf = (key: Uint8Array): NodeCrypto.KeyObject => {
   return entry.key
 }
 
-const privateKey = (rawKeyFormats: boolean, curve: CurveName, secret: Uint8Array): NodeCrypto.KeyObject => {
+type CachedKey = { readonly bytes: Buffer; readonly key: NodeCrypto.KeyObject }
+
+// The private KeyObject of a secret array, made once per array and curve
+// (per crypto layer, so each import path is the one used); the entry keeps
+// a copy of the bytes, so a reused array whose contents changed gets a
+// fresh KeyObject, never a stale one.
+const privateKeyCache = (rawKeyFormats: boolean) => {
+  const caches: Record<CurveName, WeakMap<Uint8Array, CachedKey>> = { ed25519: new WeakMap(), x25519: new WeakMap() }
+  return (curve: CurveName, secret: Uint8Array): NodeCrypto.KeyObject => {
+    const cache = caches[curve]
+    const cached = cache.get(secret)
+    if (cached !== undefined && cached.bytes.equals(secret)) return cached.key
+    const entry = { bytes: Buffer.from(secret), key: importPrivateKey(rawKeyFormats, curve, secret) }
+    cache.set(secret, entry)
+    return entry.key
+  }
+}
+
+const importPrivateKey = (rawKeyFormats: boolean, curve: CurveName, secret: Uint8Array): NodeCrypto.KeyObject => {
   if (rawKeyFormats) {
     return NodeCrypto.createPrivateKey({ key: asBuffer(secret), format: "raw-private", asymmetricKeyType: curve })
   }
@@ -112,17 +135,18 @@ const isAllZero = (bytes: Uint8Array): boolean => {
  */
 export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): CryptoPrimitives => {
   const raw = options.rawKeyFormats
+  const privateKey = privateKeyCache(raw)
   return {
     name: "node",
 
     ed25519PublicKey: (seed) => {
       requireLength("Ed25519 seed", seed, 32)
-      return rawPublicKey(raw, NodeCrypto.createPublicKey(privateKey(raw, "ed25519", seed)))
+      return rawPublicKey(raw, NodeCrypto.createPublicKey(privateKey("ed25519", seed)))
     },
 
     ed25519Sign: (seed, message) => {
       requireLength("Ed25519 seed", seed, 32)
-      return asUint8Array(NodeCrypto.sign(null, message, privateKey(raw, "ed25519", seed)))
+      return asUint8Array(NodeCrypto.sign(null, message, privateKey("ed25519", seed)))
     },
 
     ed25519Verify: (key, message, signature) => {
@@ -138,7 +162,7 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
 
     x25519PublicKey: (secret) => {
       requireLength("X25519 secret", secret, 32)
-      return rawPublicKey(raw, NodeCrypto.createPublicKey(privateKey(raw, "x25519", secret)))
+      return rawPublicKey(raw, NodeCrypto.createPublicKey(privateKey("x25519", secret)))
     },
 
     x25519: (secret, peerPublicKey) => {
@@ -147,7 +171,7 @@ export const makeNodeCrypto = (options: { readonly rawKeyFormats: boolean }): Cr
       let shared: Buffer
       try {
         shared = NodeCrypto.diffieHellman({
-          privateKey: privateKey(raw, "x25519", secret),
+          privateKey: privateKey("x25519", secret),
           publicKey: publicKey(raw, "x25519", peerPublicKey)
         })
       } catch {
