@@ -2,7 +2,8 @@
 // Entry point of the `offset-relay` command. In a git checkout it runs the
 // TypeScript sources directly (Node's type stripping, Node >= 22.18 / 24;
 // Deno and Bun run them too); the npm package ships no sources, only the
-// compiled dist/ (`npm run build`), and runs that.
+// compiled dist/ (`npm run build`), and runs the command's bundle there
+// (scripts/bundle-cli.ts says why a bundle).
 import { existsSync } from "node:fs"
 import * as NodeModule from "node:module"
 
@@ -14,4 +15,4 @@ import * as NodeModule from "node:module"
 NodeModule.enableCompileCache?.()
 
 const sources = new URL("../src/adapters/cli/main.ts", import.meta.url)
-await import(existsSync(sources) ? sources.href : new URL("../dist/adapters/cli/main.js", import.meta.url).href)
+await import(existsSync(sources) ? sources.href : new URL("../dist/cli/offset-relay.js", import.meta.url).href)

@@ -4,13 +4,15 @@
 //      of src/ (relative `.ts` imports rewritten to `.js` in the JavaScript);
 //   2. the same rewrite in the declarations, which tsc leaves as `.ts`, so a
 //      consumer's TypeScript resolves them to the `.d.ts` files;
-//   3. the browser bundles (esbuild, ESM), refused if anything in them
+//   3. the command's bundle, dist/cli/offset-relay.js (scripts/bundle-cli.ts),
+//      which bin/offset-relay.js runs in the package;
+//   4. the browser bundles (esbuild, ESM), refused if anything in them
 //      imports `node:*`: dist/browser/offset-relay.js (the library, from
 //      src/browser.ts) and dist/browser/page.js (the relay's --web page,
 //      from src/web-page/app.ts). In both, transport-tcp.ts is replaced by
 //      transport-tcp-unavailable.ts: a page cannot open TCP connections.
 //
-//   npm run build -- --browser-only   only step 3 (CI's browser bundle step)
+//   npm run build -- --browser-only   only step 4 (CI's browser bundle step)
 //
 // Development runs the sources directly; this is only for the package.
 import { execFileSync } from "node:child_process"
@@ -18,6 +20,7 @@ import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import * as esbuild from "esbuild"
+import { bundleCli } from "./bundle-cli.ts"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 const dist = join(root, "dist")
@@ -38,6 +41,8 @@ if (!browserOnly) {
     const rewritten = text.replace(relativeTs, "$1$2.js$3")
     if (rewritten !== text) writeFileSync(file, rewritten)
   }
+  const cli = await bundleCli(root, join(dist, "cli"))
+  console.log(`command bundle: ${cli.slice(root.length + 1)} (${Math.round(statSync(cli).size / 1024)} KiB and its chunks)`)
 }
 
 // A page has no TCP: the relay connection's TCP transport becomes one that says so.

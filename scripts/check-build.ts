@@ -45,10 +45,13 @@ for (const [path, source, built] of entries) {
 }
 
 const help = (main: string) => execFileSync(process.execPath, [join(root, main), "serve", "--help"], { encoding: "utf8" })
-if (help("src/adapters/cli/main.ts") !== help("dist/adapters/cli/main.js")) {
-  failed = true
-  console.log("the compiled CLI's `serve --help` differs from the sources'")
-} else {
-  console.log("the compiled CLI's `serve --help` is the sources'")
+const sourceHelp = help("src/adapters/cli/main.ts")
+for (const built of ["dist/adapters/cli/main.js", "dist/cli/offset-relay.js"]) {
+  if (sourceHelp !== help(built)) {
+    failed = true
+    console.log(`${built}: \`serve --help\` differs from the sources'`)
+  } else {
+    console.log(`${built}: \`serve --help\` is the sources'`)
+  }
 }
 process.exit(failed ? 1 : 0)
