@@ -83,12 +83,16 @@ export const benchSetupLatency = async (relay: RelayProcess, quick: boolean): Pr
       return ms
     }
     let relayed: { sequential: Array<number>; parallel: Array<number> }
+    // The relay's CPU over the sequential tunnels: three handshakes, the
+    // relay messages and the splice, per tunnel.
+    let relayCpuPerSetup: number | undefined
     try {
       await sample(warmUp, 1, tunnelOnce)
-      relayed = {
-        sequential: await sample(counts.sequential, 1, tunnelOnce),
-        parallel: await sample(counts.parallel, inFlight, tunnelOnce)
-      }
+      const cpuBefore = relay.cpuMs()
+      const sequential = await sample(counts.sequential, 1, tunnelOnce)
+      const cpuAfter = relay.cpuMs()
+      if (cpuBefore !== undefined && cpuAfter !== undefined) relayCpuPerSetup = (cpuAfter - cpuBefore) / sequential.length
+      relayed = { sequential, parallel: await sample(counts.parallel, inFlight, tunnelOnce) }
     } finally {
       await listener.close()
     }
@@ -105,6 +109,11 @@ export const benchSetupLatency = async (relay: RelayProcess, quick: boolean): Pr
           ], p === 50 ? `${relayed[mode].length} tunnels` : undefined)
         )
       }
+    }
+    if (relayCpuPerSetup !== undefined) {
+      rows.push(
+        row("setup", "relay CPU per tunnel setup, sequential", relayCpuPerSetup, "ms", [], "the relay process's user+system CPU over the sequential tunnels, per tunnel")
+      )
     }
     return rows
   } finally {
