@@ -158,7 +158,9 @@ export class ChannelDriver implements MessageChannel {
 
   private readonly link: FrameLink
   private readonly inboxLimit: number
-  private machine: ConnectionState
+  private readonly config: ConnectionConfig
+  // Made at Start (inside `step`, like every use of the machine).
+  private machine: ConnectionState | undefined
   private readonly endedDeferred = Deferred.makeUnsafe<ChannelError>()
   private endError: ChannelError | undefined
   private paused = 0
@@ -183,7 +185,7 @@ export class ChannelDriver implements MessageChannel {
   constructor(link: FrameLink, options: ChannelOptions) {
     this.link = link
     this.inboxLimit = options.inboxBytes ?? DEFAULT_INBOX_BYTES
-    this.machine = makeConnection({
+    this.config = {
       crypto: options.crypto,
       identity: options.identity,
       expectedRemotePublicKey: options.expectedRemotePublicKey,
@@ -191,7 +193,7 @@ export class ChannelDriver implements MessageChannel {
       // The adapter bounds the handshake in wall time (handshakeTimeoutMs).
       handshakeTimeoutTicks: Infinity,
       ...options.machine
-    })
+    }
   }
 
   /** Starts the machine (our first handshake frame), then the link. */
@@ -363,11 +365,11 @@ export class ChannelDriver implements MessageChannel {
   // ---------------------------------------------------------------- machine
 
   // Steps the connection machine and carries out its commands: the one
-  // place the machine is touched. Frames go to the link in one write, in
-  // the machine's order; true when that write did not pass the transport's
-  // high-water mark (`full` says a drain is awaited).
+  // place the machine is made and touched. Frames go to the link in one
+  // write, in the machine's order; true when that write did not pass the
+  // transport's high-water mark (`full` says a drain is awaited).
   private step(event: ConnectionEvent): boolean {
-    const [next, commands] = stepConnection(this.machine, event)
+    const [next, commands] = stepConnection(this.machine ?? makeConnection(this.config), event)
     this.machine = next
     let frames: Array<Uint8Array> | undefined
     let closed: ChannelError | undefined
