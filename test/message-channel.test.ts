@@ -7,14 +7,20 @@
  * - `send` waits while the transport is past its high-water mark, and
  *   completes on its drain;
  * - inside a tunnel, a full inner inbox pauses the outer channel's delivery,
- *   which pauses the outer stream.
+ *   which pauses the outer stream;
+ * - the stream link's version prefix: a wrong version ends the handshake
+ *   with VersionMismatch, and a peer that closes before its version is told
+ *   apart (ClosedBeforeVersion: a relay that refused us at once).
  */
 import { describe, expect, it } from "vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import { makeStreamFrameLink } from "../src/adapters/frame-link.ts"
 import { type ChannelDriver, establishChannel, tunnelFrameLink } from "../src/adapters/message-channel.ts"
 import type { ByteStream } from "../src/adapters/transport.ts"
+import { encodeFrame } from "../src/core/frame.ts"
+import { encodeVersion } from "../src/core/version.ts"
 import { serveFrames } from "./support/frame-server.ts"
 import { makeSimWorld, type SimWorld } from "./sim/world.ts"
 
@@ -95,7 +101,7 @@ const options = (o: ChannelOptionsForTest) => ({
 
 const message = (index: number, bytes: number) => new Uint8Array(bytes).fill(index & 0xff)
 
-describe("the channel driver's flow control", () => {
+describe("the channel driver over its link", () => {
   it("a full inbox pauses the stream, receive resumes it, and ticks meanwhile do not judge the peer's silence", () => {
     const world = makeSimWorld(71)
     const { client, server, counts } = channelPair(world, {}, { inboxBytes: 16 * KiB, keepaliveTicks: 4 })
@@ -207,5 +213,32 @@ describe("the channel driver's flow control", () => {
     expect(received.map((m) => m[0])).toEqual(Array.from({ length: total }, (_, i) => i & 0xff))
     expect(outer.counts.resumes).toBeGreaterThan(0)
     expect(outer.counts.paused).toBe(false)
+  })
+
+  it("a peer with another version fails the handshake with VersionMismatch; one that closes before its version with ClosedBeforeVersion", () => {
+    const world = makeSimWorld(74)
+    // Port 1 answers with version 99; port 2 closes at once.
+    world.spawn(world.net.host("peer").listen({ host: "peer", port: 1 }, (stream) => {
+      stream.start({ data: () => {}, drain: () => {}, end: () => stream.end(), close: () => {} })
+      stream.write([encodeFrame(encodeVersion(99))])
+    }))
+    world.spawn(world.net.host("peer").listen({ host: "peer", port: 2 }, (stream) => {
+      stream.start({ data: () => {}, drain: () => {}, end: () => {}, close: () => {} })
+      stream.end()
+    }))
+    world.rt.runFor(0)
+    const handshake = (port: number) =>
+      world.await(
+        Effect.gen(function*() {
+          const stream = yield* Effect.orDie(world.net.host("client").dial({ host: "peer", port }))
+          return yield* establishChannel(makeStreamFrameLink(stream), { crypto: world.crypto, identity: world.identity() })
+        }),
+        5000
+      )
+    const mismatch = handshake(1)
+    expect(Exit.isFailure(mismatch)).toBe(true)
+    expect(mismatch).toMatchObject({ cause: { reasons: [{ error: { reason: "VersionMismatch" } }] } })
+    const refused = handshake(2)
+    expect(refused).toMatchObject({ cause: { reasons: [{ error: { reason: "Closed", detail: "ClosedBeforeVersion" } }] } })
   })
 })
