@@ -25,9 +25,13 @@
  * below the bound again. While we pause reading, the peer's silence is not
  * held against it (we are the ones not reading).
  *
- * Ticks are driven by the owner (`tick`), so a process with thousands of
- * channels runs one timer per channel at most, and never waits on a slow
- * socket: keepalive still judges a peer whose writes are stuck.
+ * Ticks are driven by the owner (`tick`): the channel has no timer of its
+ * own, and a tick never waits on a slow socket, so keepalive still judges a
+ * peer whose writes are stuck.
+ *
+ * Closing the channel's scope ends it and waits, up to CLOSE_FLUSH_MS, for
+ * the transport to drain what was already written (there is no queue of our
+ * own left to flush).
  */
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
