@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import type { CryptoService } from "../src/adapters/crypto.ts"
-import { ChannelError, establishChannel, tunnelFrameLink, type MessageChannel } from "../src/adapters/message-channel.ts"
+import { type ChannelDriver, ChannelError, establishChannel, tunnelFrameLink, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { openRelayConnection, type RelayEndpoint } from "../src/adapters/relay-connection.ts"
 import { decodeIncomingConnection } from "../src/core/messages.ts"
 
@@ -58,7 +58,7 @@ const ticker = (channel: MessageChannel, tickMs: number | undefined): Effect.Eff
  * `peerKey`; the channel and its ticker live in the current scope.
  */
 export const endToEnd = (
-  hop: MessageChannel,
+  hop: ChannelDriver,
   identity: PeerIdentity,
   peerKey: Uint8Array,
   options: PeerOptions

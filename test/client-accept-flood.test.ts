@@ -8,7 +8,7 @@
 import { describe, expect, it } from "vitest"
 import * as Effect from "effect/Effect"
 import { type ListenerEvent, makeListener, MAX_ACCEPTS_IN_PROGRESS } from "../src/adapters/client/listener.ts"
-import { exchangeVersion, type FrameLink } from "../src/adapters/frame-link.ts"
+import type { FrameLink } from "../src/adapters/frame-link.ts"
 import { establishChannel } from "../src/adapters/message-channel.ts"
 import { decodeInitConnection, decodeRejectConnection, encodeIncomingConnection } from "../src/core/messages.ts"
 import { serveFrames } from "./support/frame-server.ts"
@@ -27,7 +27,6 @@ describe("a flood of IncomingConnection", () => {
     // stays under way (in its end-to-end handshake) until the test ends.
     const handle = (link: FrameLink) =>
       Effect.gen(function*() {
-        yield* exchangeVersion(link)
         const channel = yield* establishChannel(link, { crypto: world.crypto, identity })
         const init = decodeInitConnection(yield* channel.receive)
         if (init._tag === "Err") return

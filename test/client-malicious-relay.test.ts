@@ -17,7 +17,7 @@ import { connect, ConnectError, listen, type PeerDuplex } from "../src/adapters/
 import { autoCryptoService } from "../src/adapters/crypto.ts"
 const nodeCryptoService = autoCryptoService()
 import type { Identity } from "../src/adapters/identity.ts"
-import { exchangeVersion, type FrameLink } from "../src/adapters/frame-link.ts"
+import type { FrameLink } from "../src/adapters/frame-link.ts"
 import { serveFrames } from "./support/frame-server.ts"
 import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { Connection } from "../src/core/connection.ts"
@@ -75,7 +75,6 @@ const startEvilRelay = async (mode: Mode) => {
 
   const handle = (link: FrameLink) =>
     Effect.gen(function*() {
-      yield* exchangeVersion(link)
       const channel = yield* establishChannel(link, { crypto, identity })
       yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(TICK_MS), Effect.sync(channel.tick))))
       const init = decodeInitConnection(yield* channel.receive)

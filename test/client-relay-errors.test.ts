@@ -12,7 +12,9 @@
  * the Close are still written (best effort)". So the client only sees a
  * close and cannot tell the user "this relay's key is X, not the Y in your
  * address". The fix: let the writer flush the outbox (bounded by a short
- * deadline) before the finalizer interrupts it.
+ * deadline) before the finalizer interrupts it. (The channel has no writer
+ * fiber any more: it writes frames at once, and its finalizer waits, bounded
+ * by CLOSE_FLUSH_MS, for the transport to drain them.)
  *
  * 2. A refused TCP connect names the system error (ECONNREFUSED host:port):
  * what a person needs to see in `listen`'s status and `connect`'s error.

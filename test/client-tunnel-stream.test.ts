@@ -8,34 +8,96 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
-import * as Queue from "effect/Queue"
 import * as Scope from "effect/Scope"
 import { PeerDuplex } from "../src/adapters/client/peer-duplex.ts"
 import { makePeerStream, type PeerStream } from "../src/adapters/client/tunnel-stream.ts"
 // auto: node:crypto on Node (as before), noble where node:crypto lacks a primitive (Bun), so test:runtimes can run this file.
 import { autoCryptoService } from "../src/adapters/crypto.ts"
 const nodeCryptoService = autoCryptoService()
-import { LinkError, type FrameLink } from "../src/adapters/frame-link.ts"
+import { type FrameLink, type FrameLinkHandlers, LinkError } from "../src/adapters/frame-link.ts"
 import { establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { newIdentity, randomData, readAll, sha256, writeAllAndEnd } from "./support/client-harness.ts"
 
 /**
  * Two frame links joined in memory, each direction holding at most 4 frames
- * (so a reader that stops holds the writer back, like TCP); `end` ends both
- * like a dropped connection.
+ * (a write past that returns false, and `drain` follows once the reader has
+ * taken them all, so a reader that stops holds the writer back, like TCP);
+ * frames arrive from a later task, as from a socket. `end` ends both like a
+ * dropped connection.
  */
-const linkPair = Effect.gen(function*() {
-  const aToB = yield* Queue.bounded<Uint8Array, LinkError>(4)
-  const bToA = yield* Queue.bounded<Uint8Array, LinkError>(4)
-  const end = (reason: "Closed" | "Reset") => {
-    const error = new LinkError({ reason, message: `link ${reason}` })
-    return Effect.all([Queue.fail(aToB, error), Queue.fail(bToA, error)], { discard: true })
+const linkPair = Effect.sync(() => {
+  interface Direction {
+    readonly frames: Array<Uint8Array>
+    reader: FrameLinkHandlers | undefined
+    writer: FrameLinkHandlers | undefined
+    paused: boolean
+    writerWaits: boolean
+    scheduled: boolean
+    endDelivered: boolean
   }
-  const link = (incoming: Queue.Queue<Uint8Array, LinkError>, outgoing: Queue.Queue<Uint8Array, LinkError>): FrameLink => ({
-    read: Queue.take(incoming),
-    write: (frames) => Effect.asVoid(Queue.offerAll(outgoing, frames)),
-    bufferedBytes: () => 0,
-    setReadThrottle: () => {}
+  const direction = (): Direction => ({
+    frames: [],
+    reader: undefined,
+    writer: undefined,
+    paused: false,
+    writerWaits: false,
+    scheduled: false,
+    endDelivered: false
+  })
+  const aToB = direction()
+  const bToA = direction()
+  let ended: LinkError | undefined
+  // Frames written before the end still arrive, then the end.
+  const flush = (d: Direction) => {
+    d.scheduled = false
+    if (d.reader === undefined || d.endDelivered) return
+    while (!d.paused && d.frames.length > 0) d.reader.frame(d.frames.shift()!)
+    if (d.frames.length === 0 && d.writerWaits) {
+      d.writerWaits = false
+      d.writer?.drain()
+    }
+    if (d.frames.length === 0 && ended !== undefined) {
+      d.endDelivered = true
+      d.reader.end(ended)
+    }
+  }
+  const schedule = (d: Direction) => {
+    if (d.scheduled) return
+    d.scheduled = true
+    setImmediate(() => flush(d))
+  }
+  const end = (reason: "Closed" | "Reset") =>
+    Effect.sync(() => {
+      if (ended !== undefined) return
+      const error = new LinkError({ reason, message: `link ${reason}` })
+      ended = error
+      for (const d of [aToB, bToA]) {
+        d.writer?.drain()
+        schedule(d)
+      }
+    })
+  const link = (incoming: Direction, outgoing: Direction): FrameLink => ({
+    start: (handlers) => {
+      incoming.reader = handlers
+      outgoing.writer = handlers
+      schedule(incoming)
+    },
+    write: (frames) => {
+      if (ended !== undefined) return true
+      outgoing.frames.push(...frames)
+      schedule(outgoing)
+      if (outgoing.frames.length < 4) return true
+      outgoing.writerWaits = true
+      return false
+    },
+    pause: () => {
+      incoming.paused = true
+    },
+    resume: () => {
+      incoming.paused = false
+      schedule(incoming)
+    },
+    bufferedBytes: () => 0
   })
   return { a: link(bToA, aToB), b: link(aToB, bToA), end }
 })

@@ -16,7 +16,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
 import { nodeCryptoService } from "../src/adapters/crypto.ts"
-import { exchangeVersion, makeStreamFrameLink } from "../src/adapters/frame-link.ts"
+import { makeStreamFrameLink } from "../src/adapters/frame-link.ts"
 import { tcpByteStream } from "../src/adapters/transport-tcp.ts"
 import { ChannelError, establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { openRelayConnection, type RelayEndpoint } from "../src/adapters/relay-connection.ts"
@@ -63,7 +63,6 @@ const openResettableTunnel = (relay: RelayEndpoint, identity: PeerIdentity, list
       (s) => Effect.sync(() => s.destroy())
     )
     const link = makeStreamFrameLink(tcpByteStream(netSocket))
-    yield* exchangeVersion(link)
     const hop = yield* establishChannel(link, {
       crypto: options.crypto,
       identity,

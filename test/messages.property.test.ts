@@ -321,6 +321,17 @@ describe("reading a KaMessage's header agrees with decoding it", () => {
     )
   })
 
+  it("every single flipped bit of small honest encodings: the same answer as the full decoder", () => {
+    for (const payload of [new Uint8Array(0), Uint8Array.of(1, 1, 1, 1), new Uint8Array(9).fill(0xab), new Uint8Array(24).fill(3)]) {
+      const honest = M.encodeKaMessage({ _tag: "Message", data: payload })
+      for (let bit = 0; bit < honest.length * 8; bit++) {
+        const bytes = honest.slice()
+        bytes[bit >> 3] = bytes[bit >> 3]! ^ (1 << (bit & 7))
+        expect(viaHeader(bytes), `payload of ${payload.length} bytes, bit ${bit}`).toEqual(viaDecode(bytes))
+      }
+    }
+  })
+
   it("mutated encodings: the same member, payload or error reason as the full decoder", () => {
     fc.assert(
       fc.property(kaMessage, fc.array(mutation, { minLength: 1, maxLength: 4 }), fc.boolean(), (value, mutations, inWords) => {

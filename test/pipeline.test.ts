@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Deferred from "effect/Deferred"
 import { type CryptoService, nobleCryptoService, nodeCryptoService } from "../src/adapters/crypto.ts"
-import { exchangeVersion, makeStreamFrameLink } from "../src/adapters/frame-link.ts"
+import { makeStreamFrameLink } from "../src/adapters/frame-link.ts"
 import { dialFrames, serveFrames } from "./support/frame-server.ts"
 import { type ChannelError, establishChannel, type MessageChannel } from "../src/adapters/message-channel.ts"
 import { makeSimWorld } from "./sim/world.ts"
@@ -38,16 +38,13 @@ const pair = (options: {
     const port = yield* serveFrames((link) =>
         Effect.gen(function*() {
           const result = yield* Effect.exit(
-            Effect.andThen(
-              exchangeVersion(link),
-              establishChannel(link, {
-                crypto: options.server.crypto,
-                identity: options.server.id,
-                expectedRemotePublicKey: options.server.expect,
-                handshakeTimeoutMs: options.handshakeTimeoutMs,
-                machine: { rekeyIntervalTicks: options.rekeyIntervalTicks }
-              })
-            )
+            establishChannel(link, {
+              crypto: options.server.crypto,
+              identity: options.server.id,
+              expectedRemotePublicKey: options.server.expect,
+              handshakeTimeoutMs: options.handshakeTimeoutMs,
+              machine: { rekeyIntervalTicks: options.rekeyIntervalTicks }
+            })
           )
           yield* Deferred.succeed(serverSide, result)
           yield* Effect.never
@@ -55,16 +52,13 @@ const pair = (options: {
     )
     const link = yield* dialFrames(port)
     const client = yield* Effect.exit(
-      Effect.andThen(
-        exchangeVersion(link),
-        establishChannel(link, {
-          crypto: options.client.crypto,
-          identity: options.client.id,
-          expectedRemotePublicKey: options.client.expect,
-          handshakeTimeoutMs: options.handshakeTimeoutMs,
-          machine: { rekeyIntervalTicks: options.rekeyIntervalTicks }
-        })
-      )
+      establishChannel(link, {
+        crypto: options.client.crypto,
+        identity: options.client.id,
+        expectedRemotePublicKey: options.client.expect,
+        handshakeTimeoutMs: options.handshakeTimeoutMs,
+        machine: { rekeyIntervalTicks: options.rekeyIntervalTicks }
+      })
     )
     return { client, server: yield* Deferred.await(serverSide) }
   })
@@ -188,10 +182,7 @@ describe("pipeline over loopback TCP", () => {
         yield* Effect.addFinalizer(() => Effect.sync(link.destroy))
         started = world.rt.now
         const result = yield* Effect.exit(
-          Effect.andThen(
-            link.write([new Uint8Array(4)]),
-            establishChannel(link, { crypto: world.crypto, identity: world.identity(), handshakeTimeoutMs: 300 })
-          )
+          establishChannel(link, { crypto: world.crypto, identity: world.identity(), handshakeTimeoutMs: 300 })
         )
         ended = world.rt.now
         return result

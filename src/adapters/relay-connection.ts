@@ -3,7 +3,11 @@
  * address's scheme picks it: TCP, or WebSocket for ws:// and wss://, unless
  * the options name a transport), version prefix, then the secure
  * channel expecting the relay's key, then the InitConnection that says what
- * the connection is for. The client library builds listen, connect and
+ * the connection is for. The stream frame link sends our version and checks
+ * the relay's; the channel driver (message-channel.ts) runs on its events.
+ * A relay that refuses us at once (a connection limit, shutting down)
+ * closes before its version: the channel's error then carries
+ * CLOSED_BEFORE_VERSION, to tell that apart from a close later on. The client library builds listen, connect and
  * accept channels from this.
  *
  * Closing the scope closes the connection gracefully: the channel stops,
@@ -15,12 +19,11 @@
  */
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
-import { CLOSED_BEFORE_VERSION } from "../core/connect-outcome.ts"
 import { encodeInitConnection, type InitConnection } from "../core/messages.ts"
 import type { RelayScheme } from "../core/relay-address.ts"
 import type { CryptoService } from "./crypto.ts"
-import { exchangeVersion, LinkError, makeStreamFrameLink } from "./frame-link.ts"
-import { ChannelError, establishChannel, type ChannelOptions, type MessageChannel } from "./message-channel.ts"
+import { makeStreamFrameLink } from "./frame-link.ts"
+import { type ChannelDriver, ChannelError, establishChannel, type ChannelOptions } from "./message-channel.ts"
 import type { Transport } from "./transport.ts"
 import { tcpTransport } from "./transport-tcp.ts"
 import { webSocketDialTransport } from "./transport-ws-dial.ts"
@@ -68,7 +71,7 @@ export const openRelayConnection = (
   relay: RelayEndpoint,
   init: InitConnection,
   options: RelayConnectionOptions
-): Effect.Effect<MessageChannel, ChannelError, Scope.Scope> =>
+): Effect.Effect<ChannelDriver, ChannelError, Scope.Scope> =>
   Effect.gen(function*() {
     const timeoutMs = options.handshakeTimeoutMs ?? 10_000
     const channel = yield* Effect.gen(function*() {
@@ -78,22 +81,13 @@ export const openRelayConnection = (
       )
       const link = makeStreamFrameLink(stream)
       // Added before the channel's own finalizer, so it runs after the
-      // channel's fibers have stopped. A connection that never finished its
+      // channel has ended and flushed. A connection that never finished its
       // handshake carries nothing worth flushing: it is cut at once.
       let established = false
       yield* Effect.addFinalizer(() =>
         established
           ? link.closeGracefully(options.closeLingerMs ?? DEFAULT_CLOSE_LINGER_MS)
           : Effect.sync(link.destroy)
-      )
-      // A relay that refuses us at once (a connection limit, shutting down)
-      // closes before it sends anything: tell that apart from a close later on.
-      yield* exchangeVersion(link).pipe(
-        Effect.mapError((error) =>
-          error.reason === "Closed" || error.reason === "Reset"
-            ? new ChannelError({ reason: error.reason, detail: CLOSED_BEFORE_VERSION, message: error.message })
-            : error
-        )
       )
       const channel = yield* establishChannel(link, {
         crypto: options.crypto,
@@ -104,9 +98,6 @@ export const openRelayConnection = (
       established = true
       return channel
     }).pipe(
-      Effect.mapError((error) =>
-        error instanceof LinkError ? new ChannelError({ reason: error.reason, message: error.message }) : error
-      ),
       Effect.timeoutOrElse({
         duration: timeoutMs,
         orElse: () =>

@@ -516,7 +516,7 @@ export const readKaMessageHeader = (bytes: Uint8Array, options?: DecodeOptions):
       header.getUint32(4, true) * 8 + 8 === size.value &&
       header.getUint32(8, true) === 0 &&
       header.getUint32(12, true) === kaRootPointerHigh &&
-      true &&
+      header.getUint16(16, true) === 1 &&
       header.getUint32(24, true) === 1 &&
       (header.getUint32(28, true) & 7) === 2 &&
       kaHeaderBytes + Math.ceil(dataLength / 8) * 8 <= size.value

@@ -16,8 +16,9 @@
  *
  * Backpressure: `write` completes once the channel took the message, which
  * waits while the relay hop's socket is full; `read` pulls one message from
- * the channel only when asked, so a reader that stops reading stops the
- * channel's reader, the relay's, and in the end the peer's writes.
+ * the channel only when asked, so a reader that stops reading fills the
+ * channel's inbox, which pauses the relay hop's socket, then the relay's
+ * reading, and in the end the peer's writes.
  */
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
