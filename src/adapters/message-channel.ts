@@ -25,9 +25,10 @@
  * below the bound again. While we pause reading, the peer's silence is not
  * held against it (we are the ones not reading).
  *
- * Ticks are driven by the owner (`tick`): the channel has no timer of its
- * own, and a tick never waits on a slow socket, so keepalive still judges a
- * peer whose writes are stuck.
+ * Ticks are driven by the owner (`tick`; the client's one shared timer,
+ * channel-ticker.ts): the channel has no timer of its own, and a tick never
+ * waits on a slow socket, so keepalive still judges a peer whose writes are
+ * stuck.
  *
  * Closing the channel's scope ends it and waits, up to CLOSE_FLUSH_MS, for
  * the transport to drain what was already written (there is no queue of our

@@ -24,6 +24,7 @@ import type { RelayScheme } from "../core/relay-address.ts"
 import type { CryptoService } from "./crypto.ts"
 import { makeStreamFrameLink } from "./frame-link.ts"
 import { type ChannelDriver, ChannelError, establishChannel, type ChannelOptions } from "./message-channel.ts"
+import { ChannelTicker } from "./channel-ticker.ts"
 import type { Transport } from "./transport.ts"
 import { tcpTransport } from "./transport-tcp.ts"
 import { webSocketDialTransport } from "./transport-ws-dial.ts"
@@ -44,8 +45,10 @@ export interface RelayConnectionOptions {
   readonly identity: Identity
   /** Bound on TCP connect + version + handshake, in milliseconds (default 10 s). */
   readonly handshakeTimeoutMs?: number
-  /** Milliseconds per keepalive/rekey tick (default 1000, as Offset). */
+  /** Milliseconds per keepalive/rekey tick (default 1000, as Offset); ignored when `ticker` is given. */
   readonly tickMs?: number
+  /** The timer shared with the client's other channels (default: one of this connection's own). */
+  readonly ticker?: ChannelTicker
   /** On close, how long to wait for the relay to close its side before destroying the socket (default 2 s). */
   readonly closeLingerMs?: number
   readonly channel?: Pick<ChannelOptions, "inboxBytes" | "machine">
@@ -109,7 +112,7 @@ export const openRelayConnection = (
           )
       })
     )
-    yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(options.tickMs ?? 1000), Effect.sync(channel.tick))))
+    yield* (options.ticker ?? new ChannelTicker(options.tickMs ?? 1000)).register(channel)
     yield* channel.send(encodeInitConnection(init))
     return channel
   })

@@ -13,7 +13,8 @@ import type { InitConnection } from "../../core/messages.ts"
 import { formatRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
 import type { CryptoService } from "../crypto.ts"
 import type { Identity } from "../identity.ts"
-import { ChannelError, establishChannel, tunnelFrameLink, type ChannelOptions, type MessageChannel } from "../message-channel.ts"
+import { ChannelError, establishChannel, tunnelFrameLink, type ChannelOptions } from "../message-channel.ts"
+import { type ChannelTicker, tickerOf } from "../channel-ticker.ts"
 import { openRelayConnection, type RelayConnectionOptions } from "../relay-connection.ts"
 import type { Transport } from "../transport.ts"
 import { makePeerStream, type PeerStream } from "./tunnel-stream.ts"
@@ -46,6 +47,8 @@ const DEFAULT_TICK_MS = 1000
 export interface HopOptions extends RelayConnectionOptions {
   readonly handshakeTimeoutMs: number
   readonly tickMs: number
+  /** Ticks every channel made from the same settings: relay hops and end-to-end channels alike. */
+  readonly ticker: ChannelTicker
 }
 
 /** The hop options of `settings`: the one place the client's timing defaults are applied. */
@@ -54,6 +57,7 @@ export const hopOptions = (settings: ClientSettings): HopOptions => ({
   identity: settings.identity,
   handshakeTimeoutMs: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
   tickMs: settings.tickMs ?? DEFAULT_TICK_MS,
+  ticker: tickerOf(settings, settings.tickMs ?? DEFAULT_TICK_MS),
   ...(settings.hop === undefined ? {} : { channel: settings.hop }),
   ...(settings.transport === undefined ? {} : { transport: settings.transport })
 })
@@ -93,7 +97,7 @@ export const openTunnel = (
       ...(endToEndTimeoutMs === undefined ? {} : { handshakeTimeoutMs: endToEndTimeoutMs }),
       ...settings.endToEnd
     }).pipe(Scope.provide(scope), Effect.mapError(phaseError("tunnel")))
-    yield* Effect.forkIn(ticker(endToEnd, hop.tickMs), scope)
+    yield* hop.ticker.register(endToEnd).pipe(Scope.provide(scope))
     return yield* makePeerStream({
       channel: endToEnd,
       scope,
@@ -101,10 +105,6 @@ export const openTunnel = (
       ...(settings.maxMessageBytes === undefined ? {} : { maxMessageBytes: settings.maxMessageBytes })
     })
   })
-
-// The end-to-end channel keeps its own keepalive, like any channel.
-const ticker = (channel: MessageChannel, tickMs: number): Effect.Effect<void> =>
-  Effect.forever(Effect.andThen(Effect.sleep(tickMs), Effect.sync(channel.tick)))
 
 const phaseError = (phase: "relay" | "tunnel") => (error: ChannelError): TunnelOpenError =>
   new TunnelOpenError({ phase, reason: error.reason, detail: error.detail, message: error.message })
