@@ -230,12 +230,30 @@ export const unpack = (packed: Uint8Array, maxBytes: number): CapnpResult<Uint8A
   const size = unpackedByteLength(packed, maxBytes)
   if (size._tag === "Err") return size
   const dst = new Uint8Array(size.value)
-  const n = packed.length
+  unpackInto(packed, dst)
+  return { _tag: "Ok", value: dst }
+}
+
+/**
+ * The first `bytes` bytes (a multiple of 8) of the unpacked form of input
+ * whose whole length `unpackedByteLength` already accepted, and that holds
+ * at least that many: a header read without unpacking the rest.
+ */
+export const unpackPrefix = (packed: Uint8Array, bytes: number): Uint8Array => {
+  const dst = new Uint8Array(bytes)
+  unpackInto(packed, dst)
+  return dst
+}
+
+// Unpacks into the zero-filled `dst` (a whole number of words) until it is
+// full. The caller's length scan proved every tag's bytes and runs lie
+// inside the input and that it unpacks to at least dst.length bytes, so the
+// reads below are all defined.
+const unpackInto = (packed: Uint8Array, dst: Uint8Array): void => {
+  const end = dst.length
   let i = 0
   let o = 0
-  // The first pass proved every tag's bytes and runs lie inside the input and
-  // the output has room for them, so the reads below are all defined.
-  while (i < n) {
+  while (o < end) {
     const tag = packed[i++]!
     if (tag === 0) {
       // dst is zero-filled: skipping is writing the zeros.
@@ -252,11 +270,10 @@ export const unpack = (packed: Uint8Array, maxBytes: number): CapnpResult<Uint8A
       o += 8
       const runBytes = packed[i + 8]! * 8
       i += 9
-      if (runBytes > 0) {
-        dst.set(packed.subarray(i, i + runBytes), o)
-        i += runBytes
-        o += runBytes
-      }
+      const take = Math.min(runBytes, end - o)
+      if (take > 0) dst.set(packed.subarray(i, i + take), o)
+      i += runBytes
+      o += runBytes
     } else {
       if ((tag & 1) !== 0) dst[o] = packed[i++]!
       if ((tag & 2) !== 0) dst[o + 1] = packed[i++]!
@@ -269,37 +286,6 @@ export const unpack = (packed: Uint8Array, maxBytes: number): CapnpResult<Uint8A
       o += 8
     }
   }
-  return { _tag: "Ok", value: dst }
-}
-
-/**
- * The first `bytes` bytes (a multiple of 8) of the unpacked form of input
- * whose whole length `unpackedByteLength` already accepted, and that holds
- * at least that many: a header read without unpacking the rest.
- */
-export const unpackPrefix = (packed: Uint8Array, bytes: number): Uint8Array => {
-  const dst = new Uint8Array(bytes)
-  let i = 0
-  let o = 0
-  while (o < bytes) {
-    const tag = packed[i++]!
-    if (tag === 0) {
-      o += (1 + packed[i++]!) * 8
-    } else if (tag === 0xff) {
-      dst.set(packed.subarray(i, i + 8), o)
-      o += 8
-      const runBytes = packed[i + 8]! * 8
-      i += 9
-      const take = Math.min(runBytes, bytes - o)
-      if (take > 0) dst.set(packed.subarray(i, i + take), o)
-      i += runBytes
-      o += runBytes
-    } else {
-      for (let bit = 0; bit < 8; bit++) if ((tag & (1 << bit)) !== 0) dst[o + bit] = packed[i++]!
-      o += 8
-    }
-  }
-  return dst
 }
 
 // ---------------------------------------------------------------------------
