@@ -63,10 +63,9 @@ export { ChannelMisuseError }
 /** One connection: a secure channel with keepalive on top; see the module header. */
 export class Connection {
   readonly channel: SecureChannel
-  /** Undefined until authenticated: keepalive starts with the channel (as in Offset). */
-  keepalive: Keepalive | undefined = undefined
-  /** Why it closed, once it has. */
-  closed: ConnectionError | undefined = undefined
+  // Undefined until authenticated: keepalive starts with the channel (as in Offset).
+  private keepalive: Keepalive | undefined = undefined
+  private closeError: ConnectionError | undefined = undefined
   private readonly keepaliveTicks: number
   private readonly maxExpansion: number | undefined
   private readonly events = new CommandQueue<ConnectionEvent>()
@@ -76,6 +75,11 @@ export class Connection {
     this.keepaliveTicks = new Keepalive({ keepaliveTicks: config.keepaliveTicks }).keepaliveTicks
     this.maxExpansion = config.maxExpansion
     this.channel = new SecureChannel(config)
+  }
+
+  /** Why it closed, once it has. */
+  get closed(): ConnectionError | undefined {
+    return this.closeError
   }
 
   /** True once `send` is allowed: authenticated and not closed. */
@@ -183,8 +187,8 @@ export class Connection {
   }
 
   private close(error: ConnectionError): void {
-    if (this.closed !== undefined) return
-    this.closed = error
+    if (this.closeError !== undefined) return
+    this.closeError = error
     this.events.push({ _tag: "Closed", error })
   }
 }

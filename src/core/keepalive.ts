@@ -101,11 +101,11 @@ const sendInterval = (keepaliveTicks: number): number => Math.floor(keepaliveTic
 export class Keepalive {
   readonly keepaliveTicks: number
   readonly maxExpansion: number
-  /** Unpaused ticks left before the peer counts as dead. */
-  ticksUntilClose: number
-  /** Ticks left before we must send something. */
-  ticksUntilKeepalive: number
-  closed: KeepaliveError | undefined = undefined
+  // Unpaused ticks left before the peer counts as dead.
+  private closeCountdown: number
+  // Ticks left before we must send something.
+  private keepaliveCountdown: number
+  private closeError: KeepaliveError | undefined = undefined
   private readonly transmits = new CommandQueue<Uint8Array>()
   private readonly events = new CommandQueue<KeepaliveEvent>()
 
@@ -119,8 +119,18 @@ export class Keepalive {
     if (!(maxExpansion >= 1)) throw new RangeError(`maxExpansion must be at least 1 or Infinity, got ${maxExpansion}`)
     this.keepaliveTicks = keepaliveTicks
     this.maxExpansion = maxExpansion
-    this.ticksUntilClose = keepaliveTicks
-    this.ticksUntilKeepalive = sendInterval(keepaliveTicks)
+    this.closeCountdown = keepaliveTicks
+    this.keepaliveCountdown = sendInterval(keepaliveTicks)
+  }
+
+  /** Unpaused ticks left before the peer counts as dead. */
+  get ticksUntilClose(): number {
+    return this.closeCountdown
+  }
+
+  /** Why the layer closed, once it has. */
+  get closed(): KeepaliveError | undefined {
+    return this.closeError
   }
 
   /** The next packed KaMessage for the channel below; undefined when there is none. */
@@ -147,7 +157,7 @@ export class Keepalive {
         decodeError: decoded.error
       })
     }
-    this.ticksUntilClose = this.keepaliveTicks
+    this.closeCountdown = this.keepaliveTicks
     const message = decoded.value
     switch (message._tag) {
       case "KeepAlive":
@@ -168,31 +178,31 @@ export class Keepalive {
   /** A packed KaMessage to send as is (a relay forwarding a `Delivered`'s `packed`). */
   sendPacked(packed: Uint8Array): void {
     if (this.closed !== undefined) return
-    this.ticksUntilKeepalive = sendInterval(this.keepaliveTicks)
+    this.keepaliveCountdown = sendInterval(this.keepaliveTicks)
     this.transmits.push(packed)
   }
 
   /** One tick; `receivePaused` when we were the ones not reading (see the header). */
   tick(receivePaused = false): void {
     if (this.closed !== undefined) return
-    if (!receivePaused) this.ticksUntilClose--
-    if (this.ticksUntilClose <= 0) {
-      this.ticksUntilClose = 0
+    if (!receivePaused) this.closeCountdown--
+    if (this.closeCountdown <= 0) {
+      this.closeCountdown = 0
       return this.close({
         _tag: "KeepaliveError",
         reason: "KeepaliveTimeout",
         message: `nothing received from the peer for ${this.keepaliveTicks} ticks`
       })
     }
-    this.ticksUntilKeepalive--
-    if (this.ticksUntilKeepalive <= 0) {
-      this.ticksUntilKeepalive = sendInterval(this.keepaliveTicks)
+    this.keepaliveCountdown--
+    if (this.keepaliveCountdown <= 0) {
+      this.keepaliveCountdown = sendInterval(this.keepaliveTicks)
       this.transmits.push(encodedKeepAlive())
     }
   }
 
   private close(error: KeepaliveError): void {
-    this.closed = error
+    this.closeError = error
     this.events.push({ _tag: "Closed", error })
   }
 }

@@ -186,17 +186,29 @@ export const MAX_MESSAGE_BYTES_LIMIT = 512 * 1024
 /** One stream's halves and outcome; see the module header for how to drive it. */
 export class StreamState {
   readonly config: StreamConfig
-  /** Our half. */
-  sending: SendingHalf = "open"
-  /** The peer's half. */
-  receiving: ReceivingHalf = "open"
-  /** Set once the stream is done: undefined while open. */
-  outcome: StreamOutcome | undefined = undefined
+  private ours: SendingHalf = "open"
+  private theirs: ReceivingHalf = "open"
+  private result: StreamOutcome | undefined = undefined
   private readonly out = new CommandQueue<StreamCommand>()
 
   /** A stream with both halves open. */
   constructor(config: StreamConfig) {
     this.config = config
+  }
+
+  /** Our half. */
+  get sending(): SendingHalf {
+    return this.ours
+  }
+
+  /** The peer's half. */
+  get receiving(): ReceivingHalf {
+    return this.theirs
+  }
+
+  /** Set once the stream is done: undefined while open. */
+  get outcome(): StreamOutcome | undefined {
+    return this.result
   }
 
   /** The next command, in order; undefined when there is none. */
@@ -233,12 +245,12 @@ export class StreamState {
       }
       case "End":
         if (this.sending !== "open") return
-        this.sending = "ending"
+        this.ours = "ending"
         out.push(sendEnd)
         return
       case "EndSent":
         if (this.sending !== "ending") return
-        this.sending = "ended"
+        this.ours = "ended"
         if (this.receiving === "ended") this.finish()
         return
       case "Received": {
@@ -253,7 +265,7 @@ export class StreamState {
           out.push({ _tag: "Deliver", data: event.data })
           return
         }
-        this.receiving = "ended"
+        this.theirs = "ended"
         out.push(deliverEnd)
         if (this.sending === "ended") this.finish()
         return
@@ -274,7 +286,7 @@ export class StreamState {
   }
 
   private finish(): void {
-    this.outcome = finished
+    this.result = finished
     this.out.push(finishCommand)
   }
 
@@ -282,7 +294,7 @@ export class StreamState {
     const error: StreamError = peerCode === undefined
       ? { _tag: "StreamError", reason, message }
       : { _tag: "StreamError", reason, message, peerCode }
-    this.outcome = { _tag: "Failed", error }
+    this.result = { _tag: "Failed", error }
     this.out.push({ _tag: "Fail", error })
   }
 }
