@@ -229,9 +229,7 @@ export class ChannelDriver implements MessageChannel {
     this.step((machine) => machine.tick(receivePaused))
   }
 
-  readonly close: Effect.Effect<void> = Effect.sync(() =>
-    this.end(new ChannelError({ reason: "LocalClose", message: "channel closed locally" }))
-  )
+  readonly close: Effect.Effect<void> = Effect.sync(() => this.end(LOCAL_CLOSE))
 
   readonly ended: Effect.Effect<ChannelError> = Deferred.await(this.endedDeferred)
 
@@ -244,7 +242,7 @@ export class ChannelDriver implements MessageChannel {
    * say which key the relay holds.
    */
   readonly closeAndFlush: Effect.Effect<void> = Effect.suspend(() => {
-    this.end(new ChannelError({ reason: "LocalClose", message: "channel closed locally" }))
+    this.end(LOCAL_CLOSE)
     if (!this.full) return Effect.void
     return waitOn(this.drainWaiters).pipe(
       Effect.timeoutOrElse({ duration: CLOSE_FLUSH_MS, orElse: () => Effect.void })
@@ -449,6 +447,11 @@ const wakeAll = (waiters: ReadonlyArray<() => void>): void => {
 }
 
 const EMPTY = new Uint8Array(0)
+
+// Every channel closed by its owner ends with this one value: it says all
+// there is to say, and building an error (its stack trace) per close cost
+// more than the rest of the close.
+const LOCAL_CLOSE = new ChannelError({ reason: "LocalClose", message: "channel closed locally" })
 
 const fromLinkError = (error: LinkError): ChannelError =>
   new ChannelError({
