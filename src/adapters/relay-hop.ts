@@ -4,14 +4,16 @@
  * its own. Everything it decides comes from the pure machines — the
  * connection machine (secure channel + keepalive, core/connection.ts) for
  * the bytes, the relay core (through `HopServer.dispatch`) for what the
- * connection is and when it closes; the hop only carries out their
- * commands.
+ * connection is and when it closes; the hop only carries out what they
+ * queue (frames and events polled from the connection, commands from the
+ * core).
  *
  * Data path: a chunk arrives → frames (u64 length, capped at 4 KiB for the
  * three frames before authentication) → the machine opens each frame →
  * a delivered message goes to the core (the first message, listen
  * channels), into the held buffer (a connect channel waiting for accept),
- * or straight into the tunnel peer's machine, which seals it and writes it
+ * or straight into the tunnel peer's machine (`sendPacked`: the KaMessage as
+ * it came, its payload never unpacked here), which seals it and writes it
  * to the peer's stream. Nothing waits in between: when the peer's stream is
  * past its high-water mark (`write` returned false), this hop stops reading
  * until the peer drains, so TCP pushes back on the sender and the relay
