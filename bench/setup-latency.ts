@@ -40,6 +40,25 @@ export const waitListening = (listener: RelayListener, timeoutMs = 15_000): Prom
     listener.on("status", onStatus)
   })
 
+/**
+ * Milliseconds from `connect()` to the first byte echoed back through a
+ * fresh tunnel to the echoing listener `to`. A fresh connector identity each
+ * time (as many users reaching one service), so tunnels in flight at once
+ * are distinct half tunnels.
+ */
+export const timeTunnelToEcho = async (relay: string, to: string): Promise<number> => {
+  const start = performance.now()
+  const socket = await connect({ identity: createIdentity(), relays: [relay], to })
+  socket.write(ONE_BYTE)
+  await new Promise((resolve, reject) => {
+    socket.once("data", resolve)
+    socket.once("error", reject)
+  })
+  const ms = performance.now() - start
+  socket.destroy()
+  return ms
+}
+
 /** Runs the scenario against a running relay; `quick` takes fewer samples. */
 export const benchSetupLatency = async (relay: RelayProcess, quick: boolean): Promise<Array<BenchRow>> => {
   const counts = quick ? { sequential: 20, parallel: 64 } : { sequential: 200, parallel: 320 }
@@ -68,20 +87,7 @@ export const benchSetupLatency = async (relay: RelayProcess, quick: boolean): Pr
       socket.pipe(socket)
     })
     await waitListening(listener)
-    const tunnelOnce = async () => {
-      // A fresh connector identity each time (as many users reaching one
-      // service), so 32 in flight are 32 distinct half tunnels.
-      const start = performance.now()
-      const socket = await connect({ identity: createIdentity(), relays: [relay.address], to: listener.publicKey })
-      socket.write(ONE_BYTE)
-      await new Promise((resolve, reject) => {
-        socket.once("data", resolve)
-        socket.once("error", reject)
-      })
-      const ms = performance.now() - start
-      socket.destroy()
-      return ms
-    }
+    const tunnelOnce = () => timeTunnelToEcho(relay.address, listener.publicKey)
     let relayed: { sequential: Array<number>; parallel: Array<number> }
     // The relay's CPU over the sequential tunnels: three handshakes, the
     // relay messages and the splice, per tunnel.

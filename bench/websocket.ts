@@ -8,7 +8,7 @@
 import { connect, createIdentity, listen, type PeerDuplex } from "../src/adapters/client/index.ts"
 import type { RelayProcess } from "./relay-process.ts"
 import { percentile, row, type BenchRow } from "./report.ts"
-import { waitListening } from "./setup-latency.ts"
+import { timeTunnelToEcho, waitListening } from "./setup-latency.ts"
 
 const ONE_BYTE = Uint8Array.of(42)
 const CHUNK = new Uint8Array(64 * 1024).fill(7)
@@ -39,18 +39,7 @@ export const benchWebSocket = async (relay: RelayProcess, wsPort: number, quick:
     })
     try {
       await waitListening(listener)
-      const echoOnce = async () => {
-        const start = performance.now()
-        const socket = await connect({ identity: createIdentity(), relays: [address], to: listener.publicKey })
-        socket.write(ONE_BYTE)
-        await new Promise((resolve, reject) => {
-          socket.once("data", resolve)
-          socket.once("error", reject)
-        })
-        const ms = performance.now() - start
-        socket.destroy()
-        return ms
-      }
+      const echoOnce = () => timeTunnelToEcho(address, listener.publicKey)
       for (let i = 0; i < 5; i++) await echoOnce()
       for (let i = 0; i < setupCount; i++) measured[name].setup.push(await echoOnce())
 

@@ -10,6 +10,7 @@
  * A frame that lies inside one input chunk is returned as a view of that
  * chunk (no copy); the caller must not reuse chunks it has pushed.
  */
+import { concatBytes } from "./bytes.ts"
 
 /** Offset's frame payload limit, which we enforce (PROTOCOL.md (fix)). */
 export const MAX_FRAME_LENGTH = 1024 * 1024
@@ -110,7 +111,7 @@ export class FrameDecoder {
       this.payloadFilled += take
       offset += take
       if (this.payloadFilled === this.payloadLength) {
-        frames.push(joinParts(this.parts, this.payloadLength))
+        frames.push(joinParts(this.parts))
         this.payloadLength = -1
         this.parts = []
         this.payloadFilled = 0
@@ -144,13 +145,5 @@ export class FrameDecoder {
   }
 }
 
-const joinParts = (parts: ReadonlyArray<Uint8Array>, length: number): Uint8Array => {
-  if (parts.length === 1) return parts[0]! // a view, as in the fast path (see the module header)
-  const out = new Uint8Array(length)
-  let offset = 0
-  for (const part of parts) {
-    out.set(part, offset)
-    offset += part.length
-  }
-  return out
-}
+// A view when the frame came in one part, as in the fast path (see the module header).
+const joinParts = (parts: ReadonlyArray<Uint8Array>): Uint8Array => (parts.length === 1 ? parts[0]! : concatBytes(parts))

@@ -26,10 +26,11 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
-import { bytesToHex, parsePublicKeyHex } from "../../core/keys.ts"
-import { parseRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
+import { bytesToHex } from "../../core/keys.ts"
+import type { RelayAddress } from "../../core/relay-address.ts"
 import { nobleCryptoService } from "../crypto-service.ts"
 import type { Identity } from "../identity.ts"
+import { keyOf, relayOf } from "./arguments.ts"
 import { ConnectError, connectToPeer } from "./connector.ts"
 import { type Listener, type ListenerEvent, makeListener, type RelayStatus } from "./listener.ts"
 import type { ClientSettings } from "./tunnel.ts"
@@ -52,10 +53,7 @@ export interface BrowserClientOptions {
   readonly handshakeTimeoutMs?: number
 }
 
-/** A bad argument (relay address, key): the caller's mistake, thrown at once. */
-export class InvalidArgumentError extends Error {
-  override readonly name = "InvalidArgumentError"
-}
+export { InvalidArgumentError } from "./arguments.ts"
 
 /** A new random identity (crypto.getRandomValues), not saved anywhere. */
 export const createIdentity = (): Identity => {
@@ -251,23 +249,6 @@ const settingsOf = (options: BrowserClientOptions): ClientSettings => ({
   tickMs: options.tickMs,
   handshakeTimeoutMs: options.handshakeTimeoutMs
 })
-
-const relayOf = (relay: string | RelayAddress): RelayAddress => {
-  if (typeof relay !== "string") return relay
-  const parsed = parseRelayAddress(relay)
-  if (parsed._tag === "Err") throw new InvalidArgumentError(parsed.error.message)
-  return parsed.value
-}
-
-const keyOf = (key: string | Uint8Array): Uint8Array => {
-  if (typeof key !== "string") {
-    if (key.length !== 32) throw new InvalidArgumentError(`a public key has 32 bytes, got ${key.length}`)
-    return key
-  }
-  const parsed = parsePublicKeyHex(key)
-  if (parsed._tag === "Err") throw new InvalidArgumentError(parsed.error.message)
-  return parsed.value
-}
 
 // IndexedDB, typed here by the little we use: the package's types do not
 // include the DOM library.

@@ -25,11 +25,11 @@ import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { type BackoffPolicy, checkBackoffPolicy, defaultBackoffPolicy } from "../../core/backoff.ts"
-import { bytesToHex, parsePublicKeyHex } from "../../core/keys.ts"
-import { parseRelayAddress, type RelayAddress } from "../../core/relay-address.ts"
+import { bytesToHex } from "../../core/keys.ts"
 import { type CryptoChoice, cryptoServiceFor, layerFor } from "../crypto.ts"
 import { generateIdentity, type Identity, readIdentityFile } from "../identity.ts"
 import type { Transport } from "../transport.ts"
+import { InvalidArgumentError, keyOf, type KeyInput, relayOf, type RelayInput } from "./arguments.ts"
 import { ConnectError, connectToPeer } from "./connector.ts"
 import { type Listener, type ListenerEvent, makeListener, type RelayStatus } from "./listener.ts"
 import { PeerDuplex } from "./peer-duplex.ts"
@@ -62,11 +62,7 @@ export interface ClientOptions {
   readonly transport?: Transport
 }
 
-/** A relay: `<key hex>@<host>:<port>` text, or parsed. */
-export type RelayInput = string | RelayAddress
-
-/** A public key: 64 hex digits, or 32 bytes. */
-export type KeyInput = string | Uint8Array
+export { InvalidArgumentError, type KeyInput, type RelayInput } from "./arguments.ts"
 
 /** What `listen` needs. */
 export interface ListenOptions extends ClientOptions {
@@ -90,11 +86,6 @@ export interface ConnectOptions extends ClientOptions {
   readonly staggerMs?: number
   /** Aborting it gives up: every relay connection opened so far is closed and `connect` rejects with `signal.reason`. */
   readonly signal?: AbortSignal
-}
-
-/** A bad argument (relay address, key): the caller's mistake, thrown at once. */
-export class InvalidArgumentError extends Error {
-  override readonly name = "InvalidArgumentError"
 }
 
 /**
@@ -234,19 +225,3 @@ const settingsOf = (options: ClientOptions): ClientSettings => {
   }
 }
 
-const relayOf = (relay: RelayInput): RelayAddress => {
-  if (typeof relay !== "string") return relay
-  const parsed = parseRelayAddress(relay)
-  if (parsed._tag === "Err") throw new InvalidArgumentError(parsed.error.message)
-  return parsed.value
-}
-
-const keyOf = (key: KeyInput): Uint8Array => {
-  if (typeof key !== "string") {
-    if (key.length !== 32) throw new InvalidArgumentError(`a public key has 32 bytes, got ${key.length}`)
-    return key
-  }
-  const parsed = parsePublicKeyHex(key)
-  if (parsed._tag === "Err") throw new InvalidArgumentError(parsed.error.message)
-  return parsed.value
-}
