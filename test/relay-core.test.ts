@@ -20,6 +20,7 @@ import {
   type CloseReason,
   ConnectionId,
   defaultRelayConfig,
+  endReasonOfChannelFailure,
   idleRelayStats,
   RelayCore,
   type RelayCommand,
@@ -897,6 +898,17 @@ describe("config and reasons", () => {
 })
 
 describe("ends the adapter sees, and how each close happens", () => {
+  it("a connection machine's close names its end: keepalive and rekey flood by name, else by whether the key was proven", () => {
+    for (const authenticated of [false, true]) {
+      expect(endReasonOfChannelFailure("KeepaliveTimeout", authenticated)).toBe("keepalive-timeout")
+      expect(endReasonOfChannelFailure("RekeyFlood", authenticated)).toBe("rekey-rate")
+    }
+    for (const reason of ["BadSignature", "DecryptFailed", "MalformedMessage", "UnexpectedNonce", "HandshakeTimeout"] as const) {
+      expect(endReasonOfChannelFailure(reason, false)).toBe("handshake-failed")
+      expect(endReasonOfChannelFailure(reason, true)).toBe("protocol-violation")
+    }
+  })
+
   it("Ended closes with the adapter's reason and closes what depended on it", () => {
     const relay = new Harness()
     relay.listen(1, D)

@@ -34,14 +34,15 @@ import type { Delivered } from "../core/keepalive.ts"
 import { absurd } from "../core/absurd.ts"
 import { type Identity, publicKeyHex } from "../core/keys.ts"
 import { encodeFrameHeader, FRAME_HEADER_LENGTH, FrameDecoder, MAX_FRAME_LENGTH } from "../core/frame.ts"
-import type {
-  CloseMode,
-  CloseReason,
-  ConnectionId,
-  ConnectionRole,
-  EndReason,
-  RelayEvent,
-  RelayLimit
+import {
+  type CloseMode,
+  type CloseReason,
+  type ConnectionId,
+  type ConnectionRole,
+  endReasonOfChannelFailure,
+  type EndReason,
+  type RelayEvent,
+  type RelayLimit
 } from "../core/relay-core.ts"
 import { takeTokens, type TokenBucket } from "../core/token-bucket.ts"
 import { checkVersion, encodeVersion } from "../core/version.ts"
@@ -339,20 +340,12 @@ export class Hop {
         return
       case "Deliver":
         return this.onMessage(event)
-      case "Closed": {
-        const reason = event.error.reason
+      case "Closed":
         return this.end(
-          reason === "KeepaliveTimeout"
-            ? "keepalive-timeout"
-            : reason === "RekeyFlood"
-            ? "rekey-rate"
-            : this.clientKey === undefined
-            ? "handshake-failed"
-            : "protocol-violation",
+          endReasonOfChannelFailure(event.error.reason, this.clientKey !== undefined),
           event.error.message,
-          reason
+          event.error.reason
         )
-      }
       default:
         return absurd(event)
     }

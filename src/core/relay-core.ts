@@ -106,7 +106,10 @@
  * bad frame or version, a failed handshake, a keepalive timeout, a broken
  * channel, a rekey flood) → `Close` with that reason (a rekey flood:
  * "over-limit", "rekey-rate"), and whatever depended on the connection
- * closes as if the core had closed it.
+ * closes as if the core had closed it. A connection machine's own close
+ * names its end by `endReasonOfChannelFailure`: a keepalive timeout and a
+ * rekey flood by name, any other failure "handshake-failed" before the
+ * client proved its key and "protocol-violation" after.
  * How a connection is closed (`Close.mode`):
  * - "abort" (read nothing more, cut within a tick: only what was already
  *   written still goes out) when the client never finished its handshake,
@@ -148,6 +151,7 @@ import { publicKeyHex, publicKeyLength } from "./keys.ts"
 import { decodeInitConnection, decodeRejectConnection, encodeIncomingConnection } from "./messages.ts"
 import { absurd } from "./absurd.ts"
 import { CommandQueue } from "./command-queue.ts"
+import type { ConnectionError } from "./connection.ts"
 
 /** A connection's id, chosen by the adapter, unique for the relay's lifetime. */
 export type ConnectionId = number & { readonly ConnectionId: unique symbol }
@@ -209,6 +213,16 @@ export type EndReason =
   | "rekey-rate"
   /** The adapter failed (a bug, made visible). */
   | "internal-error"
+
+/** The end a connection machine's close means (module header, "Ends the adapter sees"). */
+export const endReasonOfChannelFailure = (reason: ConnectionError["reason"], authenticated: boolean): EndReason =>
+  reason === "KeepaliveTimeout"
+    ? "keepalive-timeout"
+    : reason === "RekeyFlood"
+    ? "rekey-rate"
+    : authenticated
+    ? "protocol-violation"
+    : "handshake-failed"
 
 /** How the adapter closes a connection (module header, "How a connection is closed"). */
 export type CloseMode = "graceful" | "abort"
