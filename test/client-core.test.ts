@@ -32,6 +32,7 @@ import {
   type StreamEvent,
   StreamState
 } from "../src/core/stream-state.ts"
+import { handleAll } from "./support/handle-all.ts"
 
 const keyHex = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
 
@@ -292,14 +293,6 @@ describe("backoff", () => {
     )
   })
 })
-
-/** Feeds one event and drains the stream: the commands that event caused, in order. */
-const handleAll = (stream: StreamState, event: StreamEvent): Array<StreamCommand> => {
-  stream.handle(event)
-  const out: Array<StreamCommand> = []
-  for (let command = stream.poll(); command !== undefined; command = stream.poll()) out.push(command)
-  return out
-}
 
 describe("byte stream over a tunnel", () => {
   const config = { maxMessageBytes: 4 }

@@ -8,13 +8,9 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { ConnectGate, type ConnectGateCommand, type ConnectGateEvent, GateTicket } from "../src/core/connect-gate.ts"
+import { handleAll } from "./support/handle-all.ts"
 
-const step = (gate: ConnectGate, event: ConnectGateEvent): Array<ConnectGateCommand> => {
-  gate.handle(event)
-  const out: Array<ConnectGateCommand> = []
-  for (let command = gate.poll(); command !== undefined; command = gate.poll()) out.push(command)
-  return out
-}
+const step = (gate: ConnectGate, event: ConnectGateEvent): Array<ConnectGateCommand> => handleAll(gate, event)
 const request = (gate: ConnectGate, ticket: number, key: string) =>
   step(gate, { _tag: "Requested", ticket: GateTicket(ticket), key })
 const leave = (gate: ConnectGate, ticket: number) => step(gate, { _tag: "Left", ticket: GateTicket(ticket) })

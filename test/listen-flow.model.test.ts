@@ -35,6 +35,7 @@ import {
   type Refusal
 } from "../src/core/listen-flow.ts"
 import { encodeIncomingConnection } from "../src/core/messages.ts"
+import { handleAll } from "./support/handle-all.ts"
 
 const KEYS: ReadonlyArray<Uint8Array> = [0xa0, 0xb0, 0xc0].map((n) => new Uint8Array(32).fill(n))
 const keyOf = (k: number): Uint8Array => KEYS[k]! // k is always drawn from 0..KEYS.length-1
@@ -71,9 +72,7 @@ const step = (
   predict: () => ReadonlyArray<ListenFlowCommand>
 ): void => {
   const before = real.flow.acceptsInProgress
-  real.flow.handle(event)
-  const out: Array<ListenFlowCommand> = []
-  for (let command = real.flow.poll(); command !== undefined; command = real.flow.poll()) out.push(command)
+  const out = handleAll(real.flow, event)
   const expected = predict()
   expect(out).toEqual(expected)
   for (const command of out) {

@@ -11,6 +11,7 @@ import {
   MAX_ACCEPTS_IN_PROGRESS
 } from "../src/core/listen-flow.ts"
 import { encodeIncomingConnection } from "../src/core/messages.ts"
+import { handleAll } from "./support/handle-all.ts"
 
 const key = (n: number): Uint8Array => new Uint8Array(32).fill(n)
 const incoming = (n: number): ListenFlowEvent => ({
@@ -19,12 +20,7 @@ const incoming = (n: number): ListenFlowEvent => ({
 })
 
 // Feeds one event and drains everything it produced.
-const step = (flow: ListenFlow, event: ListenFlowEvent): Array<ListenFlowCommand> => {
-  flow.handle(event)
-  const out: Array<ListenFlowCommand> = []
-  for (let command = flow.poll(); command !== undefined; command = flow.poll()) out.push(command)
-  return out
-}
+const step = (flow: ListenFlow, event: ListenFlowEvent): Array<ListenFlowCommand> => handleAll(flow, event)
 
 // The id the one CheckAccess of `commands` names.
 const checked = (commands: ReadonlyArray<ListenFlowCommand>): AcceptId => {

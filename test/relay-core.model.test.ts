@@ -58,7 +58,7 @@ import {
   type RelayLimit
 } from "../src/core/relay-core.ts"
 import { ABORTED_REASONS_AND_LIMITS } from "./support/close-modes.ts"
-import { handleAll } from "./support/relay-core-step.ts"
+import { handleAll } from "./support/handle-all.ts"
 
 const KEYS: ReadonlyArray<Uint8Array> = [0xa0, 0xb0, 0xc0].map((n) => new Uint8Array(32).fill(n))
 const keyOf = (k: number): Uint8Array => KEYS[k]! // k is always drawn from 0..KEYS.length-1

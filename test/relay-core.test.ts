@@ -29,7 +29,7 @@ import {
   type RelayEvent
 } from "../src/core/relay-core.ts"
 import { ABORTED_REASONS_AND_LIMITS } from "./support/close-modes.ts"
-import { handleAll } from "./support/relay-core-step.ts"
+import { handleAll } from "./support/handle-all.ts"
 
 const key = (n: number): Uint8Array => new Uint8Array(32).fill(n)
 const C = key(0xc1)

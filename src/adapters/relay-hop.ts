@@ -110,7 +110,6 @@ export class Hop {
   private readonly decoder = new FrameDecoder(MAX_FRAME_LENGTH)
   private machine: Connection | undefined
   private framesRead = 0
-  private versionChecked = false
   private paused = 0
   // Messages of a connect channel waiting for accept, and the bytes they keep alive.
   private held: Array<Delivered> = []
@@ -263,11 +262,12 @@ export class Hop {
   }
 
   private onFrame(frame: Uint8Array): void {
-    if (!this.versionChecked) {
+    let machine = this.machine
+    if (machine === undefined) {
+      // The first frame is the version; the machine starts once it is ours.
       const error = checkVersion(frame)
       if (error !== undefined) return this.end("version-mismatch", error.message, "VersionMismatch")
-      this.versionChecked = true
-      const machine = new Connection({
+      machine = new Connection({
         crypto: this.server.crypto,
         identity: this.server.identity,
         random: this.server.crypto.randomBytes,
@@ -282,7 +282,6 @@ export class Hop {
     }
     // The second frame is the ExchangeRandNonce: the client is really starting a handshake.
     if (this.framesRead === 2) this.server.dispatch({ _tag: "HelloReceived", id: this.id })
-    const machine = this.machine!
     machine.handleFrame(frame)
     this.drain(machine)
   }
